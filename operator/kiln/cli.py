@@ -1,0 +1,54 @@
+"""Command line: `kiln run` starts the operator, `kiln render` prints what it would create."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+NO_CLUSTER_HELP = """\
+kiln: cannot reach a Kubernetes cluster: {problem}
+
+kiln run needs a cluster (the current kube context, or in-cluster credentials).
+  - For a local cluster: kind create cluster && kubectl apply -k manifests/ && kiln run
+  - To see what kiln would create without a cluster: kiln render -f manifests/samples/
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kiln", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="start the operator; options after `run` go to `kopf run`",
+        description="Start the operator against the current kube context. Other options pass to `kopf run`.",
+    )
+    run.add_argument("--skip-cluster-check", action="store_true", help="start even if the cluster does not answer")
+    render = commands.add_parser("render", help="print every object the operator would create, as YAML")
+    render.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
+                        help="YAML with ImageBuilds, RegistryLogins, Secrets and ConfigMaps (repeatable)")
+    render.add_argument("--show-secrets", action="store_true", help="print credentials instead of redacting them")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        sys.exit(run_operator(extra, check=not args.skip_cluster_check))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from kiln.render_cli import render_files
+
+    sys.exit(render_files(args.filename, show_secrets=args.show_secrets, out=sys.stdout, err=sys.stderr))
+
+
+def run_operator(kopf_args: list[str], check: bool = True) -> int:
+    if check:
+        from kiln.apply import cluster_problem
+
+        problem = cluster_problem()
+        if problem:
+            sys.stderr.write(NO_CLUSTER_HELP.format(problem=problem))
+            return 2
+    import kopf.cli
+
+    scoped = any(a in ("-A", "--all-namespaces") or a.startswith(("-n", "--namespace")) for a in kopf_args)
+    argv = ["run", "-m", "kiln.handlers", *([] if scoped else ["--all-namespaces"]), *kopf_args]
+    try:
+        kopf.cli.main.main(args=argv, prog_name="kiln run", standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

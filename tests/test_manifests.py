@@ -1,0 +1,72 @@
+"""Everything in manifests/ is valid for a current Kubernetes release and grants no wildcards."""
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import ROOT, load_yaml_docs
+
+K8S_VERSION = "1.33"
+BASE_FILES = sorted((ROOT / "manifests").glob("[0-9]*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml"))
+SAMPLE_K8S_OBJECTS = [
+    doc for path in sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
+    for doc in load_yaml_docs(path) if not doc["apiVersion"].startswith("kiln.dev/")
+]
+
+
+def kustomize_build() -> list[dict]:
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl (for `kubectl kustomize`) is not installed")
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests")], check=True, capture_output=True, text=True)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@pytest.mark.parametrize("obj", [d for p in BASE_FILES for d in load_yaml_docs(p)] + SAMPLE_K8S_OBJECTS,
+                         ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_manifest_object_validates_against_kubernetes_schema(obj):
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_kustomize_build_renders_a_complete_deployable_set():
+    objects = kustomize_build()
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        assert "generateName" not in obj["metadata"]  # Argo CD cannot sync generated names
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(["CustomResourceDefinition"] * 2 + ["Namespace", "ServiceAccount", "ClusterRole",
+                                                                "ClusterRoleBinding", "Deployment"])
+    namespaced = [o for o in objects if o["kind"] in ("ServiceAccount", "Deployment")]
+    assert {o["metadata"]["namespace"] for o in namespaced} == {"kiln-system"}
+
+
+def _rules():
+    for obj in load_yaml_docs(ROOT / "manifests" / "20-rbac.yaml"):
+        yield from obj.get("rules", [])
+
+
+def test_rbac_has_no_wildcards():
+    for rule in _rules():
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+
+
+def test_rbac_lets_the_operator_do_what_it_does():
+    granted = {(g, r, v) for rule in _rules() for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    needed = {("kiln.dev", "imagebuilds", "watch"), ("kiln.dev", "imagebuilds/status", "patch"),
+              ("kiln.dev", "registrylogins/status", "patch"), ("", "secrets", "create"), ("", "secrets", "watch"),
+              ("batch", "jobs", "create"), ("batch", "jobs", "delete"), ("", "pods/log", "get"), ("", "events", "create")}
+    assert needed <= granted
+
+
+def test_operator_pod_runs_restricted_with_health_probes():
+    (deployment,) = load_yaml_docs(ROOT / "manifests" / "30-deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["resources"]["limits"]["memory"]
