@@ -3,6 +3,7 @@ import copy
 import re
 
 import pytest
+
 from conftest import SAMPLES, load_yaml_docs
 from crdcheck import cel_rules, crds, errors, schema_of, with_defaults
 
@@ -92,6 +93,9 @@ MALFORMED_BUILDS = [
     ("volume-path-escapes", {"spec__source": {"volume": {"claimName": "ws", "path": "../etc"}}}, "source.volume.path must be relative and must not contain '..'"),
     ("absolute-context-dir", {"spec__source": {"git": GIT, "contextDir": "/etc"}}, "source.contextDir must be relative and must not contain '..'"),
     ("dockerfile-escapes", {"spec__source": {"git": GIT, "dockerfile": "a/../../Dockerfile"}}, "source.dockerfile must be relative and must not contain '..'"),
+    ("context-dir-in-tarball", {"spec__source": {"url": "https://e.com/c.tgz", "contextDir": "sub"}}, "source.contextDir is only supported with source.git and source.volume"),
+    ("git-url-with-fragment", {"spec__source": {"git": {"url": "https://e.com/a.git#main:/etc"}}}, "spec.source.git.url in body should match"),
+    ("revision-with-colon", {"spec__source": {"git": {"url": "https://e.com/a.git", "revision": "main:sub"}}}, "spec.source.git.revision in body should match"),
     ("tarball-not-http", {"spec__source": {"url": "ftp://e.com/c.tgz"}}, "spec.source.url in body should match"),
     ("wrong-platform-string", {"spec__platforms": ["linux-amd64"]}, "spec.platforms[0] in body should match"),
     ("platform-uppercase", {"spec__platforms": ["Linux/AMD64"]}, "spec.platforms[0] in body should match"),
@@ -155,7 +159,8 @@ VALID_VARIANTS = [
     ("inline-cache-import", "ImageBuild", {"spec__cache": {"type": "inline", "importRefs": ["r.io/a:main"]}}),
     ("registry-cache-min", "ImageBuild", {"spec__cache": {"ref": "r-vpc.io/m/openjdk:app1-flow-cache", "mode": "min"}}),
     ("volume-source", "ImageBuild", {"spec__source": {"volume": {"claimName": "ws", "path": "a/b..c"}}}),
-    ("config-map-source", "ImageBuild", {"spec__source": {"configMap": {"name": "ctx"}, "contextDir": "sub/dir"}}),
+    ("config-map-source", "ImageBuild", {"spec__source": {"configMap": {"name": "ctx"}}}),
+    ("volume-context-dir", "ImageBuild", {"spec__source": {"volume": {"claimName": "ws"}, "contextDir": "sub/dir"}}),
     ("ssh-git", "ImageBuild", {"spec__source": {"git": {"url": "git@github.com:org/repo.git"}}}),
     ("timeout-hours", "ImageBuild", {"spec__timeout": "1h30m"}),
     ("quantities", "ImageBuild", {"spec__builder": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2}}}}),

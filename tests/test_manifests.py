@@ -5,6 +5,7 @@ import subprocess
 import kubernetes_validate
 import pytest
 import yaml
+
 from conftest import ROOT, load_yaml_docs
 
 K8S_VERSION = "1.33"

@@ -1,0 +1,132 @@
+"""resolve (credentials): Secrets -> Credentials, RegistryLogins -> one merged docker config.
+
+Pure functions. Problems raise CredentialsProblem whose message names the Secret,
+the key and the registry, and never contains a credential value.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+from kiln import reasons
+from kiln.parse import BuildSpec, LoginSpec
+from kiln.references import docker_config_key, normalize_server
+
+
+class CredentialsProblem(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ResolvedLogin:
+    """A Ready login with its credentials, what a build's docker config is made of."""
+    name: str
+    server: str
+    credentials: Credentials
+    insecure: bool = False
+    ca_pem: str | None = field(default=None, repr=False)
+
+
+def credentials_from_secret(secret: dict | None, login: LoginSpec) -> Credentials:
+    where = f"Secret {login.secret!r}"
+    if secret is None:
+        raise CredentialsProblem(reasons.SECRET_NOT_FOUND, f"{where} does not exist in namespace {login.namespace!r}")
+    kind = secret.get("type") or "Opaque"
+    data = secret.get("data") or {}
+    if kind == "kubernetes.io/dockerconfigjson":
+        return _from_docker_config(_decoded(data, ".dockerconfigjson", where), where, login.server)
+    if kind in ("kubernetes.io/basic-auth", "Opaque"):
+        username = _decoded(data, "username", where)
+        password = _decoded(data, "password", where)
+        if not username or not password:
+            raise CredentialsProblem(reasons.INVALID_SECRET, f"{where}: keys username and password must not be empty")
+        return Credentials(username, password)
+    raise CredentialsProblem(
+        reasons.INVALID_SECRET,
+        f"{where} has type {kind}; use kubernetes.io/dockerconfigjson, kubernetes.io/basic-auth, "
+        "or Opaque with username and password keys",
+    )
+
+
+def _decoded(data: dict, key: str, where: str) -> str:
+    if key not in data:
+        raise CredentialsProblem(reasons.INVALID_SECRET, f"{where} has no key {key!r}")
+    try:
+        return base64.b64decode(data[key], validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+        raise CredentialsProblem(reasons.INVALID_SECRET, f"{where}: key {key!r} is not valid base64 text") from None
+
+
+def _from_docker_config(text: str, where: str, server: str) -> Credentials:
+    try:
+        auths = json.loads(text)["auths"]
+        if not isinstance(auths, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise CredentialsProblem(
+            reasons.INVALID_SECRET, f"{where}: key '.dockerconfigjson' is not a docker config with an 'auths' object"
+        ) from None
+    entries = [entry for key, entry in auths.items() if normalize_server(key) == server]
+    if not entries:
+        raise CredentialsProblem(reasons.INVALID_SECRET, f"{where}: '.dockerconfigjson' has no entry for {server}")
+    entry = entries[0] if isinstance(entries[0], dict) else {}
+    username, password = entry.get("username"), entry.get("password")
+    if not (username and password) and entry.get("auth"):
+        try:
+            username, sep, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+            sep = ""
+        if not sep:
+            raise CredentialsProblem(
+                reasons.INVALID_SECRET, f"{where}: the 'auth' field for {server} is not base64 of user:password"
+            ) from None
+    if not username or not password:
+        raise CredentialsProblem(
+            reasons.INVALID_SECRET, f"{where}: the entry for {server} has neither username/password nor auth"
+        )
+    return Credentials(username, password)
+
+
+def selected_logins(build: BuildSpec, logins: list[LoginSpec]) -> list[LoginSpec]:
+    """The logins a build uses: those it names (all must exist), or every one in its namespace."""
+    by_name = {login.name: login for login in logins if login.namespace == build.namespace}
+    if build.registry_logins is None:
+        return [by_name[name] for name in sorted(by_name)]
+    missing = [name for name in build.registry_logins if name not in by_name]
+    if missing:
+        raise CredentialsProblem(
+            reasons.LOGIN_NOT_FOUND,
+            f"RegistryLogin {', '.join(repr(m) for m in missing)} named in spec.registryLogins "
+            f"does not exist in namespace {build.namespace!r}",
+        )
+    return [by_name[name] for name in build.registry_logins]
+
+
+def merged_docker_config(logins: list[ResolvedLogin]) -> dict:
+    """One docker config.json with every login; two logins for one registry are a conflict, never a guess."""
+    auths: dict[str, dict] = {}
+    owner: dict[str, str] = {}
+    for login in logins:
+        key = docker_config_key(normalize_server(login.server))
+        if key in owner:
+            raise CredentialsProblem(
+                reasons.LOGIN_CONFLICT,
+                f"RegistryLogins {owner[key]!r} and {login.name!r} both log in to {normalize_server(login.server)}; "
+                "keep one, or name only one in spec.registryLogins",
+            )
+        owner[key] = login.name
+        user, password = login.credentials.username, login.credentials.password
+        auths[key] = {"username": user, "password": password,
+                      "auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {"auths": auths}

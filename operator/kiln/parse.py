@@ -1,0 +1,388 @@
+"""parse: an ImageBuild or RegistryLogin dict -> a typed, immutable spec.
+
+The API server already applied the CRD's schema, defaults and CEL rules; the
+same checks run here because objects also arrive from files (`kiln render`) and
+from servers that do not validate. Bad input raises InvalidSpec naming the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from kiln.references import IMAGE_PATTERN, PLATFORM_PATTERN, TAG_PATTERN, TAGGED_REF_PATTERN, normalize_server
+
+REBUILD_ANNOTATION = "kiln.dev/rebuild"
+CACHE_TYPES = ("registry", "local", "inline", "none")
+STRATEGIES = ("qemu", "native", "auto")
+_BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_GIT_URL = re.compile(r"^(https://|http://|ssh://|git://|git@)[^\s#]+$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$")
+_TARBALL_URL = re.compile(r"^https?://[^\s]+$")
+_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class InvalidSpec(ValueError):
+    """A spec the operator cannot build. `field` is the dotted path users see in kubectl explain."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class GitSource:
+    url: str
+    revision: str | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    claim: str
+    path: str = "."
+
+
+@dataclass(frozen=True)
+class ConfigMapSource:
+    name: str
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    url: str
+
+
+@dataclass(frozen=True)
+class Source:
+    origin: GitSource | VolumeSource | ConfigMapSource | UrlSource
+    context_dir: str = "."
+    dockerfile: str = "Dockerfile"
+
+
+@dataclass(frozen=True)
+class BuildSecret:
+    id: str
+    secret: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Output:
+    image: str
+    tags: tuple[str, ...] = ("latest",)
+    push: bool = True
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return tuple(f"{self.image}:{tag}" for tag in self.tags)
+
+
+@dataclass(frozen=True)
+class Cache:
+    type: str = "registry"
+    ref: str | None = None  # export/import ref for registry cache; defaulted by parse
+    mode: str = "max"
+    import_refs: tuple[str, ...] = ()
+    volume: str | None = None  # PVC holding BuildKit's state for local cache
+
+
+@dataclass(frozen=True)
+class Builder:
+    resources: dict = field(default_factory=dict, hash=False)
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[dict, ...] = field(default=(), hash=False)
+    service_account: str | None = None
+    user_namespaces: bool = False
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    rebuild: str
+    registry_logins: tuple[str, ...] | None
+    source: Source
+    output: Output
+    build_args: tuple[tuple[str, str], ...] = ()
+    target: str | None = None
+    secrets: tuple[BuildSecret, ...] = ()
+    platforms: tuple[str, ...] = ()
+    strategy: str = "qemu"
+    cache: Cache = Cache()
+    builder: Builder = Builder()
+    timeout_seconds: int = 1800
+    retries: int = 1
+    history_limit: int = 5
+    suspend: bool = False
+
+    @property
+    def build_id(self) -> str:
+        """Names one build: this generation, this rebuild token, this object (not a same-named successor)."""
+        digest = hashlib.sha256(f"{self.uid}/{self.generation}/{self.rebuild}".encode()).hexdigest()[:6]
+        return f"g{self.generation}-{digest}"
+
+
+@dataclass(frozen=True)
+class LoginSpec:
+    namespace: str
+    name: str
+    generation: int
+    server: str  # normalized host[:port]
+    secret: str
+    insecure: bool = False
+    verify: bool = True
+    ca_config_map: str | None = None
+    ca_key: str = "ca.crt"
+
+
+def parse_image_build(obj: dict) -> BuildSpec:
+    meta = obj.get("metadata") or {}
+    spec = _mapping(obj.get("spec"), "spec")
+    output = _parse_output(_mapping(spec.get("output"), "spec.output", required=True))
+    platforms = tuple(_strings(spec.get("platforms", []), "spec.platforms"))
+    for i, platform in enumerate(platforms):
+        _match(platform, PLATFORM_PATTERN, f"spec.platforms[{i}]", "must be os/arch[/variant], e.g. linux/arm64")
+    _unique(platforms, "spec.platforms")
+    if "platforms" in spec and not platforms:
+        raise InvalidSpec("spec.platforms", "must list at least one platform")
+    multi_arch = _mapping(spec.get("multiArch", {}), "spec.multiArch")
+    if multi_arch and not platforms:
+        raise InvalidSpec("spec.multiArch", "multiArch needs spec.platforms")
+    strategy = _choice(multi_arch.get("strategy", "qemu"), STRATEGIES, "spec.multiArch.strategy")
+    logins = spec.get("registryLogins")
+    if logins is not None:
+        logins = tuple(_strings(logins, "spec.registryLogins"))
+        _unique(logins, "spec.registryLogins")
+    build_args = _mapping(spec.get("buildArgs", {}), "spec.buildArgs")
+    for name, value in build_args.items():
+        if not _BUILD_ARG.match(name):
+            raise InvalidSpec(f"spec.buildArgs.{name}",
+                              "names must be letters, digits and underscores, not starting with a digit")
+        if not isinstance(value, str):
+            raise InvalidSpec(f"spec.buildArgs.{name}", "must be a string (quote numbers in YAML)")
+    target = spec.get("target")
+    if target is not None:
+        _match(target, _TARGET.pattern, "spec.target", "must be a Dockerfile stage name")
+    return BuildSpec(
+        namespace=meta.get("namespace") or "default",
+        name=_name(meta.get("name"), "metadata.name"),
+        uid=meta.get("uid") or "",
+        generation=int(meta.get("generation") or 1),
+        rebuild=(meta.get("annotations") or {}).get(REBUILD_ANNOTATION, ""),
+        registry_logins=logins,
+        source=_parse_source(_mapping(spec.get("source"), "spec.source", required=True)),
+        output=output,
+        build_args=tuple(sorted(build_args.items())),
+        target=target,
+        secrets=_parse_secrets(spec.get("secrets", [])),
+        platforms=platforms,
+        strategy=strategy,
+        cache=_parse_cache(_mapping(spec.get("cache", {}), "spec.cache"), output),
+        builder=_parse_builder(_mapping(spec.get("builder", {}), "spec.builder")),
+        timeout_seconds=parse_duration(spec.get("timeout", "30m"), "spec.timeout"),
+        retries=_integer(spec.get("retries", 1), "spec.retries", 0, 10),
+        history_limit=_integer(spec.get("historyLimit", 5), "spec.historyLimit", 1, 100),
+        suspend=_boolean(spec.get("suspend", False), "spec.suspend"),
+    )
+
+
+def parse_registry_login(obj: dict) -> LoginSpec:
+    meta = obj.get("metadata") or {}
+    spec = _mapping(obj.get("spec"), "spec", required=True)
+    server = spec.get("server")
+    if not isinstance(server, str) or not server.strip():
+        raise InvalidSpec("spec.server", "required: the registry host, e.g. registry.example.com:5000")
+    host = normalize_server(server)
+    if not host or any(c.isspace() for c in host):
+        raise InvalidSpec("spec.server", f"{server!r} is not a registry host")
+    secret_ref = _mapping(spec.get("secretRef"), "spec.secretRef", required=True)
+    ca = _mapping(spec.get("caBundle", {}), "spec.caBundle")
+    insecure = _boolean(spec.get("insecure", False), "spec.insecure")
+    if insecure and ca:
+        raise InvalidSpec("spec.caBundle", "caBundle has no effect with insecure=true; set one or the other")
+    return LoginSpec(
+        namespace=meta.get("namespace") or "default",
+        name=_name(meta.get("name"), "metadata.name"),
+        generation=int(meta.get("generation") or 1),
+        server=host,
+        secret=_name(secret_ref.get("name"), "spec.secretRef.name"),
+        insecure=insecure,
+        verify=_boolean(spec.get("verify", True), "spec.verify"),
+        ca_config_map=_name(ca["name"], "spec.caBundle.name") if ca else None,
+        ca_key=ca.get("key", "ca.crt"),
+    )
+
+
+def parse_duration(value, where: str) -> int:
+    match = _DURATION.match(value) if isinstance(value, str) and value else None
+    if not match:
+        raise InvalidSpec(where, f"{value!r} is not a duration such as 30m or 1h30m")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise InvalidSpec(where, "must be a positive duration such as 30m or 1h30m")
+    return total
+
+
+def _parse_source(source: dict) -> Source:
+    kinds = [k for k in ("git", "volume", "configMap", "url") if k in source]
+    if len(kinds) != 1:
+        raise InvalidSpec("spec.source", "exactly one of source.git, source.volume, source.configMap or source.url must be set")
+    (kind,) = kinds
+    origin: GitSource | VolumeSource | ConfigMapSource | UrlSource
+    if kind == "git":
+        git = _mapping(source["git"], "spec.source.git")
+        url = _match(git.get("url"), _GIT_URL.pattern, "spec.source.git.url",
+                     "must be an https://, ssh://, git:// or git@host:path URL without spaces or '#'")
+        revision = git.get("revision")
+        if revision is not None:
+            _match(revision, _REVISION.pattern, "spec.source.git.revision", "must be a branch, tag or commit name")
+        secret = git.get("secretRef")
+        origin = GitSource(url, revision, _name(_mapping(secret, "spec.source.git.secretRef")["name"],
+                                                "spec.source.git.secretRef.name") if secret else None)
+    elif kind == "volume":
+        volume = _mapping(source["volume"], "spec.source.volume")
+        origin = VolumeSource(_name(volume.get("claimName"), "spec.source.volume.claimName"),
+                              _relative(volume.get("path", "."), "spec.source.volume.path"))
+    elif kind == "configMap":
+        origin = ConfigMapSource(_name(_mapping(source["configMap"], "spec.source.configMap").get("name"),
+                                       "spec.source.configMap.name"))
+    else:
+        origin = UrlSource(_match(source["url"], _TARBALL_URL.pattern, "spec.source.url", "must be an http(s) URL"))
+    context_dir = _relative(source.get("contextDir", "."), "spec.source.contextDir")
+    if isinstance(origin, (UrlSource, ConfigMapSource)) and context_dir != ".":
+        raise InvalidSpec("spec.source.contextDir", "source.contextDir is only supported with source.git and source.volume")
+    return Source(origin, context_dir, _relative(source.get("dockerfile", "Dockerfile"), "spec.source.dockerfile"))
+
+
+def _parse_output(output: dict) -> Output:
+    image = _match(output.get("image"), IMAGE_PATTERN, "spec.output.image",
+                   "must be a repository without tag or digest, e.g. registry.example.com/team/app")
+    tags = tuple(_strings(output.get("tags", ["latest"]), "spec.output.tags"))
+    if not tags:
+        raise InvalidSpec("spec.output.tags", "must list at least one tag")
+    for i, tag in enumerate(tags):
+        _match(tag, TAG_PATTERN, f"spec.output.tags[{i}]", "must be a valid tag (letters, digits, _ . -)")
+    _unique(tags, "spec.output.tags")
+    return Output(image, tags, _boolean(output.get("push", True), "spec.output.push"))
+
+
+def _parse_cache(cache: dict, output: Output) -> Cache:
+    kind = _choice(cache.get("type", "registry"), CACHE_TYPES, "spec.cache.type")
+    for key, allowed in (("ref", "registry"), ("mode", "registry"), ("volume", "local")):
+        if key in cache and kind != allowed:
+            raise InvalidSpec(f"spec.cache.{key}", f"cache.{key} is only used when cache.type is {allowed}")
+    if kind == "local" and "volume" not in cache:
+        raise InvalidSpec("spec.cache.volume", "cache.volume is required when cache.type is local")
+    if kind == "none" and cache.get("importRefs"):
+        raise InvalidSpec("spec.cache.importRefs", "cache.importRefs cannot be used when cache.type is none")
+    imports = tuple(_strings(cache.get("importRefs", []), "spec.cache.importRefs"))
+    for i, ref in enumerate(imports):
+        _match(ref, TAGGED_REF_PATTERN, f"spec.cache.importRefs[{i}]", "must be an image ref with a tag")
+    ref = None
+    if kind == "registry":
+        ref = cache.get("ref", f"{output.image}:build-cache")
+        _match(ref, TAGGED_REF_PATTERN, "spec.cache.ref",
+               "must be an image ref with a tag, e.g. registry.example.com/app:build-cache")
+    volume = _name(_mapping(cache["volume"], "spec.cache.volume").get("claimName"), "spec.cache.volume.claimName") \
+        if kind == "local" else None
+    return Cache(kind, ref, _choice(cache.get("mode", "max"), ("max", "min"), "spec.cache.mode"), imports, volume)
+
+
+def _parse_secrets(items) -> tuple[BuildSecret, ...]:
+    out = []
+    for i, item in enumerate(_list(items, "spec.secrets")):
+        item = _mapping(item, f"spec.secrets[{i}]")
+        ref = _mapping(item.get("secretRef"), f"spec.secrets[{i}].secretRef", required=True)
+        key = ref.get("key")
+        if not isinstance(key, str) or not key:
+            raise InvalidSpec(f"spec.secrets[{i}].secretRef.key", "required")
+        secret_id = _match(item.get("id"), _SECRET_ID.pattern, f"spec.secrets[{i}].id", "must be letters, digits, _ . -")
+        out.append(BuildSecret(secret_id, _name(ref.get("name"), f"spec.secrets[{i}].secretRef.name"), key))
+    _unique([s.id for s in out], "spec.secrets ids")
+    return tuple(out)
+
+
+def _parse_builder(builder: dict) -> Builder:
+    selector = _mapping(builder.get("nodeSelector", {}), "spec.builder.nodeSelector")
+    account = builder.get("serviceAccountName")
+    return Builder(
+        resources=_mapping(builder.get("resources", {}), "spec.builder.resources"),
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in selector.items())),
+        tolerations=tuple(_mapping(t, f"spec.builder.tolerations[{i}]")
+                          for i, t in enumerate(_list(builder.get("tolerations", []), "spec.builder.tolerations"))),
+        service_account=_name(account, "spec.builder.serviceAccountName") if account else None,
+        user_namespaces=_boolean(builder.get("userNamespaces", False), "spec.builder.userNamespaces"),
+    )
+
+
+def _mapping(value, where: str, required: bool = False) -> dict:
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidSpec(where, "required" if value is None else "must be an object")
+    return value
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list):
+        raise InvalidSpec(where, "must be a list")
+    return value
+
+
+def _strings(value, where: str) -> list[str]:
+    items = _list(value, where)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InvalidSpec(f"{where}[{i}]", "must be a string")
+    return items
+
+
+def _match(value, pattern: str, where: str, explain: str) -> str:
+    if not isinstance(value, str) or not re.search(pattern, value):
+        raise InvalidSpec(where, f"{value!r} {explain}" if value is not None else f"required: {explain}")
+    return value
+
+
+def _name(value, where: str) -> str:
+    if not isinstance(value, str) or len(value) > 253 or not _NAME.match(value):
+        raise InvalidSpec(where, f"{value!r} is not a Kubernetes object name")
+    return value
+
+
+def _relative(value, where: str) -> str:
+    if not isinstance(value, str) or not value or value.startswith("/") or ".." in PurePosixPath(value).parts \
+            or any(c in value for c in "\n\r\0,"):
+        raise InvalidSpec(where, f"{where.removeprefix('spec.')} must be relative and must not contain '..'")
+    return str(PurePosixPath(value))
+
+
+def _choice(value, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise InvalidSpec(where, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _unique(values, where: str) -> None:
+    if len(set(values)) != len(list(values)):
+        raise InvalidSpec(where, "must be unique")
+
+
+def _integer(value, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidSpec(where, f"must be a whole number from {low} to {high}")
+    return value
+
+
+def _boolean(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidSpec(where, "must be true or false")
+    return value

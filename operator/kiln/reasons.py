@@ -1,0 +1,36 @@
+"""Every condition reason kiln reports, in one place (CamelCase, as the API conventions ask)."""
+
+# RegistryLogin Ready
+VERIFIED = "Verified"
+NOT_VERIFIED = "VerificationDisabled"
+SECRET_NOT_FOUND = "SecretNotFound"
+INVALID_SECRET = "InvalidSecret"
+AUTHENTICATION_FAILED = "AuthenticationFailed"
+REGISTRY_UNREACHABLE = "RegistryUnreachable"
+REGISTRY_ERROR = "RegistryError"
+ADDRESS_NOT_ALLOWED = "AddressNotAllowed"
+CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
+
+# ImageBuild CredentialsReady
+CREDENTIALS_RESOLVED = "CredentialsResolved"
+LOGIN_NOT_FOUND = "RegistryLoginNotFound"
+LOGIN_NOT_READY = "RegistryLoginNotReady"
+LOGIN_CONFLICT = "RegistryLoginConflict"
+PUSH_DENIED = "PushDenied"
+
+# ImageBuild Ready / Reconciling / Stalled
+INVALID_SPEC = "InvalidSpec"
+BUILD_PENDING = "BuildPending"
+BUILDING = "Building"
+SUCCEEDED = "Succeeded"
+SUSPENDED = "Suspended"
+SUPERSEDED = "Superseded"
+WAITING_FOR_CACHE_VOLUME = "WaitingForCacheVolume"
+BASE_IMAGE_PULL_DENIED = "BaseImagePullDenied"
+DOCKERFILE_ERROR = "DockerfileError"
+TIMED_OUT = "TimedOut"
+OUT_OF_MEMORY = "OutOfMemory"
+EVICTED = "Evicted"
+BUILDER_IMAGE_PULL_FAILED = "BuilderImagePullFailed"
+REGISTRY_TRANSIENT = "RegistryTransientError"
+BUILD_FAILED = "BuildFailed"

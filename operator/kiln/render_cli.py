@@ -1,0 +1,130 @@
+"""`kiln render`: the objects the operator would create for the ImageBuilds in some YAML files.
+
+Reads the same YAML users apply (ImageBuilds, RegistryLogins, Secrets, ConfigMaps);
+needs no cluster and talks to no registry. Logins are taken as Ready.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+from typing import TextIO
+
+import yaml
+
+from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
+from kiln.parse import InvalidSpec, parse_image_build, parse_registry_login
+from kiln.render import render_build
+from kiln.resolve import build_plan
+from kiln.settings import Settings
+
+REDACTED = "<redacted: kiln render --show-secrets shows it>"
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+
+
+class RenderError(Exception):
+    pass
+
+
+def _documents(paths: list[str]) -> list[tuple[str, dict]]:
+    files: list[pathlib.Path] = []
+    for name in paths:
+        path = pathlib.Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise RenderError(f"{name}: no such file or directory")
+    docs = []
+    for path in files:
+        try:
+            loaded = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            raise RenderError(f"{path}: not valid YAML{f' at {where}' if where else ''}: {exc.__class__.__name__}") from None
+        for doc in loaded:
+            if isinstance(doc, dict) and doc.get("kind") == "List":
+                docs += [(str(path), item) for item in doc.get("items", [])]
+            elif isinstance(doc, dict):
+                docs.append((str(path), doc))
+    return docs
+
+
+def _key(doc: dict) -> tuple[str, str]:
+    meta = doc.get("metadata") or {}
+    return meta.get("namespace") or "default", meta.get("name") or ""
+
+
+def render_objects(paths: list[str], settings: Settings) -> list[dict]:
+    docs = _documents(paths)
+    by_kind: dict[str, dict[tuple[str, str], tuple[str, dict]]] = {}
+    for path, doc in docs:
+        by_kind.setdefault(doc.get("kind", ""), {})[_key(doc)] = (path, doc)
+    logins = []
+    for path, doc in by_kind.get("RegistryLogin", {}).values():
+        try:
+            logins.append(parse_registry_login(doc))
+        except InvalidSpec as exc:
+            raise RenderError(f"{path}: RegistryLogin/{_key(doc)[1]}: {exc}") from None
+    out = []
+    for path, doc in by_kind.get("ImageBuild", {}).values():
+        where = f"{path}: ImageBuild/{_key(doc)[1]}"
+        doc = {**doc, "metadata": {"uid": PLACEHOLDER_UID, **(doc.get("metadata") or {})}}
+        try:
+            spec = parse_image_build(doc)
+            resolved = []
+            for login in selected_logins(spec, logins):
+                secret = by_kind.get("Secret", {}).get((login.namespace, login.secret), (None, None))[1]
+                ca = by_kind.get("ConfigMap", {}).get((login.namespace, login.ca_config_map or ""), (None, {}))[1]
+                ca_pem = (ca.get("data") or {}).get(login.ca_key) if login.ca_config_map else None
+                if login.ca_config_map and not ca_pem:
+                    raise CredentialsProblem("CABundleNotFound", f"ConfigMap {login.ca_config_map!r} key "
+                                             f"{login.ca_key!r} (caBundle of RegistryLogin {login.name!r}) is not in the files")
+                resolved.append(ResolvedLogin(login.name, login.server, credentials_from_secret(secret, login),
+                                              login.insecure, ca_pem))
+            out += render_build(spec, resolved, build_plan(spec), settings)
+        except InvalidSpec as exc:
+            raise RenderError(f"{where}: {exc}") from None
+        except CredentialsProblem as exc:
+            raise RenderError(f"{where}: {exc.message}") from None
+    return out
+
+
+def redacted(obj: dict) -> dict:
+    """A rendered Secret with every credential replaced, keeping which registries it holds."""
+    if obj["kind"] != "Secret":
+        return obj
+    config = json.loads(base64.b64decode(obj["data"][".dockerconfigjson"]))
+    for entry in config["auths"].values():
+        entry.update({key: REDACTED for key in ("password", "auth")})
+    rest = {k: v for k, v in obj.items() if k != "data"}
+    return {**rest, "stringData": {".dockerconfigjson": json.dumps(config, indent=2, sort_keys=True)}}
+
+
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML for people: no anchors, multi-line strings as literal blocks."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def render_files(paths: list[str], *, show_secrets: bool, out: TextIO, err: TextIO) -> int:
+    try:
+        objects = render_objects(paths, Settings.from_env())
+    except RenderError as exc:
+        err.write(f"kiln render: {exc}\n")
+        return 1
+    if not objects:
+        err.write("kiln render: no ImageBuild in the given files\n")
+        return 1
+    shown = objects if show_secrets else [redacted(o) for o in objects]
+    yaml.dump_all(shown, out, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    return 0

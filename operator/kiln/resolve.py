@@ -1,0 +1,43 @@
+"""resolve (platforms): which pods build which platforms.
+
+qemu builds every platform in one pod; native runs one pod per platform on nodes
+of that architecture; auto goes native where Ready nodes of the architecture exist
+and emulates the rest in one more pod. More than one pod means each pushes by
+digest and the operator assembles the index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kiln.parse import BuildSpec, InvalidSpec
+
+
+@dataclass(frozen=True)
+class BuildUnit:
+    platforms: tuple[str, ...]
+    arch: str | None = None  # kubernetes.io/arch the pod must run on; None: any node, QEMU for the rest
+    key: str = ""  # suffix that tells this unit's Job apart; "" when it is the only one
+
+    @property
+    def built_by(self) -> str:
+        return "native" if self.arch else "qemu"
+
+
+def node_arch(platform: str) -> str:
+    return platform.split("/")[1]
+
+
+def build_plan(spec: BuildSpec, ready_archs: frozenset[str] = frozenset()) -> tuple[BuildUnit, ...]:
+    if spec.strategy == "qemu" or not spec.platforms:
+        return (BuildUnit(spec.platforms),)
+    native = [p for p in spec.platforms if spec.strategy == "native" or node_arch(p) in ready_archs]
+    emulated = tuple(p for p in spec.platforms if p not in native)
+    units = [BuildUnit((p,), node_arch(p), p.split("/", 1)[1].replace("/", "")) for p in native]
+    if emulated:
+        units.append(BuildUnit(emulated, None, "emulated"))
+    if len(units) == 1:
+        return (BuildUnit(units[0].platforms, units[0].arch),)
+    if spec.cache.type == "local":
+        raise InvalidSpec("spec.cache.type", "local cache holds one builder's state and cannot serve several "
+                                             "native builder pods; use registry cache or multiArch.strategy qemu")
+    return tuple(units)

@@ -1,0 +1,27 @@
+"""Operator settings, from the environment (set them on the Deployment)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_BUILDKIT_IMAGE = "moby/buildkit:v0.18.2-rootless"
+
+
+@dataclass(frozen=True)
+class Settings:
+    buildkit_image: str = DEFAULT_BUILDKIT_IMAGE
+    # How often Ready logins are checked against their registry again, in seconds.
+    verify_interval: float = 600.0
+    registry_timeout: float = 10.0
+    # Verification may not reach link-local or cloud metadata addresses unless allowed.
+    allow_link_local: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            buildkit_image=env.get("KILN_BUILDKIT_IMAGE", DEFAULT_BUILDKIT_IMAGE),
+            verify_interval=float(env.get("KILN_VERIFY_INTERVAL", cls.verify_interval)),
+            registry_timeout=float(env.get("KILN_REGISTRY_TIMEOUT", cls.registry_timeout)),
+            allow_link_local=env.get("KILN_ALLOW_LINK_LOCAL", "").lower() in ("1", "true", "yes"),
+        )
