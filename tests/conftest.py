@@ -1,10 +1,45 @@
 import pathlib
+import shutil
 
+import pytest
 import yaml
+
+from registries import REGISTRY_BINARY, start_htpasswd_registry, start_token_registry
 
 ROOT = pathlib.Path(__file__).parent.parent
 SAMPLES = ROOT / "manifests" / "samples"
+BASIC_USERS = {"alice": "alice-Secret-pw1", "bob": "bob-Secret-pw2"}
+TOKEN_USERS = {"pusher": ("pusher-Secret-pw3", {"pull", "push"}), "reader": ("reader-Secret-pw4", {"pull"})}
 
 
 def load_yaml_docs(path: pathlib.Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _need_registry_binary() -> None:
+    if not shutil.which(REGISTRY_BINARY):
+        pytest.fail(f"{REGISTRY_BINARY} is missing: install Debian's docker-registry (make test does)")
+
+
+@pytest.fixture(scope="session")
+def basic_registry(tmp_path_factory):
+    _need_registry_binary()
+    registry = start_htpasswd_registry(tmp_path_factory.mktemp("basic-registry"), BASIC_USERS)
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def second_basic_registry(tmp_path_factory):
+    _need_registry_binary()
+    registry = start_htpasswd_registry(tmp_path_factory.mktemp("second-registry"), {"carol": "carol-Secret-pw5"})
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    _need_registry_binary()
+    registry = start_token_registry(tmp_path_factory.mktemp("token-registry"), TOKEN_USERS)
+    yield registry
+    registry.stop()

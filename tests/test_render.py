@@ -9,8 +9,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLES, load_yaml_docs
-from crdcheck import schema_of
 from kiln import references
 from kiln.cli import main as kiln_main
 from kiln.credentials import Credentials, ResolvedLogin
@@ -19,6 +17,9 @@ from kiln.render import buildctl_args, render_build, render_job
 from kiln.render_cli import render_objects
 from kiln.resolve import BuildUnit, build_plan
 from kiln.settings import Settings
+
+from conftest import ROOT, SAMPLES, load_yaml_docs
+from crdcheck import schema_of
 
 GOLDEN = ROOT / "tests" / "golden"
 FIXTURES = ROOT / "tests" / "fixtures"

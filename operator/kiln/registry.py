@@ -1,0 +1,267 @@
+"""The only module that talks to registries: the OCI distribution HTTP API.
+
+It follows the /v2/ challenge like the docker CLI: Basic, or Bearer with a token
+from the realm (service and scope honoured). Nothing here logs or raises with a
+credential or token in it: errors carry a reason and a message for users.
+"""
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import re
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from kiln import reasons
+from kiln.credentials import Credentials
+from kiln.references import api_endpoint
+
+# Cloud metadata services reachable at ordinary addresses, beside all of link-local.
+_METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254")}
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RegistryError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def forbidden_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return ip.is_link_local or ip in _METADATA_ADDRESSES
+
+
+class _GuardedResolver(AbstractResolver):
+    """Resolves names, refusing link-local and metadata answers, so a login cannot probe them."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
+        found = await self._inner.resolve(host, port, family)
+        if any(forbidden_address(item["host"]) for item in found):
+            raise RegistryError(reasons.ADDRESS_NOT_ALLOWED, f"{host} resolves to a link-local or metadata address")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@dataclass(frozen=True)
+class Registry:
+    """How to reach one registry: its host and its TLS needs."""
+    host: str
+    insecure: bool = False
+    ca_pem: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Verification:
+    scheme: str  # Basic, Bearer or None (the registry asks for no credentials)
+
+
+class RegistryClient:
+    """One session with one registry, optionally with credentials."""
+
+    def __init__(self, registry: Registry, credentials: Credentials | None, *, timeout: float = 10.0,
+                 allow_link_local: bool = False):
+        self.registry = registry
+        self.host = api_endpoint(registry.host)
+        self._credentials = credentials
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._allow_link_local = allow_link_local
+        self._session: aiohttp.ClientSession | None = None
+        self._scheme: str | None = None  # https, or http for an insecure registry that has no TLS
+        # scope -> (scheme, token): how requests for that scope are authorized once challenged
+        self._authorization: dict[str, tuple[str, str | None]] = {}
+
+    async def __aenter__(self) -> RegistryClient:
+        if self.registry.insecure:
+            tls: ssl.SSLContext | bool = False
+        else:
+            tls = ssl.create_default_context(cadata=self.registry.ca_pem) if self.registry.ca_pem else True
+        resolver = None if self._allow_link_local else _GuardedResolver()
+        connector = aiohttp.TCPConnector(ssl=tls, resolver=resolver)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._session:
+            await self._session.close()
+
+    def _check_host(self, url: str) -> None:
+        host = aiohttp.client.URL(url).host or ""
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            return  # names go through the guarded resolver
+        if not self._allow_link_local and forbidden_address(str(literal)):
+            raise RegistryError(reasons.ADDRESS_NOT_ALLOWED,
+                                f"{host} is a link-local or cloud metadata address; the operator setting "
+                                "KILN_ALLOW_LINK_LOCAL allows it")
+
+    async def _request(self, method: str, url: str, **kwargs) -> tuple[int, dict, bytes]:
+        self._check_host(url)
+        assert self._session is not None, "use RegistryClient as an async context manager"
+        try:
+            async with self._session.request(method, url, allow_redirects=False, **kwargs) as response:
+                return response.status, dict(response.headers), await response.read()
+        except RegistryError:
+            raise
+        except TimeoutError:
+            raise RegistryError(reasons.REGISTRY_UNREACHABLE,
+                                f"{self.registry.host} did not answer within {self._timeout.total:g}s") from None
+        except aiohttp.ClientSSLError as exc:
+            raise RegistryError(reasons.REGISTRY_UNREACHABLE,
+                                f"TLS with {self.registry.host} failed ({type(exc).__name__}); set caBundle, "
+                                "or insecure for a registry without a trusted certificate") from None
+        except aiohttp.ClientError as exc:
+            raise RegistryError(reasons.REGISTRY_UNREACHABLE,
+                                f"cannot connect to {self.registry.host} ({type(exc).__name__})") from None
+        except OSError as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, RegistryError) else None
+            if cause:
+                raise cause from None
+            raise RegistryError(reasons.REGISTRY_UNREACHABLE, f"cannot connect to {self.registry.host}") from None
+
+    async def _base(self) -> str:
+        """https://host, or http://host for an insecure registry that does not speak TLS."""
+        if self._scheme is None:
+            self._scheme = "https"
+            if self.registry.insecure:
+                try:
+                    await self._request("GET", f"https://{self.host}/v2/")
+                except RegistryError as exc:
+                    if exc.reason != reasons.REGISTRY_UNREACHABLE:
+                        raise
+                    self._scheme = "http"
+        return f"{self._scheme}://{self.host}"
+
+    async def verify(self) -> Verification:
+        """The /v2/ handshake with these credentials."""
+        base = await self._base()
+        status, _, _ = await self._call("GET", f"{base}/v2/", scope="")
+        if status == 200:
+            return Verification(self._authorization.get("", ("None", None))[0])
+        if status in (401, 403):
+            raise RegistryError(reasons.AUTHENTICATION_FAILED, f"{self.registry.host} refused the credentials")
+        raise self._unexpected(status, "/v2/")
+
+    async def check_push(self, repository: str) -> None:
+        """Start and cancel a blob upload: the one check every registry answers the same way."""
+        base = await self._base()
+        scope = f"repository:{repository}:pull,push"
+        status, headers, _ = await self._call("POST", f"{base}/v2/{repository}/blobs/uploads/", scope=scope)
+        if status == 202:
+            location = _header(headers, "location")
+            if location:
+                url = location if location.startswith(("http://", "https://")) else f"{base}{location}"
+                await self._call("DELETE", url, scope=scope)
+            return
+        if status in (401, 403):
+            raise RegistryError(reasons.PUSH_DENIED, f"{self.registry.host} denies push to {repository}")
+        if status == 404:
+            raise RegistryError(reasons.PUSH_DENIED,
+                                f"{self.registry.host} has no repository {repository} and does not create it on push")
+        raise self._unexpected(status, f"/v2/{repository}/blobs/uploads/")
+
+    async def get_manifest(self, repository: str, reference: str) -> tuple[str, bytes, str]:
+        """(media type, body, digest) of a manifest or index."""
+        base = await self._base()
+        path = f"/v2/{repository}/manifests/{reference}"
+        status, headers, body = await self._call("GET", f"{base}{path}", scope=f"repository:{repository}:pull",
+                                                 headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        if status != 200:
+            raise self._unexpected(status, path)
+        return _header(headers, "content-type") or "", body, _header(headers, "docker-content-digest") or ""
+
+    async def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
+        """Push a manifest or index under a tag or digest; returns its digest."""
+        base = await self._base()
+        path = f"/v2/{repository}/manifests/{reference}"
+        status, headers, _ = await self._call("PUT", f"{base}{path}", scope=f"repository:{repository}:pull,push",
+                                              headers={"Content-Type": media_type}, data=body)
+        if status in (401, 403):
+            raise RegistryError(reasons.PUSH_DENIED, f"{self.registry.host} denies push to {repository}")
+        if status != 201:
+            raise self._unexpected(status, path)
+        return _header(headers, "docker-content-digest") or ""
+
+    async def _call(self, method: str, url: str, scope: str, headers: dict | None = None, **kwargs):
+        """A request that answers the registry's challenge once, then reuses that authorization for the scope."""
+        response = await self._request(method, url, **self._with_authorization(scope, headers), **kwargs)
+        status, response_headers, _ = response
+        if status == 401 and scope not in self._authorization and _header(response_headers, "www-authenticate"):
+            await self._authorize(self._challenge(response_headers), scope)
+            response = await self._request(method, url, **self._with_authorization(scope, headers), **kwargs)
+        return response
+
+    def _with_authorization(self, scope: str, headers: dict | None) -> dict:
+        scheme, token = self._authorization.get(scope, ("None", None))
+        headers = dict(headers or {})
+        if scheme == "Bearer":
+            headers["Authorization"] = f"Bearer {token}"
+            return {"headers": headers}
+        if scheme == "Basic" and self._credentials:
+            headers["Authorization"] = self._basic_authorization()
+        return {"headers": headers}
+
+    def _basic_authorization(self) -> str:
+        assert self._credentials is not None
+        pair = f"{self._credentials.username}:{self._credentials.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
+    def _challenge(self, headers: dict) -> tuple[str, dict[str, str]]:
+        scheme, _, params = (_header(headers, "www-authenticate") or "").partition(" ")
+        if scheme.lower() not in ("basic", "bearer"):
+            raise RegistryError(reasons.REGISTRY_ERROR, f"{self.registry.host} asks for unknown auth scheme {scheme!r}")
+        return scheme.capitalize(), dict(_CHALLENGE_PARAM.findall(params))
+
+    async def _authorize(self, challenge: tuple[str, dict[str, str]], scope: str) -> None:
+        scheme, params = challenge
+        if scheme == "Basic":
+            if not self._credentials:
+                raise RegistryError(reasons.AUTHENTICATION_FAILED, f"{self.registry.host} needs credentials")
+            self._authorization[scope] = ("Basic", None)
+            return
+        realm = params.get("realm", "")
+        if not realm.startswith(("https://", "http://")):
+            raise RegistryError(reasons.REGISTRY_ERROR, f"{self.registry.host} sent a Bearer challenge without a realm")
+        query = {"service": params["service"]} if "service" in params else {}
+        if scope:
+            query["scope"] = scope
+        headers = {"Authorization": self._basic_authorization()} if self._credentials else {}
+        status, _, body = await self._request("GET", realm, params=query, headers=headers)
+        if status in (401, 403):
+            raise RegistryError(reasons.AUTHENTICATION_FAILED,
+                                f"the token service of {self.registry.host} refused the credentials")
+        if status != 200:
+            raise RegistryError(reasons.REGISTRY_ERROR, f"the token service of {self.registry.host} answered HTTP {status}")
+        try:
+            answer = json.loads(body)
+            token = answer.get("token") or answer.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not token:
+            raise RegistryError(reasons.REGISTRY_ERROR, f"the token service of {self.registry.host} sent no token")
+        self._authorization[scope] = ("Bearer", token)
+
+    def _unexpected(self, status: int, path: str) -> RegistryError:
+        return RegistryError(reasons.REGISTRY_ERROR, f"{self.registry.host} answered HTTP {status} to {path}")
+
+
+def _header(headers: dict, name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)

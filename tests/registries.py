@@ -1,0 +1,170 @@
+"""Real registries for tests: Debian's docker-registry (CNCF distribution) on 127.0.0.1.
+
+`start_htpasswd_registry` gives Basic auth; `start_token_registry` gives the Bearer
+flow every public registry uses, with a small token issuer that signs JWTs with a
+test key and grants each user only the actions it is allowed.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bcrypt
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+SERVICE = "kiln-test-registry"
+ISSUER = "kiln-test-issuer"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"docker-registry exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"docker-registry did not listen on {port} within {timeout}s")
+
+
+@dataclass
+class RunningRegistry:
+    host: str  # 127.0.0.1:PORT
+    users: dict[str, str]  # user -> password
+    process: subprocess.Popen = field(repr=False)
+    issuer: http.server.HTTPServer | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        if self.issuer:
+            self.issuer.shutdown()
+
+
+def _start(config: dict, workdir: Path) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "kiln-test-http-secret"},
+        **config,
+    }
+    path = workdir / "config.yml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    process = subprocess.Popen([REGISTRY_BINARY, "serve", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_port(port, process)
+    return f"127.0.0.1:{port}", process
+
+
+def start_htpasswd_registry(workdir: Path, users: dict[str, str]) -> RunningRegistry:
+    workdir.mkdir(parents=True, exist_ok=True)
+    htpasswd = workdir / "htpasswd"
+    htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+                                for u, p in users.items()))
+    host, process = _start({"auth": {"htpasswd": {"realm": "kiln-test", "path": str(htpasswd)}}}, workdir)
+    return RunningRegistry(host, users, process)
+
+
+class TokenIssuer(http.server.ThreadingHTTPServer):
+    """GET /token?service=...&scope=repository:NAME:ACTIONS with Basic auth -> a signed JWT."""
+
+    def __init__(self, key: rsa.RSAPrivateKey, certificate: x509.Certificate, users: dict[str, tuple[str, set[str]]]):
+        super().__init__(("127.0.0.1", 0), _TokenHandler)
+        self.key, self.certificate, self.users = key, certificate, users
+        self.requests: list[dict] = []
+
+    def token_for(self, user: str, scopes: list[str]) -> str:
+        allowed = self.users[user][1] if user else set()
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            granted = [a for a in actions.split(",") if a in allowed]
+            access.append({"type": kind, "name": name, "actions": granted})
+        now = datetime.datetime.now(datetime.UTC)
+        claims = {"iss": ISSUER, "sub": user, "aud": SERVICE, "iat": now, "nbf": now - datetime.timedelta(seconds=5),
+                  "exp": now + datetime.timedelta(minutes=5), "jti": base64.b32encode(now.isoformat().encode()).decode(),
+                  "access": access}
+        der = self.certificate.public_bytes(serialization.Encoding.DER)
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"x5c": [base64.b64encode(der).decode()]})
+
+
+class _TokenHandler(http.server.BaseHTTPRequestHandler):
+    server: TokenIssuer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        user = ""
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            if self.server.users.get(user, ("",))[0] != password:
+                self.send_response(401)
+                self.end_headers()
+                return
+        self.server.requests.append({"user": user, "service": query.get("service"), "scope": query.get("scope", [])})
+        body = json.dumps({"token": self.server.token_for(user, query.get("scope", []))}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _signing_key(workdir: Path) -> tuple[rsa.RSAPrivateKey, x509.Certificate, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    bundle = workdir / "token-ca.pem"
+    bundle.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key, certificate, bundle
+
+
+def start_token_registry(workdir: Path, users: dict[str, tuple[str, set[str]]]) -> RunningRegistry:
+    """users: name -> (password, allowed actions such as {"pull", "push"})."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key, certificate, bundle = _signing_key(workdir)
+    issuer = TokenIssuer(key, certificate, users)
+    threading.Thread(target=issuer.serve_forever, daemon=True).start()
+    realm = f"http://127.0.0.1:{issuer.server_address[1]}/token"
+    auth = {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(bundle)}}
+    host, process = _start({"auth": auth}, workdir)
+    return RunningRegistry(host, {u: p for u, (p, _) in users.items()}, process, issuer)
+
+
+def silent_server() -> tuple[socket.socket, str]:
+    """A port that accepts connections and never answers: a registry that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener, f"127.0.0.1:{listener.getsockname()[1]}"

@@ -1,0 +1,108 @@
+"""The registry client against real registries on 127.0.0.1: Basic and Bearer-token auth."""
+import pytest
+
+from kiln import reasons
+from kiln.credentials import Credentials
+from kiln.registry import Registry, RegistryClient, RegistryError, forbidden_address
+
+from conftest import BASIC_USERS, TOKEN_USERS
+from registries import silent_server
+
+pytestmark = pytest.mark.registry
+
+
+def client(host: str, user: str | None, password: str | None, *, insecure: bool = True, timeout: float = 5.0):
+    return RegistryClient(Registry(host, insecure=insecure), Credentials(user, password) if user else None, timeout=timeout)
+
+
+async def refusal(host, user, password, *, check_push: str | None = None, **kwargs) -> RegistryError:
+    async with client(host, user, password, **kwargs) as registry:
+        with pytest.raises(RegistryError) as caught:
+            await (registry.check_push(check_push) if check_push else registry.verify())
+    assert password is None or password not in str(caught.value)
+    return caught.value
+
+
+async def test_basic_auth_registry_verifies_the_right_password(basic_registry):
+    async with client(basic_registry.host, "alice", BASIC_USERS["alice"]) as registry:
+        assert (await registry.verify()).scheme == "Basic"
+
+
+async def test_basic_auth_registry_refuses_a_wrong_password(basic_registry):
+    error = await refusal(basic_registry.host, "alice", "wrong-password")
+    assert error.reason == reasons.AUTHENTICATION_FAILED
+    assert error.message == f"{basic_registry.host} refused the credentials"
+
+
+async def test_registry_without_credentials_is_asked_for_them(basic_registry):
+    error = await refusal(basic_registry.host, None, None)
+    assert error.reason == reasons.AUTHENTICATION_FAILED
+
+
+async def test_closed_port_is_unreachable():
+    listener, host = silent_server()
+    listener.close()  # nothing listens there now
+    error = await refusal(host, "alice", "pw")
+    assert error.reason == reasons.REGISTRY_UNREACHABLE
+    assert error.message.startswith(f"cannot connect to {host}")
+
+
+async def test_registry_that_never_answers_is_unreachable_after_the_timeout():
+    listener, host = silent_server()
+    with listener:
+        error = await refusal(host, "alice", "pw", insecure=False, timeout=0.5)
+    assert error.reason == reasons.REGISTRY_UNREACHABLE
+    assert error.message == f"{host} did not answer within 0.5s"
+
+
+async def test_plain_http_registry_needs_insecure(basic_registry):
+    error = await refusal(basic_registry.host, "alice", BASIC_USERS["alice"], insecure=False)
+    assert error.reason == reasons.REGISTRY_UNREACHABLE
+    assert "insecure" in error.message
+
+
+async def test_token_registry_verifies_through_the_bearer_flow(token_registry):
+    async with client(token_registry.host, "pusher", TOKEN_USERS["pusher"][0]) as registry:
+        assert (await registry.verify()).scheme == "Bearer"
+    request = token_registry.issuer.requests[-1]
+    assert request["user"] == "pusher" and request["service"] == ["kiln-test-registry"]
+
+
+async def test_token_service_refuses_a_wrong_password(token_registry):
+    error = await refusal(token_registry.host, "pusher", "wrong-password")
+    assert error.reason == reasons.AUTHENTICATION_FAILED
+    assert "token service" in error.message
+
+
+async def test_push_preflight_passes_with_a_push_scoped_token(token_registry):
+    async with client(token_registry.host, "pusher", TOKEN_USERS["pusher"][0]) as registry:
+        await registry.check_push("team/app")
+    assert token_registry.issuer.requests[-1]["scope"] == ["repository:team/app:pull,push"]
+
+
+async def test_push_preflight_names_the_repository_a_pull_only_user_cannot_push(token_registry):
+    error = await refusal(token_registry.host, "reader", TOKEN_USERS["reader"][0], check_push="team/app")
+    assert error.reason == reasons.PUSH_DENIED
+    assert error.message == f"{token_registry.host} denies push to team/app"
+
+
+async def test_push_preflight_with_basic_auth_starts_and_cancels_an_upload(basic_registry):
+    async with client(basic_registry.host, "alice", BASIC_USERS["alice"]) as registry:
+        await registry.check_push("team/app")
+
+
+async def test_push_preflight_without_credentials_is_denied(basic_registry):
+    error = await refusal(basic_registry.host, None, None, check_push="team/app")
+    assert error.reason in (reasons.PUSH_DENIED, reasons.AUTHENTICATION_FAILED)
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "169.254.169.254:80", "100.100.100.200", "[fe80::1]:5000"])
+async def test_link_local_and_metadata_addresses_are_refused_without_a_connection(host):
+    error = await refusal(host, "alice", "pw")
+    assert error.reason == reasons.ADDRESS_NOT_ALLOWED
+    assert "KILN_ALLOW_LINK_LOCAL" in error.message
+
+
+def test_forbidden_addresses_are_link_local_and_metadata_only():
+    assert forbidden_address("169.254.1.1") and forbidden_address("fe80::1") and forbidden_address("100.100.100.200")
+    assert not forbidden_address("127.0.0.1") and not forbidden_address("10.0.0.5")
