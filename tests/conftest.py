@@ -43,3 +43,33 @@ def token_registry(tmp_path_factory):
     registry = start_token_registry(tmp_path_factory.mktemp("token-registry"), TOKEN_USERS)
     yield registry
     registry.stop()
+
+
+# -- the operator tier: the real kopf operator against kmock (see kubefake.py) --
+
+@pytest.fixture
+async def cluster(kmock, tmp_path, monkeypatch):
+    from kubefake import Cluster, declare_resources, kubeconfig
+
+    declare_resources(kmock)
+    monkeypatch.setenv("KUBECONFIG", kubeconfig(kmock, tmp_path / "kubeconfig"))
+    return Cluster(kmock)
+
+
+def b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def login_objects(name: str, host: str, user: str, password: str, **spec) -> list[dict]:
+    """A basic-auth Secret and a RegistryLogin using it."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-creds"},
+              "type": "kubernetes.io/basic-auth", "data": {"username": b64(user), "password": b64(password)}}
+    login = {"apiVersion": "kiln.dev/v1alpha1", "kind": "RegistryLogin", "metadata": {"name": name},
+             "spec": {"server": host, "secretRef": {"name": f"{name}-creds"}, "insecure": True, **spec}}
+    return [secret, login]
+
+
+def ready_of(obj: dict | None) -> dict:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})

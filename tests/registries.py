@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import hashlib
 import http.server
 import json
 import shutil
@@ -16,7 +17,9 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,3 +171,67 @@ def silent_server() -> tuple[socket.socket, str]:
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     return listener, f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _http(method: str, url: str, auth: tuple[str, str], body: bytes = b"", content_type: str | None = None):
+    request = urllib.request.Request(url, data=body if method in ("POST", "PUT") else None, method=method)
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_image(registry: RunningRegistry, user: str, repository: str, platforms: list[str],
+               tag: str | None = None) -> tuple[str | None, dict[str, str]]:
+    """Push a tiny image per platform by digest, plus an index under `tag` when given.
+
+    Returns (index digest or None, {platform: manifest digest}): what BuildKit leaves in a registry.
+    """
+    auth = (user, registry.users[user])
+    base = f"http://{registry.host}/v2/{repository}"
+    digests, entries = {}, []
+    for platform in platforms:
+        os_name, arch = platform.split("/")[:2]
+        layer = f"layer for {platform}".encode()
+        config = json.dumps({"architecture": arch, "os": os_name,
+                             "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]}}).encode()
+        for blob in (layer, config):
+            status, _, _ = _http("POST", f"{base}/blobs/uploads/?digest={_digest(blob)}", auth, blob,
+                                 "application/octet-stream")
+            assert status == 201, status
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(layer),
+                        "size": len(layer)}],
+        }).encode()
+        status, _, _ = _http("PUT", f"{base}/manifests/{_digest(manifest)}", auth, manifest,
+                             "application/vnd.oci.image.manifest.v1+json")
+        assert status == 201, status
+        digests[platform] = _digest(manifest)
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": _digest(manifest),
+                        "size": len(manifest), "platform": {"os": os_name, "architecture": arch}})
+    if tag is None:
+        return None, digests
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}).encode()
+    status, _, _ = _http("PUT", f"{base}/manifests/{tag}", auth, index, "application/vnd.oci.image.index.v1+json")
+    assert status == 201, status
+    return _digest(index), digests
+
+
+def read_manifest(registry: RunningRegistry, user: str, repository: str, reference: str) -> tuple[str, dict]:
+    """(content type, manifest) of a tag or digest."""
+    request = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{reference}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{registry.users[user]}".encode()).decode())
+    request.add_header("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Content-Type"], json.loads(response.read())

@@ -1,6 +1,7 @@
 """render: the exact objects the operator creates for every user story."""
 import base64
 import copy
+import hashlib
 import json
 import os
 import re
@@ -166,19 +167,35 @@ def test_timeout_and_retries_map_to_the_job():
     assert job["spec"]["backoffLimit"] == 0
 
 
+def _fixture_build() -> dict:
+    return copy.deepcopy(next(d for d in load_yaml_docs(FIXTURES / "git-private.yaml") if d["kind"] == "ImageBuild"))
+
+
 def test_every_build_has_its_own_deterministic_names():
-    spec = parse_image_build(next(d for d in load_yaml_docs(FIXTURES / "git-private.yaml") if d["kind"] == "ImageBuild"))
-    again = render_build(spec, [], build_plan(spec), SETTINGS)
-    assert again == render_build(spec, [], build_plan(spec), SETTINGS)
-    rebuilt = copy.deepcopy(spec.__dict__)
-    rebuilt["rebuild"] = "2026-11-28"
-    other = type(spec)(**rebuilt)
-    assert render_job(other, BuildUnit(()), SETTINGS)["metadata"]["name"] != render_job(spec, BuildUnit(()), SETTINGS)["metadata"]["name"]
+    spec = parse_image_build(_fixture_build())
+    assert render_build(spec, [], build_plan(spec), SETTINGS) == render_build(spec, [], build_plan(spec), SETTINGS)
+    rebuilt = _fixture_build()
+    rebuilt["metadata"]["annotations"] = {"kiln.dev/rebuild": "2026-11-28"}
+    name = render_job(spec, BuildUnit(()), SETTINGS)["metadata"]["name"]
+    assert render_job(parse_image_build(rebuilt), BuildUnit(()), SETTINGS)["metadata"]["name"] != name
+    assert name == "private-app-g3-" + hashlib.sha256(b"6f1c2d8e-0000-4000-8000-000000000001/3/").hexdigest()[:6]
+
+
+def test_suspend_and_history_limit_do_not_change_what_is_built():
+    base = parse_image_build(_fixture_build())
+    toggled = _fixture_build()
+    toggled["spec"].update(suspend=True, historyLimit=9)
+    assert parse_image_build(toggled).identity == base.identity
+    changed = _fixture_build()
+    changed["spec"]["source"]["git"]["revision"] = "v1.4.3"
+    assert parse_image_build(changed).identity != base.identity
+    rebuilt = _fixture_build()
+    rebuilt["metadata"]["annotations"] = {"kiln.dev/rebuild": "again"}
+    assert parse_image_build(rebuilt).identity != base.identity
 
 
 def test_long_names_are_shortened_to_valid_label_values():
-    doc = next(d for d in load_yaml_docs(FIXTURES / "git-private.yaml") if d["kind"] == "ImageBuild")
-    doc = copy.deepcopy(doc)
+    doc = _fixture_build()
     doc["metadata"]["name"] = "a" * 200
     job = render_job(parse_image_build(doc), BuildUnit(("linux/arm64",), "arm64", "arm64"), SETTINGS, attempt=3)
     assert len(job["metadata"]["name"]) <= 63

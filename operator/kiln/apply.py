@@ -1,11 +1,25 @@
-"""The only module that talks to the Kubernetes API.
+"""apply: the only module that talks to the Kubernetes API.
 
-Creation is idempotent: children have deterministic names, so a 409 means
-"already there" and is never a second build.
+The kubernetes library loads the configuration (kubeconfig or in-cluster, with
+token refresh); requests are plain async REST on aiohttp, so objects stay the
+plain dicts the render layer made. Creation is idempotent: children have
+deterministic names, so 409 means "already there", never a second build.
 """
 from __future__ import annotations
 
+import json
+import os
+import ssl
+
+import aiohttp
 import kubernetes
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
 
 
 def load_config() -> None:
@@ -13,7 +27,24 @@ def load_config() -> None:
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # The library reads KUBECONFIG when imported; read it now, as kubectl does.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+def bearer_header(config: kubernetes.client.Configuration) -> str | None:
+    # kubernetes >= 36 keeps the token under BearerToken, older releases under authorization.
+    return config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+
+
+def connection() -> dict:
+    """How to reach the API server, for kopf's own login (the same config this module uses)."""
+    load_config()
+    config = kubernetes.client.Configuration.get_default_copy()
+    header = (bearer_header(config) or "").split(" ", 1)
+    scheme, token = (None, header[0] or None) if len(header) == 1 else (header[0], header[1])
+    return {"server": config.host, "ca_path": config.ssl_ca_cert, "insecure": not config.verify_ssl,
+            "scheme": scheme, "token": token, "certificate_path": config.cert_file,
+            "private_key_path": config.key_file}
 
 
 def cluster_problem(timeout: float = 5.0) -> str | None:
@@ -28,3 +59,110 @@ def cluster_problem(timeout: float = 5.0) -> str | None:
     except Exception as exc:  # any transport or API failure means "not usable"
         return f"the API server at {host} did not answer ({type(exc).__name__})"
     return None
+
+
+def path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
+         subresource: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [base] + ([f"namespaces/{namespace}"] if namespace else []) + [plural]
+    parts += [name] if name else []
+    parts += [subresource] if subresource else []
+    return "/".join(parts)
+
+
+def labels_match(obj: dict, selector: dict[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+class Kube:
+    """A small async REST client for the API server the operator runs against."""
+
+    def __init__(self, configuration: kubernetes.client.Configuration | None = None):
+        self._config = configuration or kubernetes.client.Configuration.get_default_copy()
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        config = self._config
+        if not config.host.startswith("https"):
+            return False
+        if not config.verify_ssl:
+            return False
+        context = ssl.create_default_context(cafile=config.ssl_ca_cert) if config.ssl_ca_cert else ssl.create_default_context()
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        return context
+
+    def _headers(self) -> dict[str, str]:
+        token = bearer_header(self._config)  # refreshes in-cluster tokens
+        return {"Authorization": token} if token else {}
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+
+    async def request(self, method: str, url: str, *, body=None, params: dict | None = None,
+                      content_type: str = "application/json", text: bool = False):
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl()),
+                                                  timeout=aiohttp.ClientTimeout(total=30))
+        headers = {**self._headers(), "Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        async with self._session.request(method, self._config.host.rstrip("/") + url, headers=headers,
+                                         data=data, params=params) as response:
+            payload = await response.text()
+            if response.status >= 400:
+                try:
+                    message = json.loads(payload).get("message", payload)
+                except ValueError:
+                    message = payload
+                raise KubeError(response.status, str(message)[:500])
+            return payload if text else json.loads(payload or "{}")
+
+    async def get(self, url: str) -> dict | None:
+        try:
+            return await self.request("GET", url)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(self, url: str, labels: dict[str, str] | None = None) -> list[dict]:
+        selector = ",".join(f"{k}={v}" for k, v in (labels or {}).items())
+        answer = await self.request("GET", url, params={"labelSelector": selector} if selector else None)
+        return [item for item in answer.get("items", []) if labels_match(item, labels or {})]
+
+    async def create(self, url: str, obj: dict) -> tuple[dict, bool]:
+        """(the object, True) when created, (the existing one, False) when it was already there."""
+        try:
+            return await self.request("POST", url, body=obj), True
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        existing = await self.get(f"{url}/{obj['metadata']['name']}")
+        if existing is None:  # deleted between the two calls: the next reconcile creates it
+            raise KubeError(409, f"{obj['kind']} {obj['metadata']['name']} is being deleted")
+        return existing, False
+
+    async def patch(self, url: str, patch: dict) -> dict:
+        return await self.request("PATCH", url, body=patch, content_type="application/merge-patch+json")
+
+    async def delete(self, url: str) -> bool:
+        """Delete with background propagation (a Job takes its pods along); False if it was gone already."""
+        try:
+            await self.request("DELETE", url, body={"propagationPolicy": "Background"})
+            return True
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int = 2000) -> str:
+        try:
+            return await self.request("GET", path("v1", "pods", namespace, pod, "log"), text=True,
+                                      params={"container": container, "tailLines": str(tail_lines)})
+        except KubeError:
+            return ""

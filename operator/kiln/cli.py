@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(render_files(args.filename, show_secrets=args.show_secrets, out=sys.stdout, err=sys.stderr))
 
 
+def kopf_argv(extra: list[str]) -> list[str]:
+    """`kopf run` arguments for kiln's handlers: all namespaces unless the options name some."""
+    scoped = any(a in ("-A", "--all-namespaces") or a.startswith(("-n", "--namespace")) for a in extra)
+    return ["run", "-m", "kiln.handlers", *([] if scoped else ["--all-namespaces"]), *extra]
+
+
 def run_operator(kopf_args: list[str], check: bool = True) -> int:
     if check:
         from kiln.apply import cluster_problem
@@ -45,10 +51,8 @@ def run_operator(kopf_args: list[str], check: bool = True) -> int:
             return 2
     import kopf.cli
 
-    scoped = any(a in ("-A", "--all-namespaces") or a.startswith(("-n", "--namespace")) for a in kopf_args)
-    argv = ["run", "-m", "kiln.handlers", *([] if scoped else ["--all-namespaces"]), *kopf_args]
     try:
-        kopf.cli.main.main(args=argv, prog_name="kiln run", standalone_mode=False)
+        kopf.cli.main.main(args=kopf_argv(kopf_args), prog_name="kiln run", standalone_mode=False)
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0

@@ -1,12 +1,119 @@
-"""kopf entry points. Each handler delegates to the pure layers and to apply."""
+"""kopf entry points: decorators and one-line delegations. The work lives in handle_build and handle_login.
+
+Every handler is level-triggered: it reads the current state and moves it one step,
+so any event (ImageBuild, its Jobs and Pods, RegistryLogins, their Secrets) or the
+periodic resync may run it, any number of times, in any order.
+"""
 from __future__ import annotations
+
+import asyncio
+import logging
 
 import kopf
 
+from kiln import apply, handle_build, handle_login
+from kiln.runtime import Runtime
+from kiln.settings import Settings
+
+IMAGEBUILDS = ("kiln.dev", "v1alpha1", "imagebuilds")
+LOGINS = ("kiln.dev", "v1alpha1", "registrylogins")
+MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
+
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_) -> None:
-    # Keep kopf's own bookkeeping in annotations: status belongs to users.
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    # kopf's own bookkeeping goes to annotations: status belongs to users.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev")
-    settings.posting.level = 20
+    settings.posting.level = logging.INFO
+    apply.load_config()
+    memo.runtime = Runtime(apply.Kube(), Settings.from_env())
+    memo.resync = asyncio.create_task(_resync(memo, logging.getLogger("kiln.resync")))
+
+
+async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
+    """Every object again, now and then: re-verification, and retries after transient trouble.
+
+    One loop for the operator instead of kopf timers, which would put a finalizer on every
+    object and block its deletion whenever the operator is down.
+    """
+    runtime: Runtime = memo.runtime
+    while True:
+        await asyncio.sleep(runtime.settings.resync_interval)
+        try:
+            for obj in await runtime.kube.list(handle_login.login_path(None)):
+                await handle_login.reconcile_login(runtime, obj, logger)
+            for obj in await runtime.kube.list(handle_build.build_path(None)):
+                await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
+        except Exception as exc:  # the next round tries again; one bad object must not stop the loop
+            logger.warning("resync failed: %s: %s", type(exc).__name__, exc)
+
+
+@kopf.on.login()
+def login(**_) -> kopf.ConnectionInfo:
+    return kopf.ConnectionInfo(**apply.connection())
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_) -> None:
+    memo.resync.cancel()
+    await memo.runtime.kube.close()
+
+
+@kopf.index(*LOGINS)
+def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> dict:
+    return {(namespace, (spec.get("secretRef") or {}).get("name")): name}
+
+
+@kopf.index(*IMAGEBUILDS)
+def builds_by_namespace(namespace: str, name: str, **_) -> dict:
+    return {namespace: name}
+
+
+async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
+    obj, events = await handle_build.reconcile_build(memo.runtime, namespace, name, logger)
+    for kind, reason, message in events:
+        kopf.event(obj, type=kind, reason=reason, message=message)
+
+
+async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger, builds_by_namespace: kopf.Index) -> None:
+    if await handle_login.reconcile_login(memo.runtime, body, logger) is None:
+        return
+    for build in builds_by_namespace.get(body["metadata"]["namespace"], []):  # builds may wait for this login
+        await _build(memo, body["metadata"]["namespace"], build, logger)
+
+
+@kopf.on.event(*IMAGEBUILDS)
+async def imagebuild_changed(type: str, namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
+    if type != "DELETED":  # on deletion, the children go with their owner reference
+        await _build(memo, namespace, name, logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "ImageBuild" and ref.get("controller"):
+            await _build(memo, namespace, ref["name"], logger)
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+async def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
+    job = await memo.runtime.kube.get(apply.path("batch/v1", "jobs", namespace, labels.get("job-name", "")))
+    if job:
+        await job_changed(body=kopf.Body(job), namespace=namespace, memo=memo, logger=logger)
+
+
+@kopf.on.event(*LOGINS)
+async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                        builds_by_namespace: kopf.Index, **_) -> None:
+    if type != "DELETED":
+        await _login(memo, dict(body), logger, builds_by_namespace)
+
+
+@kopf.on.event("", "v1", "secrets")
+async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
+                         logins_by_secret: kopf.Index, builds_by_namespace: kopf.Index, **_) -> None:
+    for login in logins_by_secret.get((namespace, name), []):  # rotation: re-verify without a restart
+        obj = await memo.runtime.kube.get(handle_login.login_path(namespace, login))
+        if obj:
+            await _login(memo, obj, logger, builds_by_namespace)

@@ -7,6 +7,7 @@ from servers that do not validate. Bad input raises InvalidSpec naming the field
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -122,12 +123,10 @@ class BuildSpec:
     retries: int = 1
     history_limit: int = 5
     suspend: bool = False
-
-    @property
-    def build_id(self) -> str:
-        """Names one build: this generation, this rebuild token, this object (not a same-named successor)."""
-        digest = hashlib.sha256(f"{self.uid}/{self.generation}/{self.rebuild}".encode()).hexdigest()[:6]
-        return f"g{self.generation}-{digest}"
+    # What the build is: the spec (but for knobs that do not change the image) and the rebuild token.
+    identity: str = ""
+    # Names this build in Jobs and status; a new identity at a new generation gets a new one.
+    build_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,9 +142,20 @@ class LoginSpec:
     ca_key: str = "ca.crt"
 
 
+# Changing these does not make a new image, so it does not start a new build.
+_NOT_IDENTITY = ("suspend", "historyLimit")
+
+
+def build_id(uid: str, generation: int, rebuild: str) -> str:
+    """g<generation>-<hash of object, generation and rebuild token>: unique, deterministic, readable."""
+    return f"g{generation}-" + hashlib.sha256(f"{uid}/{generation}/{rebuild}".encode()).hexdigest()[:6]
+
+
 def parse_image_build(obj: dict) -> BuildSpec:
     meta = obj.get("metadata") or {}
     spec = _mapping(obj.get("spec"), "spec")
+    rebuild = (meta.get("annotations") or {}).get(REBUILD_ANNOTATION, "")
+    identity_source = json.dumps([{k: v for k, v in spec.items() if k not in _NOT_IDENTITY}, rebuild], sort_keys=True)
     output = _parse_output(_mapping(spec.get("output"), "spec.output", required=True))
     platforms = tuple(_strings(spec.get("platforms", []), "spec.platforms"))
     for i, platform in enumerate(platforms):
@@ -176,7 +186,7 @@ def parse_image_build(obj: dict) -> BuildSpec:
         name=_name(meta.get("name"), "metadata.name"),
         uid=meta.get("uid") or "",
         generation=int(meta.get("generation") or 1),
-        rebuild=(meta.get("annotations") or {}).get(REBUILD_ANNOTATION, ""),
+        rebuild=rebuild,
         registry_logins=logins,
         source=_parse_source(_mapping(spec.get("source"), "spec.source", required=True)),
         output=output,
@@ -191,6 +201,8 @@ def parse_image_build(obj: dict) -> BuildSpec:
         retries=_integer(spec.get("retries", 1), "spec.retries", 0, 10),
         history_limit=_integer(spec.get("historyLimit", 5), "spec.historyLimit", 1, 100),
         suspend=_boolean(spec.get("suspend", False), "spec.suspend"),
+        identity=hashlib.sha256(identity_source.encode()).hexdigest()[:16],
+        build_id=build_id(meta.get("uid") or "", int(meta.get("generation") or 1), rebuild),
     )
 
 

@@ -7,6 +7,7 @@ credential or token in it: errors carry a reason and a message for users.
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
 import re
@@ -265,3 +266,44 @@ class RegistryClient:
 
 def _header(headers: dict, name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+_INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
+
+
+def platform_of(platform: str) -> dict[str, str]:
+    os_name, arch, *variant = platform.split("/")
+    return {"os": os_name, "architecture": arch, **({"variant": variant[0]} if variant else {})}
+
+
+def image_index(manifests: list[dict]) -> dict:
+    """An OCI index of per-platform manifests: [{mediaType, digest, size, platform: os/arch[/variant]}]."""
+    return {"schemaVersion": 2, "mediaType": OCI_INDEX,
+            "manifests": [{**m, "platform": platform_of(m["platform"])} for m in manifests]}
+
+
+def platform_digests(media_type: str, body: bytes) -> list[tuple[str, str]]:
+    """(os/arch[/variant], digest) of each image in an index; attestation entries are skipped."""
+    if media_type not in _INDEX_TYPES:
+        return []
+    out = []
+    for entry in json.loads(body).get("manifests", []):
+        platform = entry.get("platform") or {}
+        if platform.get("os") in (None, "unknown"):
+            continue  # BuildKit's provenance attestations
+        name = "/".join(filter(None, [platform.get("os"), platform.get("architecture"), platform.get("variant")]))
+        out.append((name, entry["digest"]))
+    return out
+
+
+async def push_index(client: RegistryClient, repository: str, images: list[tuple[str, str]], tags: tuple[str, ...]) -> str:
+    """Assemble one index from per-platform images pushed by digest, tag it with every tag; returns its digest."""
+    manifests = []
+    for platform, digest in images:
+        media_type, body, _ = await client.get_manifest(repository, digest)
+        manifests.append({"mediaType": media_type, "digest": digest, "size": len(body), "platform": platform})
+    body = json.dumps(image_index(manifests), separators=(",", ":")).encode()
+    for tag in tags:
+        await client.put_manifest(repository, tag, OCI_INDEX, body)
+    return "sha256:" + hashlib.sha256(body).hexdigest()

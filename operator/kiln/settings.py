@@ -13,6 +13,8 @@ class Settings:
     # How often Ready logins are checked against their registry again, in seconds.
     verify_interval: float = 600.0
     registry_timeout: float = 10.0
+    # How often every object is looked at again without an event, in seconds.
+    resync_interval: float = 30.0
     # Verification may not reach link-local or cloud metadata addresses unless allowed.
     allow_link_local: bool = False
 
@@ -23,5 +25,6 @@ class Settings:
             buildkit_image=env.get("KILN_BUILDKIT_IMAGE", DEFAULT_BUILDKIT_IMAGE),
             verify_interval=float(env.get("KILN_VERIFY_INTERVAL", cls.verify_interval)),
             registry_timeout=float(env.get("KILN_REGISTRY_TIMEOUT", cls.registry_timeout)),
+            resync_interval=float(env.get("KILN_RESYNC_INTERVAL", cls.resync_interval)),
             allow_link_local=env.get("KILN_ALLOW_LINK_LOCAL", "").lower() in ("1", "true", "yes"),
         )

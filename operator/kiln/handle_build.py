@@ -1,0 +1,482 @@
+"""ImageBuild: start one build per identity, follow its pods to the end, report it in status.
+
+Level-triggered: every call reads the ImageBuild, its Jobs and their Pods and moves
+one step toward the spec. Re-running it at any point (an operator restart, two
+events at once) creates nothing twice: children have deterministic names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from kiln import observe, reasons
+from kiln.apply import Kube, path
+from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
+from kiln.handle_login import login_path, read_ca, ready_condition
+from kiln.observe import UnitState, cache_stats, observe_unit
+from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
+from kiln.references import registry_host, repository_path, split_tagged
+from kiln.registry import Registry, RegistryClient, RegistryError, platform_digests, push_index
+from kiln.render import (
+    buildkitd_config_name,
+    cache_ref,
+    docker_secret_name,
+    job_name,
+    render_buildkitd_config,
+    render_docker_config_secret,
+    render_job,
+    short_name,
+)
+from kiln.resolve import BuildUnit, build_plan
+from kiln.runtime import Runtime
+from kiln.settings import Settings
+from kiln.status import (
+    BUILDING,
+    CANCELLED,
+    FAILED,
+    PENDING,
+    SUCCEEDED,
+    condition,
+    duration,
+    now_iso,
+    phase_conditions,
+    short_digest,
+    with_history,
+    with_transition_times,
+)
+
+API_VERSION = "kiln.dev/v1alpha1"
+Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
+
+
+def build_path(namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+    return path(API_VERSION, "imagebuilds", namespace, name, subresource)
+
+
+class Blocked(Exception):
+    """The build cannot start yet: credentials, preflight or a busy cache volume."""
+
+    def __init__(self, reason: str, message: str, credentials: bool = True, stalled: bool = True):
+        super().__init__(message)
+        self.reason, self.message, self.credentials, self.stalled = reason, message, credentials, stalled
+
+
+@dataclasses.dataclass
+class Unit:
+    """One build pod's latest Job, its Pod and what they say."""
+    unit: BuildUnit
+    job: dict | None
+    pod: dict | None
+    state: UnitState
+    attempt: int
+
+
+async def reconcile_build(runtime: Runtime, namespace: str, name: str,
+                          logger: logging.Logger) -> tuple[dict | None, list[Event]]:
+    """One step for one ImageBuild; returns (the object as read, events to post)."""
+    async with runtime.locks[(namespace, name)]:
+        obj = await runtime.kube.get(build_path(namespace, name))
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            runtime.locks.pop((namespace, name), None)
+            return None, []
+        status, events = await _reconcile(runtime.kube, runtime.settings, obj, logger)
+        await write_status(runtime.kube, obj, status)
+        return obj, events
+
+
+async def write_status(kube: Kube, obj: dict, new: dict) -> bool:
+    old = obj.get("status") or {}
+    new = {**new, "conditions": with_transition_times(old.get("conditions"), new["conditions"], now_iso())}
+    patch = {**{k: None for k in old if k not in new}, **new}
+    if all(old.get(k) == v for k, v in patch.items()):
+        return False  # nothing changed: no write, no event storm
+    meta = obj["metadata"]
+    await kube.patch(build_path(meta["namespace"], meta["name"], "status"), {"status": patch})
+    return True
+
+
+def _owned(obj: dict, uid: str) -> bool:
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _active(job: dict) -> bool:
+    return not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                   for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def _attempt(job: dict) -> int:
+    return int((job["metadata"].get("annotations") or {}).get("kiln.dev/attempt", "0"))
+
+
+def _unit_of(job: dict) -> BuildUnit:
+    annotations = job["metadata"].get("annotations") or {}
+    platforms = tuple(p for p in annotations.get("kiln.dev/platforms", "").split(",") if p)
+    key = job["metadata"]["labels"].get("kiln.dev/unit", "all")
+    arch = job["spec"]["template"]["spec"].get("nodeSelector", {}).get("kubernetes.io/arch") \
+        if annotations.get("kiln.dev/built-by") == "native" else None
+    return BuildUnit(platforms, arch, "" if key == "all" else key)
+
+
+def _job_path(namespace: str, name: str | None = None) -> str:
+    return path("batch/v1", "jobs", namespace, name)
+
+
+async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.Logger) -> tuple[dict, list[Event]]:
+    meta = obj["metadata"]
+    namespace, uid, generation = meta["namespace"], meta.get("uid", ""), meta.get("generation") or 1
+    old = obj.get("status") or {}
+    try:
+        spec = parse_image_build(obj)
+    except InvalidSpec as exc:
+        return _status(old, generation, FAILED, reasons.INVALID_SPEC, str(exc),
+                       history=old.get("history")), []
+    if old.get("specIdentity") == spec.identity and old.get("buildID"):
+        spec = dataclasses.replace(spec, build_id=old["buildID"])  # same image: same build, even at a new generation
+    same_build = old.get("buildID") == spec.build_id
+    history = old.get("history") or []
+    events: list[Event] = []
+    jobs = [j for j in await kube.list(_job_path(namespace), {"kiln.dev/imagebuild": short_name(spec.name)})
+            if _owned(j, uid) and not j["metadata"].get("deletionTimestamp")]
+
+    for job in jobs:  # a new build supersedes whatever still runs for an older one
+        other = job["metadata"]["labels"].get("kiln.dev/build-id")
+        if other != spec.build_id and _active(job):
+            await kube.delete(_job_path(namespace, job["metadata"]["name"]))
+            if old.get("buildID") == other and old.get("phase") in (PENDING, BUILDING):
+                history = with_history(history, _record(old, CANCELLED, reasons.SUPERSEDED), spec.history_limit)
+                events.append(("Normal", "BuildSuperseded", f"build {other} superseded by {spec.build_id}"))
+    current = [j for j in jobs if j["metadata"]["labels"].get("kiln.dev/build-id") == spec.build_id]
+    carried = old if same_build else {}
+    status_of = _StatusMaker(spec, generation, carried, history)
+
+    if spec.suspend:
+        running = [j for j in current if _active(j)]
+        for job in running:
+            await kube.delete(_job_path(namespace, job["metadata"]["name"]))
+        await _remove_credentials(kube, spec)
+        if same_build and old.get("phase") in (SUCCEEDED, FAILED):
+            return status_of.keep(), events
+        if running:
+            events.append(("Normal", "BuildCancelled", f"build {spec.build_id} cancelled: spec.suspend is true"))
+            status_of.history = with_history(status_of.history, _record({**carried, "buildID": spec.build_id},
+                                                                        CANCELLED, reasons.SUSPENDED), spec.history_limit)
+        return status_of.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false"), events
+
+    if same_build and old.get("phase") in (SUCCEEDED, FAILED):
+        await _remove_credentials(kube, spec)
+        await _trim_history(kube, spec, jobs, status_of.history)
+        return status_of.keep(), events
+
+    attempt_base = carried.get("attempt", -1) + 1 if carried.get("phase") == CANCELLED else 0
+    units = await _observe(kube, spec, [j for j in current if _attempt(j) >= attempt_base])
+    try:
+        if not units:
+            plan = build_plan(spec, await _ready_archs(kube) if spec.strategy == "auto" else frozenset())
+            await _check_cache_volume(kube, spec, jobs)
+            await _start(kube, settings, spec, plan, attempt_base, preflight=True)
+            events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
+            return status_of.make(PENDING, reasons.BUILD_PENDING, "build Jobs created",
+                                  attempt=attempt_base, job_names=[job_name(spec, u, attempt_base) for u in plan]), events
+        retry = [u for u in units if u.state.phase == observe.FAILED and u.state.retryable and u.attempt < spec.retries]
+        for unit in retry:
+            if unit.job and _active(unit.job):
+                await kube.delete(_job_path(namespace, unit.job["metadata"]["name"]))
+            await _start(kube, settings, spec, (unit.unit,), unit.attempt + 1, preflight=False)
+            events.append(("Warning", "BuildRetried", f"{unit.state.reason}: {unit.state.message}; "
+                                                      f"attempt {unit.attempt + 2} of {spec.retries + 1}"))
+    except Blocked as blocked:
+        return status_of.blocked(blocked), events
+    if retry:
+        return status_of.make(BUILDING, reasons.BUILDING, f"retrying after {retry[0].state.reason}",
+                              units=units, attempt=max(u.attempt for u in retry) + 1), events
+    return await _conclude(kube, settings, spec, units, status_of, jobs, events, logger)
+
+
+async def _conclude(kube: Kube, settings: Settings, spec: BuildSpec, units: list[Unit], status_of: _StatusMaker,
+                    jobs: list[dict], events: list[Event], logger: logging.Logger) -> tuple[dict, list[Event]]:
+    failed = next((u for u in units if u.state.phase == observe.FAILED), None)
+    if failed:
+        for unit in units:  # one platform failed: the index cannot be made, stop the others
+            if unit.job and _active(unit.job):
+                await kube.delete(_job_path(spec.namespace, unit.job["metadata"]["name"]))
+        await _remove_credentials(kube, spec)
+        status = status_of.failed(failed, units)
+        events.append(("Warning", "BuildFailed", f"{failed.state.reason}: {failed.state.message}"))
+        await _trim_history(kube, spec, jobs, status["history"])
+        return status, events
+    if all(u.state.phase == observe.SUCCEEDED for u in units):
+        try:
+            digest, platforms = await _results(kube, settings, spec, units)
+        except (RegistryError, CredentialsProblem) as exc:
+            return status_of.make(BUILDING, exc.reason, f"the images are built; assembling the result: {exc.message}",
+                                  units=units), events
+        cached, total = await _cache_stats(kube, spec, units)
+        await _remove_credentials(kube, spec)
+        status = status_of.succeeded(units, digest, platforms, cached, total)
+        events.append(("Normal", "BuildSucceeded", f"pushed {status.get('image') or spec.output.image}"))
+        await _trim_history(kube, spec, jobs, status["history"])
+        logger.info("ImageBuild %s/%s: build %s succeeded (%s)", spec.namespace, spec.name, spec.build_id, digest)
+        return status, events
+    phase = BUILDING if any(u.state.phase in (observe.RUNNING, observe.SUCCEEDED) for u in units) else PENDING
+    waiting = next((u.state for u in units if u.state.phase == observe.PENDING), units[0].state)
+    message = "building" if phase == BUILDING else waiting.message
+    return status_of.make(phase, reasons.BUILDING if phase == BUILDING else reasons.BUILD_PENDING, message,
+                          units=units), events
+
+
+async def _observe(kube: Kube, spec: BuildSpec, jobs: list[dict]) -> list[Unit]:
+    """The latest attempt of every unit, with its pod and state."""
+    latest: dict[str, dict] = {}
+    for job in jobs:
+        key = job["metadata"]["labels"].get("kiln.dev/unit", "all")
+        if key not in latest or _attempt(job) > _attempt(latest[key]):
+            latest[key] = job
+    units = []
+    for key in sorted(latest):
+        job = latest[key]
+        pods = await kube.list(path("v1", "pods", spec.namespace), {"job-name": job["metadata"]["name"]})
+        pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+        units.append(Unit(_unit_of(job), job, pod, observe_unit(job, pod), _attempt(job)))
+    return units
+
+
+async def _ready_archs(kube: Kube) -> frozenset[str]:
+    nodes = await kube.list(path("v1", "nodes"))
+    return frozenset(
+        (n["metadata"].get("labels") or {}).get("kubernetes.io/arch", "")
+        for n in nodes
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in (n.get("status") or {}).get("conditions") or [])
+    ) - {""}
+
+
+async def _check_cache_volume(kube: Kube, spec: BuildSpec, own_jobs: list[dict]) -> None:
+    """BuildKit's state directory serves one daemon at a time: wait while another build holds the volume."""
+    if not spec.cache.volume:
+        return
+    label = short_name(spec.cache.volume)
+    holders = [j for j in await kube.list(_job_path(spec.namespace), {"kiln.dev/cache-volume": label})
+               if _active(j) and j not in own_jobs]
+    if holders:
+        raise Blocked(reasons.WAITING_FOR_CACHE_VOLUME,
+                      f"cache volume {spec.cache.volume} is in use by Job {holders[0]['metadata']['name']}",
+                      credentials=False, stalled=False)
+
+
+async def resolve_logins(kube: Kube, spec: BuildSpec) -> list[ResolvedLogin]:
+    """The build's RegistryLogins, each Ready, with the credentials from their Secrets."""
+    objects = await kube.list(login_path(spec.namespace))
+    parsed, by_name = [], {}
+    for item in objects:
+        try:
+            login = parse_registry_login(item)
+        except InvalidSpec:
+            continue  # reported on the login itself; named ones show up as not found below
+        parsed.append(login)
+        by_name[login.name] = item
+    resolved = []
+    for login in selected_logins(spec, parsed):
+        ready = ready_condition(by_name[login.name])
+        if not ready or ready.get("status") != "True":
+            detail = f"{ready['reason']}: {ready['message']}" if ready else "not checked yet"
+            raise CredentialsProblem(reasons.LOGIN_NOT_READY, f"RegistryLogin {login.name!r} is not Ready ({detail})")
+        secret = await kube.get(path("v1", "secrets", login.namespace, login.secret))
+        resolved.append(ResolvedLogin(login.name, login.server, credentials_from_secret(secret, login),
+                                      login.insecure, await read_ca(kube, login)))
+    return resolved
+
+
+def _client(settings: Settings, logins: list[ResolvedLogin], host: str) -> RegistryClient:
+    login = next((item for item in logins if item.server == host), None)
+    return RegistryClient(Registry(host, bool(login and login.insecure), login.ca_pem if login else None),
+                          login.credentials if login else None, timeout=settings.registry_timeout,
+                          allow_link_local=settings.allow_link_local)
+
+
+async def _preflight(settings: Settings, spec: BuildSpec, logins: list[ResolvedLogin]) -> None:
+    """Every repository the build will push to (image, cache) accepts a push with these credentials."""
+    targets = [spec.output.image] if spec.output.push else []
+    if spec.cache.type == "registry" and spec.cache.ref:
+        targets.append(split_tagged(spec.cache.ref)[0])
+    for image in dict.fromkeys(targets):
+        async with _client(settings, logins, registry_host(image)) as client:
+            await client.check_push(repository_path(image))
+
+
+async def _start(kube: Kube, settings: Settings, spec: BuildSpec, plan: tuple[BuildUnit, ...], attempt: int,
+                 preflight: bool) -> None:
+    try:
+        logins = await resolve_logins(kube, spec)
+        if preflight:
+            await _preflight(settings, spec, logins)
+        secret = render_docker_config_secret(spec, logins)
+    except CredentialsProblem as exc:
+        raise Blocked(exc.reason, exc.message) from None
+    except RegistryError as exc:
+        transient = exc.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
+        raise Blocked(exc.reason, f"push check: {exc.message}", stalled=not transient) from None
+    await kube.create(path("v1", "secrets", spec.namespace), secret)
+    buildkitd = render_buildkitd_config(spec, logins)
+    if buildkitd:
+        await kube.create(path("v1", "configmaps", spec.namespace), buildkitd)
+    several = len(plan) > 1 or any(u.key for u in plan)
+    for unit in plan:
+        job = render_job(spec, unit, settings, several_units=several, buildkitd_config=buildkitd is not None, attempt=attempt)
+        await kube.create(_job_path(spec.namespace), job)
+
+
+async def _remove_credentials(kube: Kube, spec: BuildSpec) -> None:
+    """The merged Secret lives only while a build pod may need it."""
+    await kube.delete(path("v1", "secrets", spec.namespace, docker_secret_name(spec)))
+    await kube.delete(path("v1", "configmaps", spec.namespace, buildkitd_config_name(spec)))
+
+
+async def _trim_history(kube: Kube, spec: BuildSpec, jobs: list[dict], history: list[dict]) -> None:
+    keep = {spec.build_id} | {item.get("buildID") for item in history}
+    for job in jobs:
+        if job["metadata"]["labels"].get("kiln.dev/build-id") not in keep:
+            await kube.delete(_job_path(spec.namespace, job["metadata"]["name"]))
+
+
+async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[Unit]) -> tuple[str | None, list[dict]]:
+    """The pushed digest and the digest of each platform (assembling the index for native builds)."""
+    if not spec.output.push:
+        digest = units[0].state.digest
+        return digest, [{"platform": p, "digest": digest, "builtBy": units[0].unit.built_by}
+                        for p in units[0].unit.platforms if len(units[0].unit.platforms) == 1]
+    logins = await resolve_logins(kube, spec)
+    repository = repository_path(spec.output.image)
+    async with _client(settings, logins, registry_host(spec.output.image)) as client:
+        images: list[tuple[str, str, str]] = []  # platform, digest, built by
+        for unit in units:
+            digest = unit.state.digest or ""
+            if len(unit.unit.platforms) == 1:
+                images.append((unit.unit.platforms[0], digest, unit.unit.built_by))
+            elif digest:
+                media_type, body, _ = await client.get_manifest(repository, digest)
+                images += [(p, d, unit.unit.built_by) for p, d in platform_digests(media_type, body)]
+        if len(units) > 1 or any(u.unit.key for u in units):
+            digest = await push_index(client, repository, [(p, d) for p, d, _ in images], spec.output.tags)
+        else:
+            digest = units[0].state.digest
+    return digest, [{"platform": p, "digest": d, "builtBy": b} for p, d, b in images]
+
+
+async def _cache_stats(kube: Kube, spec: BuildSpec, units: list[Unit]) -> tuple[int, int]:
+    cached = total = 0
+    for unit in units:
+        if unit.pod:
+            log = await kube.pod_log(spec.namespace, unit.pod["metadata"]["name"], "buildkit")
+            c, t = cache_stats(log)
+            cached, total = cached + c, total + t
+    return cached, total
+
+
+def _record(status: dict, phase: str, reason: str) -> dict:
+    record = {"buildID": status.get("buildID"), "generation": status.get("observedGeneration"),
+              "jobName": status.get("jobName"), "phase": phase, "reason": reason, "digest": status.get("digest"),
+              "startTime": status.get("startTime"), "completionTime": status.get("completionTime") or now_iso()}
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _logs_command(spec: BuildSpec, job_name: str) -> str:
+    return f"kubectl logs -n {spec.namespace} job/{job_name} -c buildkit"
+
+
+class _StatusMaker:
+    """Builds the status dict of the current build from what was observed."""
+
+    def __init__(self, spec: BuildSpec, generation: int, carried: dict, history: list[dict]):
+        self.spec, self.generation, self.carried, self.history = spec, generation, carried, history
+
+    def _base(self, phase: str, reason: str, message: str, credentials: dict) -> dict:
+        spec = self.spec
+        cache = {"type": spec.cache.type}
+        export = cache_ref(spec, BuildUnit(spec.platforms)) if spec.cache.type == "registry" else None
+        if export:
+            cache["exportRef"] = export
+        imports = [*([export] if export else []), *spec.cache.import_refs]
+        if imports:
+            cache["importRefs"] = imports
+        status = {"observedGeneration": self.generation, "specIdentity": spec.identity, "buildID": spec.build_id,
+                  "phase": phase, "cache": cache, "history": self.history,
+                  "conditions": [*phase_conditions(phase, reason, message, self.generation), credentials]}
+        for key in ("startTime", "jobName", "attempt"):
+            if key in self.carried:
+                status[key] = self.carried[key]
+        return status
+
+    def _credentials_ok(self) -> dict:
+        return condition("CredentialsReady", True, reasons.CREDENTIALS_RESOLVED,
+                         "every RegistryLogin the build uses is Ready", self.generation)
+
+    def keep(self) -> dict:
+        return {**self.carried, "observedGeneration": self.generation, "history": self.history}
+
+    def make(self, phase: str, reason: str, message: str, *, units: list[Unit] | None = None,
+             attempt: int | None = None, job_names: list[str] | None = None) -> dict:
+        status = self._base(phase, reason, message, self._credentials_ok())
+        if phase == CANCELLED:
+            status["conditions"][-1] = condition("CredentialsReady", True, reasons.SUSPENDED, "not needed while suspended",
+                                                 self.generation)
+        if units:
+            job_names = [u.job["metadata"]["name"] for u in units if u.job]
+            starts = [u.state.start_time for u in units if u.state.start_time]
+            if starts:
+                status["startTime"] = min(starts)
+            status["attempt"] = max(u.attempt for u in units) if attempt is None else attempt
+        elif attempt is not None:
+            status["attempt"] = attempt
+        if job_names:
+            status["jobName"] = ",".join(job_names)
+        return status
+
+    def blocked(self, blocked: Blocked) -> dict:
+        phase = PENDING
+        status = self._base(phase, blocked.reason, blocked.message, self._credentials_ok())
+        ready, reconciling, stalled, credentials = status["conditions"]
+        if blocked.credentials:
+            credentials = condition("CredentialsReady", False, blocked.reason, blocked.message, self.generation)
+        stalled = condition("Stalled", blocked.stalled, blocked.reason, blocked.message if blocked.stalled else "",
+                            self.generation)
+        reconciling = condition("Reconciling", not blocked.stalled, blocked.reason,
+                                "" if blocked.stalled else blocked.message, self.generation)
+        status["conditions"] = [ready, reconciling, stalled, credentials]
+        return status
+
+    def failed(self, unit: Unit, units: list[Unit]) -> dict:
+        job_name = unit.job["metadata"]["name"] if unit.job else ""
+        command = _logs_command(self.spec, job_name)
+        message = f"{unit.state.message}. See the build log: {command}"
+        status = self.make(FAILED, unit.state.reason, message, units=units)
+        status["completionTime"] = unit.state.completion_time or now_iso()
+        status["duration"] = duration(status.get("startTime"), status["completionTime"])
+        status["failure"] = {"reason": unit.state.reason, "message": unit.state.message,
+                             "logExcerpt": unit.state.log_excerpt, "logsCommand": command}
+        status["history"] = with_history(self.history, _record(status, FAILED, unit.state.reason), self.spec.history_limit)
+        return {k: v for k, v in status.items() if v is not None}
+
+    def succeeded(self, units: list[Unit], digest: str | None, platforms: list[dict], cached: int, total: int) -> dict:
+        status = self.make(SUCCEEDED, reasons.SUCCEEDED, "", units=units)
+        completions = [u.state.completion_time for u in units if u.state.completion_time]
+        status["completionTime"] = max(completions) if completions else now_iso()
+        status["duration"] = duration(status.get("startTime"), status["completionTime"])
+        if digest:
+            status.update(digest=digest, shortDigest=short_digest(digest))
+            if self.spec.output.push:
+                status["image"] = f"{self.spec.output.image}@{digest}"
+        message = f"pushed {status['image']}" if "image" in status else "built (spec.output.push is false)"
+        status["conditions"][0]["message"] = message
+        if platforms:
+            status["platforms"] = platforms
+        if total:
+            status["cache"].update(cachedSteps=cached, totalSteps=total)
+        status["history"] = with_history(self.history, _record(status, SUCCEEDED, reasons.SUCCEEDED),
+                                         self.spec.history_limit)
+        return {k: v for k, v in status.items() if v is not None}
+
+
+def _status(old: dict, generation: int, phase: str, reason: str, message: str, history) -> dict:
+    """Status for a spec kiln cannot act on at all."""
+    conditions = [*phase_conditions(phase, reason, message, generation),
+                  condition("CredentialsReady", False, reason, "not resolved: the spec is invalid", generation)]
+    return {"observedGeneration": generation, "phase": phase, "history": history or [], "conditions": conditions}

@@ -1,0 +1,109 @@
+"""RegistryLogin: read the Secret, check the credentials against the registry, report Ready."""
+from __future__ import annotations
+
+import datetime
+import logging
+
+from kiln import reasons
+from kiln.apply import Kube, path
+from kiln.credentials import Credentials, CredentialsProblem, credentials_from_secret
+from kiln.parse import InvalidSpec, LoginSpec, parse_registry_login
+from kiln.registry import Registry, RegistryClient, RegistryError
+from kiln.runtime import Runtime
+from kiln.settings import Settings
+from kiln.status import condition, now_iso, with_transition_times
+
+# Logins that are not Ready are checked again at least this often (seconds), for registries that come back.
+RETRY_INTERVAL = 60.0
+
+
+def login_path(namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+    return path("kiln.dev/v1alpha1", "registrylogins", namespace, name, subresource)
+
+
+def ready_condition(obj: dict) -> dict | None:
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != (obj.get("metadata") or {}).get("generation"):
+        return None  # not yet looked at since the last spec change
+    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
+def verification_due(obj: dict, secret_version: str | None, settings: Settings, now: datetime.datetime) -> bool:
+    status = obj.get("status") or {}
+    ready = ready_condition(obj)
+    if ready is None or status.get("secretVersion") != secret_version or not status.get("lastVerifiedTime"):
+        return True
+    age = (now - datetime.datetime.fromisoformat(status["lastVerifiedTime"].replace("Z", "+00:00"))).total_seconds()
+    interval = settings.verify_interval if ready.get("status") == "True" else min(settings.verify_interval, RETRY_INTERVAL)
+    return age >= interval
+
+
+async def read_ca(kube: Kube, login: LoginSpec) -> str | None:
+    if not login.ca_config_map:
+        return None
+    config_map = await kube.get(path("v1", "configmaps", login.namespace, login.ca_config_map))
+    pem = ((config_map or {}).get("data") or {}).get(login.ca_key)
+    if not pem:
+        raise CredentialsProblem(reasons.CA_BUNDLE_NOT_FOUND, f"ConfigMap {login.ca_config_map!r} has no key {login.ca_key!r}"
+                                 if config_map else f"ConfigMap {login.ca_config_map!r} does not exist")
+    return pem
+
+
+async def verify(login: LoginSpec, credentials: Credentials, ca_pem: str | None, settings: Settings) -> str:
+    """The auth scheme the registry uses; raises RegistryError when the credentials do not work."""
+    async with RegistryClient(Registry(login.server, login.insecure, ca_pem), credentials,
+                              timeout=settings.registry_timeout, allow_link_local=settings.allow_link_local) as client:
+        return (await client.verify()).scheme
+
+
+async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -> dict | None:
+    """Bring the status of one RegistryLogin up to date; returns the status written, or None if unchanged."""
+    kube, settings = runtime.kube, runtime.settings
+    meta = obj["metadata"]
+    generation = meta.get("generation") or 1
+    new: dict = {"observedGeneration": generation}
+    try:
+        login = parse_registry_login(obj)
+    except InvalidSpec as exc:
+        invalid = condition("Ready", False, reasons.INVALID_SPEC, str(exc), generation)
+        return await _write(kube, obj, {**new, "conditions": [invalid]})
+    new["server"] = login.server
+    secret = await kube.get(path("v1", "secrets", login.namespace, login.secret))
+    secret_version = (secret or {}).get("metadata", {}).get("resourceVersion")
+    now = datetime.datetime.now(datetime.UTC)
+    if not verification_due(obj, secret_version, settings, now):
+        return None
+    new["secretVersion"] = secret_version
+    try:
+        credentials = credentials_from_secret(secret, login)
+        new["username"] = credentials.username
+        ca_pem = await read_ca(kube, login)
+        if login.verify:
+            scheme = await verify(login, credentials, ca_pem, settings)
+            new.update(authScheme=scheme, lastVerifiedTime=now_iso())
+            message = f"{credentials.username} logged in to {login.server} ({scheme})"
+            ready = condition("Ready", True, reasons.VERIFIED, message, generation)
+        else:
+            ready = condition("Ready", True, reasons.NOT_VERIFIED,
+                              f"credentials for {credentials.username} read; not checked (spec.verify is false)", generation)
+    except (CredentialsProblem, RegistryError) as exc:
+        if isinstance(exc, RegistryError):
+            new["lastVerifiedTime"] = now_iso()
+        ready = condition("Ready", False, exc.reason, exc.message, generation)
+    new["conditions"] = [ready]
+    written = await _write(kube, obj, new)
+    if written is not None:
+        logger.info("RegistryLogin %s/%s: Ready=%s (%s)", login.namespace, login.name, ready["status"], ready["reason"])
+    return written
+
+
+async def _write(kube: Kube, obj: dict, new: dict) -> dict | None:
+    """Patch status when it changed (lastTransitionTime kept where the condition status did not change)."""
+    old = obj.get("status") or {}
+    new = {**new, "conditions": with_transition_times(old.get("conditions"), new["conditions"], now_iso())}
+    patch = {**{k: None for k in old if k not in new}, **new}
+    if all(old.get(k) == v for k, v in patch.items()):
+        return None
+    meta = obj["metadata"]
+    await kube.patch(login_path(meta["namespace"], meta["name"], "status"), {"status": patch})
+    return new

@@ -1,0 +1,122 @@
+"""observe: a build pod's Job and Pod -> what happened to it (pure).
+
+The digest comes from the termination message (buildctl's metadata file); on
+failure the kubelet puts the log tail there instead (FallbackToLogsOnError), which
+is what failures are classified from.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from kiln import reasons
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+_PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_AUTH = r"(401 Unauthorized|403 Forbidden|unauthorized|denied|insufficient_scope|authorization failed|failed to authorize)"
+# (reason, retryable, summary, pattern); the first that matches the log tail wins.
+_FAILURE_PATTERNS = [
+    (reasons.PUSH_DENIED, False, "the registry refused the push",
+     rf"(failed to push|error exporting|failed to export|pushing).*{_AUTH}"),
+    (reasons.BASE_IMAGE_PULL_DENIED, False, "a FROM image could not be pulled: access denied or not found",
+     rf"(failed to resolve source metadata|pull access denied|failed to do request|failed to copy).*({_AUTH}|not found)"),
+    (reasons.REGISTRY_TRANSIENT, True, "a registry or the network failed transiently",
+     r"(500 Internal Server Error|502 Bad Gateway|503 Service Unavailable|504 Gateway Timeout|429 Too Many Requests"
+     r"|toomanyrequests|connection reset by peer|i/o timeout|TLS handshake timeout|unexpected EOF)"),
+    (reasons.DOCKERFILE_ERROR, False, "a Dockerfile step failed",
+     r"(did not complete successfully|dockerfile parse error|failed to read dockerfile|failed to compute cache key"
+     r"|failed to parse stage name|unknown instruction|failed to solve: .*(not found|invalid))"),
+]
+_STEP = re.compile(r"^#(\d+) \[(?:[^\]]* )?\d+/\d+\]", re.MULTILINE)
+_CACHED = re.compile(r"^#(\d+) CACHED\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    phase: str  # Pending, Running, Succeeded or Failed
+    reason: str = ""
+    message: str = ""
+    retryable: bool = False
+    digest: str | None = None
+    media_type: str | None = None
+    log_excerpt: str = ""
+    start_time: str | None = None
+    completion_time: str | None = None
+
+
+def excerpt(text: str, lines: int = 15, limit: int = 1500) -> str:
+    """The last lines of build output, short enough for a status field."""
+    tail = "\n".join(text.strip().splitlines()[-lines:])
+    return tail[-limit:]
+
+
+def classify_failure(log: str) -> tuple[str, bool, str]:
+    """(reason, retryable, summary) of a failed build from its output."""
+    for reason, retryable, summary, pattern in _FAILURE_PATTERNS:
+        if re.search(pattern, log, re.IGNORECASE):
+            return reason, retryable, summary
+    return reasons.BUILD_FAILED, False, "the build failed"
+
+
+def cache_stats(log: str) -> tuple[int, int]:
+    """(steps taken from the cache, Dockerfile steps in all), from buildctl's plain progress output."""
+    steps = set(_STEP.findall(log))
+    return len(steps & set(_CACHED.findall(log))), len(steps)
+
+
+def _condition(obj: dict, kind: str) -> dict | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                 if c.get("type") == kind and c.get("status") == "True"), None)
+
+
+def _container(pod: dict | None) -> dict:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    return next((s for s in statuses if s.get("name") == "buildkit"), statuses[0] if statuses else {})
+
+
+def _metadata(message: str) -> tuple[str | None, str | None]:
+    try:
+        metadata = json.loads(message)
+        return metadata.get("containerimage.digest"), (metadata.get("containerimage.descriptor") or {}).get("mediaType")
+    except (ValueError, AttributeError, TypeError):
+        return None, None
+
+
+def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
+    if job is None:
+        return UnitState(PENDING, reasons.BUILD_PENDING, "the build Job is not created yet")
+    job_status = job.get("status") or {}
+    times = {"start_time": job_status.get("startTime"), "completion_time": job_status.get("completionTime")}
+    state = _container(pod).get("state") or {}
+    terminated = state.get("terminated") or {}
+    if _condition(job, "Complete"):
+        digest, media_type = _metadata(terminated.get("message", ""))
+        return UnitState(SUCCEEDED, reasons.SUCCEEDED, "the image was built", digest=digest, media_type=media_type, **times)
+    failed = _condition(job, "Failed")
+    waiting = state.get("waiting") or {}
+    if failed is None and waiting.get("reason") in _PULL_FAILURES:
+        return UnitState(FAILED, reasons.BUILDER_IMAGE_PULL_FAILED,
+                         f"the BuildKit image could not be pulled ({waiting['reason']}: {waiting.get('message', '')})",
+                         retryable=waiting["reason"] != "InvalidImageName", **times)
+    if failed is None:
+        if state.get("running"):
+            return UnitState(RUNNING, reasons.BUILDING, "building", start_time=times["start_time"])
+        scheduled = _condition(pod, "PodScheduled") if pod else None
+        waiting_for = "a node" if pod and not scheduled else "the build pod to start"
+        return UnitState(PENDING, reasons.BUILD_PENDING, f"waiting for {waiting_for}", start_time=times["start_time"])
+    completion = {**times, "completion_time": times["completion_time"] or failed.get("lastTransitionTime")}
+    log = terminated.get("message", "")
+    if failed.get("reason") == "DeadlineExceeded":
+        return UnitState(FAILED, reasons.TIMED_OUT, "the build ran longer than spec.timeout",
+                         log_excerpt=excerpt(log), **completion)
+    if terminated.get("reason") == "OOMKilled":
+        return UnitState(FAILED, reasons.OUT_OF_MEMORY, "the build ran out of memory; raise spec.builder.resources.limits.memory",
+                         log_excerpt=excerpt(log), **completion)
+    pod_status = (pod or {}).get("status") or {}
+    if pod is None or pod_status.get("reason") == "Evicted" or _condition(pod, "DisruptionTarget"):
+        detail = pod_status.get("message") or "its node was lost or it was evicted"
+        return UnitState(FAILED, reasons.EVICTED, f"the build pod was stopped before it finished: {detail}",
+                         retryable=True, **completion)
+    reason, retryable, summary = classify_failure(log)
+    return UnitState(FAILED, reason, summary, retryable=retryable, log_excerpt=excerpt(log), **completion)
