@@ -53,6 +53,7 @@ async def cluster(kmock, tmp_path, monkeypatch):
 
     declare_resources(kmock)
     monkeypatch.setenv("KUBECONFIG", kubeconfig(kmock, tmp_path / "kubeconfig"))
+    monkeypatch.setenv("KILN_RESYNC_INTERVAL", "1")
     return Cluster(kmock)
 
 

@@ -47,8 +47,8 @@ class KubeFake(kmock.KubernetesEmulator):
             elif isinstance(request.data, list):
                 self._check_json_patch(request)
         response = await super()._handle(request)
-        if request.resource is not None and request.action == kmock.action.DELETE and request.name:
-            await self._collect_garbage()
+        if request.resource is not None and request.action in (kmock.action.DELETE, kmock.action.CREATE):
+            await self._collect_garbage()  # a child created for an owner that is already gone is collected too
         return response
 
     def _check_json_patch(self, request) -> None:
@@ -69,6 +69,8 @@ class KubeFake(kmock.KubernetesEmulator):
             if plural in WITH_STATUS:
                 data.pop("status", None)
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         else:
             key = (request.resource, request.namespace, request.name)
             current = self.objects[key].raw if key in self.objects and not self.objects[key].deleted else {}
@@ -83,7 +85,10 @@ class KubeFake(kmock.KubernetesEmulator):
         return data
 
     async def _collect_garbage(self) -> None:
-        """Delete every object whose owner is gone, as the garbage collector does (background propagation)."""
+        """Delete every object whose owner is gone, as the garbage collector does (background propagation).
+
+        Owners are known only by the objects stored here: tests create owners before their children.
+        """
         async with self._lock:
             while True:
                 live = {obj.raw["metadata"].get("uid") for obj in self.objects.values() if not obj.deleted}

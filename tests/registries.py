@@ -41,11 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"docker-registry exited with {process.returncode}: {log.read_text()[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
         time.sleep(0.05)
@@ -77,8 +77,10 @@ def _start(config: dict, workdir: Path) -> tuple[str, subprocess.Popen]:
     }
     path = workdir / "config.yml"
     path.write_text(json.dumps(config))  # JSON is YAML
-    process = subprocess.Popen([REGISTRY_BINARY, "serve", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for_port(port, process)
+    # A file, not a pipe: nobody reads a pipe while tests run, and a full one would hang the registry.
+    log = (workdir / "registry.log").open("wb")
+    process = subprocess.Popen([REGISTRY_BINARY, "serve", str(path)], stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, workdir / "registry.log")
     return f"127.0.0.1:{port}", process
 
 
@@ -204,8 +206,12 @@ def push_image(registry: RunningRegistry, user: str, repository: str, platforms:
         config = json.dumps({"architecture": arch, "os": os_name,
                              "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]}}).encode()
         for blob in (layer, config):
-            status, _, _ = _http("POST", f"{base}/blobs/uploads/?digest={_digest(blob)}", auth, blob,
-                                 "application/octet-stream")
+            status, headers, _ = _http("POST", f"{base}/blobs/uploads/", auth)
+            assert status == 202, status
+            location = headers["Location"]
+            location = location if location.startswith("http") else f"http://{registry.host}{location}"
+            separator = "&" if "?" in location else "?"
+            status, _, _ = _http("PUT", f"{location}{separator}digest={_digest(blob)}", auth, blob, "application/octet-stream")
             assert status == 201, status
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -228,10 +234,10 @@ def push_image(registry: RunningRegistry, user: str, repository: str, platforms:
     return _digest(index), digests
 
 
-def read_manifest(registry: RunningRegistry, user: str, repository: str, reference: str) -> tuple[str, dict]:
-    """(content type, manifest) of a tag or digest."""
+def read_manifest(registry: RunningRegistry, user: str, repository: str, reference: str) -> tuple[str, dict, str]:
+    """(content type, manifest, digest) of a tag or digest."""
     request = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{reference}")
     request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{registry.users[user]}".encode()).decode())
     request.add_header("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
     with urllib.request.urlopen(request, timeout=10) as response:
-        return response.headers["Content-Type"], json.loads(response.read())
+        return response.headers["Content-Type"], json.loads(response.read()), response.headers["Docker-Content-Digest"]

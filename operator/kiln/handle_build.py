@@ -206,10 +206,14 @@ async def _conclude(kube: Kube, settings: Settings, spec: BuildSpec, units: list
         return status, events
     if all(u.state.phase == observe.SUCCEEDED for u in units):
         try:
-            digest, platforms = await _results(kube, settings, spec, units)
+            digest, platforms = await _results(kube, settings, spec, units, logger)
         except (RegistryError, CredentialsProblem) as exc:
-            return status_of.make(BUILDING, exc.reason, f"the images are built; assembling the result: {exc.message}",
-                                  units=units), events
+            if exc.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR):  # tried again on the next resync
+                return status_of.make(BUILDING, exc.reason, f"the images are built; assembling the index: {exc.message}",
+                                      units=units), events
+            failed = dataclasses.replace(units[0], state=UnitState(observe.FAILED, exc.reason,
+                                                                   f"assembling the index: {exc.message}"))
+            return await _conclude(kube, settings, spec, [failed], status_of, jobs, events, logger)
         cached, total = await _cache_stats(kube, spec, units)
         await _remove_credentials(kube, spec)
         status = status_of.succeeded(units, digest, platforms, cached, total)
@@ -337,27 +341,35 @@ async def _trim_history(kube: Kube, spec: BuildSpec, jobs: list[dict], history: 
             await kube.delete(_job_path(spec.namespace, job["metadata"]["name"]))
 
 
-async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[Unit]) -> tuple[str | None, list[dict]]:
-    """The pushed digest and the digest of each platform (assembling the index for native builds)."""
+async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[Unit],
+                   logger: logging.Logger) -> tuple[str | None, list[dict]]:
+    """The pushed digest and the digest of each platform, assembling the index when several pods built it."""
+    several = len(units) > 1 or any(u.unit.key for u in units)
     if not spec.output.push:
-        digest = units[0].state.digest
-        return digest, [{"platform": p, "digest": digest, "builtBy": units[0].unit.built_by}
-                        for p in units[0].unit.platforms if len(units[0].unit.platforms) == 1]
+        return units[0].state.digest, []
     logins = await resolve_logins(kube, spec)
     repository = repository_path(spec.output.image)
+    images: list[tuple[str, str, str]] = []  # platform, digest, built by
     async with _client(settings, logins, registry_host(spec.output.image)) as client:
-        images: list[tuple[str, str, str]] = []  # platform, digest, built by
         for unit in units:
             digest = unit.state.digest or ""
-            if len(unit.unit.platforms) == 1:
+            if several and len(unit.unit.platforms) == 1:
                 images.append((unit.unit.platforms[0], digest, unit.unit.built_by))
-            elif digest:
+                continue
+            try:
                 media_type, body, _ = await client.get_manifest(repository, digest)
-                images += [(p, d, unit.unit.built_by) for p, d in platform_digests(media_type, body)]
-        if len(units) > 1 or any(u.unit.key for u in units):
-            digest = await push_index(client, repository, [(p, d) for p, d, _ in images], spec.output.tags)
-        else:
-            digest = units[0].state.digest
+            except RegistryError as exc:
+                if several:
+                    raise
+                # The digest is BuildKit's own word; the per-platform list is a courtesy.
+                logger.warning("could not read %s@%s for its platforms: %s", spec.output.image, digest, exc.message)
+                continue
+            found = platform_digests(media_type, body)
+            if not found and len(unit.unit.platforms) == 1:
+                found = [(unit.unit.platforms[0], digest)]
+            images += [(p, d, unit.unit.built_by) for p, d in found]
+        digest = await push_index(client, repository, [(p, d) for p, d, _ in images], spec.output.tags) \
+            if several else units[0].state.digest
     return digest, [{"platform": p, "digest": d, "builtBy": b} for p, d, b in images]
 
 

@@ -20,7 +20,8 @@ class BuildUnit:
 
     @property
     def built_by(self) -> str:
-        return "native" if self.arch else "qemu"
+        """native when pinned to nodes of its architecture (or building just the node's own); qemu otherwise."""
+        return "native" if self.arch or not self.platforms else "qemu"
 
 
 def node_arch(platform: str) -> str:
