@@ -38,6 +38,15 @@ def second_basic_registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory):
+    """HTTPS with a certificate from a private CA (tls_registry.ca_pem), Basic auth."""
+    _need_registry_binary()
+    registry = start_htpasswd_registry(tmp_path_factory.mktemp("tls-registry"), {"dave": "dave-Secret-pw6"}, tls=True)
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
 def token_registry(tmp_path_factory):
     _need_registry_binary()
     registry = start_token_registry(tmp_path_factory.mktemp("token-registry"), TOKEN_USERS)

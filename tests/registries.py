@@ -58,6 +58,7 @@ class RunningRegistry:
     users: dict[str, str]  # user -> password
     process: subprocess.Popen = field(repr=False)
     issuer: http.server.HTTPServer | None = field(default=None, repr=False)
+    ca_pem: str | None = field(default=None, repr=False)  # for a TLS registry: the CA that signed its certificate
 
     def stop(self) -> None:
         self.process.terminate()
@@ -66,14 +67,15 @@ class RunningRegistry:
             self.issuer.shutdown()
 
 
-def _start(config: dict, workdir: Path) -> tuple[str, subprocess.Popen]:
+def _start(extra: dict, workdir: Path) -> tuple[str, subprocess.Popen]:
+    """Run docker-registry on a free loopback port with `extra` config (auth, http.tls) over the defaults."""
     port = free_port()
     config = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}},
         "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "kiln-test-http-secret"},
-        **config,
+        **{k: v for k, v in extra.items() if k != "http"},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "kiln-test-http-secret", **extra.get("http", {})},
     }
     path = workdir / "config.yml"
     path.write_text(json.dumps(config))  # JSON is YAML
@@ -84,13 +86,43 @@ def _start(config: dict, workdir: Path) -> tuple[str, subprocess.Popen]:
     return f"127.0.0.1:{port}", process
 
 
-def start_htpasswd_registry(workdir: Path, users: dict[str, str]) -> RunningRegistry:
+def start_htpasswd_registry(workdir: Path, users: dict[str, str], tls: bool = False) -> RunningRegistry:
+    """Basic auth; with tls, HTTPS with a certificate from a private CA (RunningRegistry.ca_pem)."""
     workdir.mkdir(parents=True, exist_ok=True)
     htpasswd = workdir / "htpasswd"
     htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
                                 for u, p in users.items()))
-    host, process = _start({"auth": {"htpasswd": {"realm": "kiln-test", "path": str(htpasswd)}}}, workdir)
-    return RunningRegistry(host, users, process)
+    config: dict = {"auth": {"htpasswd": {"realm": "kiln-test", "path": str(htpasswd)}}}
+    ca_pem = None
+    if tls:
+        ca_pem, cert, key = _server_certificate(workdir)
+        config["http"] = {"tls": {"certificate": str(cert), "key": str(key)}}
+    host, process = _start(config, workdir)
+    return RunningRegistry(host, users, process, ca_pem=ca_pem)
+
+
+def _server_certificate(workdir: Path) -> tuple[str, Path, Path]:
+    """A private CA and a certificate it signed for 127.0.0.1: (CA PEM, certificate file, key file)."""
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kiln test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = workdir / "server.crt", workdir / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), cert_file, key_file
 
 
 class TokenIssuer(http.server.ThreadingHTTPServer):

@@ -390,3 +390,19 @@ async def test_operator_restarts_at_any_point_never_duplicate_or_lose_a_build(cl
     assert status(cluster)["digest"] == done["digest"] == DIGEST
     assert status(cluster)["history"] == done["history"] and len(done["history"]) == 1
     assert cluster.ever_created("batch/v1", "jobs") == [job["metadata"]["name"]]
+
+
+async def test_auto_strategy_builds_natively_where_nodes_exist_and_emulates_the_rest(cluster, basic_registry):
+    await cluster.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-amd64", "namespace": None,
+                                                                          "labels": {"kubernetes.io/arch": "amd64"}}})
+    await cluster.fake.request("PATCH", "/api/v1/nodes/node-amd64/status",
+                               json={"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await cluster.apply(image_build(basic_registry.host, platforms=["linux/amd64", "linux/arm64"],
+                                        multiArch={"strategy": "auto"}))
+        built = await jobs(cluster, 2)
+    by_unit = {j["metadata"]["labels"]["kiln.dev/unit"]: j["spec"]["template"]["spec"] for j in built}
+    assert by_unit["amd64"]["nodeSelector"]["kubernetes.io/arch"] == "amd64"
+    assert "kubernetes.io/arch" not in by_unit["emulated"]["nodeSelector"]
+    assert "--opt=platform=linux/arm64" in by_unit["emulated"]["containers"][0]["args"]

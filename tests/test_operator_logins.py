@@ -139,3 +139,15 @@ async def test_no_credential_reaches_logs_events_or_status(cluster, basic_regist
         for form in (secret, b64(secret), b64(f"alice:{secret}"), b64(f"pusher:{secret}")):
             assert form not in seen
     assert "eyJ" not in seen  # no JWT (header base64 of '{"')
+
+
+async def test_a_login_with_a_ca_bundle_verifies_a_private_ca_registry(cluster, tls_registry):
+    secret, login_obj = login_objects("reg", tls_registry.host, "dave", "dave-Secret-pw6", insecure=False,
+                                      caBundle={"name": "registry-ca"})
+    async with operator():
+        await apply_all(cluster, [secret, login_obj])
+        obj = await ready_reason(cluster, reasons.CA_BUNDLE_NOT_FOUND)
+        assert ready_of(obj)["message"] == "ConfigMap 'registry-ca' does not exist"
+        await cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "registry-ca"},
+                             "data": {"ca.crt": tls_registry.ca_pem}})
+        await ready_reason(cluster, reasons.VERIFIED)

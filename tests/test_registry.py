@@ -11,8 +11,10 @@ from registries import silent_server
 pytestmark = pytest.mark.registry
 
 
-def client(host: str, user: str | None, password: str | None, *, insecure: bool = True, timeout: float = 5.0):
-    return RegistryClient(Registry(host, insecure=insecure), Credentials(user, password) if user else None, timeout=timeout)
+def client(host: str, user: str | None, password: str | None, *, insecure: bool = True, timeout: float = 5.0,
+           ca_pem: str | None = None):
+    return RegistryClient(Registry(host, insecure=insecure, ca_pem=ca_pem), Credentials(user, password) if user else None,
+                          timeout=timeout)
 
 
 async def refusal(host, user, password, *, check_push: str | None = None, **kwargs) -> RegistryError:
@@ -106,3 +108,19 @@ async def test_link_local_and_metadata_addresses_are_refused_without_a_connectio
 def test_forbidden_addresses_are_link_local_and_metadata_only():
     assert forbidden_address("169.254.1.1") and forbidden_address("fe80::1") and forbidden_address("100.100.100.200")
     assert not forbidden_address("127.0.0.1") and not forbidden_address("10.0.0.5")
+
+
+async def test_private_ca_registry_verifies_with_its_ca_bundle(tls_registry):
+    async with client(tls_registry.host, "dave", "dave-Secret-pw6", insecure=False, ca_pem=tls_registry.ca_pem) as registry:
+        assert (await registry.verify()).scheme == "Basic"
+
+
+async def test_private_ca_registry_is_refused_without_its_ca_bundle(tls_registry):
+    error = await refusal(tls_registry.host, "dave", "dave-Secret-pw6", insecure=False)
+    assert error.reason == reasons.REGISTRY_UNREACHABLE
+    assert error.message.startswith(f"TLS with {tls_registry.host} failed") and "caBundle" in error.message
+
+
+async def test_insecure_skips_certificate_verification_but_still_speaks_tls(tls_registry):
+    async with client(tls_registry.host, "dave", "dave-Secret-pw6", insecure=True) as registry:
+        assert (await registry.verify()).scheme == "Basic"
