@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from kiln.registry import MANIFEST_TYPES
+
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 SERVICE = "kiln-test-registry"
 ISSUER = "kiln-test-issuer"
@@ -270,6 +272,6 @@ def read_manifest(registry: RunningRegistry, user: str, repository: str, referen
     """(content type, manifest, digest) of a tag or digest."""
     request = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{reference}")
     request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{registry.users[user]}".encode()).decode())
-    request.add_header("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+    request.add_header("Accept", ", ".join(MANIFEST_TYPES))  # without the list types, distribution serves one platform
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.headers["Content-Type"], json.loads(response.read()), response.headers["Docker-Content-Digest"]

@@ -1,0 +1,110 @@
+"""The exact build command the operator renders, run against a real BuildKit daemon and real registries.
+
+Runs where BUILDKIT_HOST points at a daemon and `buildctl` is on PATH; skipped, with the
+reason printed, elsewhere. Only the daemon address and the pod's mounted paths are
+translated: every other argument is the rendered Job's.
+"""
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from kiln.credentials import Credentials, ResolvedLogin
+from kiln.observe import cache_stats
+from kiln.parse import parse_image_build
+from kiln.render import CONTEXT_DIR, METADATA_FILE, render_docker_config_secret, render_job
+from kiln.resolve import build_plan
+from kiln.settings import Settings
+
+from registries import read_manifest
+
+pytestmark = [pytest.mark.buildkit, pytest.mark.registry]
+BUILDKIT_HOST = os.environ.get("BUILDKIT_HOST", "")
+PLATFORMS = ["linux/amd64", "linux/arm64"]
+
+
+def _daemon_problem() -> str | None:
+    if not BUILDKIT_HOST:
+        return "BUILDKIT_HOST is not set: no BuildKit daemon to run the rendered build against"
+    if not shutil.which("buildctl"):
+        return "buildctl is not on PATH"
+    probe = subprocess.run(["buildctl", "--addr", BUILDKIT_HOST, "debug", "workers"], capture_output=True, text=True,
+                           timeout=30)
+    return None if probe.returncode == 0 else f"BuildKit at {BUILDKIT_HOST} does not answer: {probe.stderr.strip()[:200]}"
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    problem = _daemon_problem()
+    if problem:
+        print(f"\nSKIPPED buildkit tier: {problem}")
+        pytest.skip(problem)
+    return BUILDKIT_HOST
+
+
+def build_spec(name: str, image: str, context_path: str, cache: dict | None = None, platforms=PLATFORMS) -> dict:
+    spec = {"source": {"volume": {"claimName": "workspace", "path": context_path}},
+            "output": {"image": image, "tags": ["v1"]}, "platforms": platforms}
+    if cache:
+        spec["cache"] = cache
+    return {"metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1}, "spec": spec}
+
+
+def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace, tmp_path) -> tuple[dict, str]:
+    """Render the Job for obj, run its container's arguments with buildctl; returns (metadata, build log)."""
+    spec = parse_image_build(obj)
+    (unit,) = build_plan(spec)
+    job = render_job(spec, unit, Settings())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["buildctl-daemonless.sh"]
+    docker_dir = tmp_path / f"docker-{spec.name}"
+    docker_dir.mkdir()
+    secret = render_docker_config_secret(spec, logins)
+    (docker_dir / "config.json").write_bytes(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    metadata_file = tmp_path / f"metadata-{spec.name}.json"
+    args = [a.replace(CONTEXT_DIR, str(workspace)).replace(METADATA_FILE, str(metadata_file)) for a in container["args"]]
+    result = subprocess.run(["buildctl", "--addr", daemon, *args], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "DOCKER_CONFIG": str(docker_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(metadata_file.read_text()), result.stderr
+
+
+async def test_rendered_build_pulls_from_one_registry_pushes_an_index_to_another_and_reuses_its_cache(
+        daemon, basic_registry, second_basic_registry, tmp_path):
+    a, b = basic_registry, second_basic_registry
+    logins = [ResolvedLogin("account-a", a.host, Credentials("alice", a.users["alice"])),
+              ResolvedLogin("account-b", b.host, Credentials("carol", b.users["carol"]))]
+    workspace = tmp_path / "workspace"
+    (workspace / "base").mkdir(parents=True)
+    (workspace / "base" / "hello.txt").write_text("the private base image\n")
+    (workspace / "base" / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
+    (workspace / "app").mkdir()
+    (workspace / "app" / "deploy.sh").write_text("echo deploy\n")
+    (workspace / "app" / "application.jar").write_text("jar bytes\n")
+    (workspace / "app" / "Dockerfile").write_text(
+        f"FROM {a.host}/hub-mirrors/base:v1\nCOPY deploy.sh deploy.sh\nCOPY application.jar app.jar\n")
+
+    # The private FROM image in registry A (account A), built the same way.
+    run_rendered(daemon, build_spec("base", f"{a.host}/hub-mirrors/base", "base", {"type": "none"}), logins[:1],
+                 workspace, tmp_path)
+    # The app: FROM A, pushed to B (account B), registry cache at <image>:build-cache in B.
+    first, _ = run_rendered(daemon, build_spec("app", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
+
+    media_type, index, digest = await asyncio.to_thread(read_manifest, b, "carol", "yunxiao-demo/app1", "v1")
+    assert digest == first["containerimage.digest"]
+    platforms = {f"{m['platform']['os']}/{m['platform']['architecture']}" for m in index["manifests"]
+                 if m["platform"]["os"] != "unknown"}
+    assert platforms == set(PLATFORMS)
+    assert media_type in ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+    await asyncio.to_thread(read_manifest, b, "carol", "yunxiao-demo/app1", "build-cache")
+
+    # Fresh daemon state: only the registry cache can make the second build's steps cached.
+    subprocess.run(["buildctl", "--addr", daemon, "prune", "--all"], check=True, capture_output=True, timeout=120)
+    (workspace / "app" / "application.jar").write_text("a new jar\n")  # the last COPY changes, deploy.sh does not
+    _, log = run_rendered(daemon, build_spec("app2", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
+    cached, total = cache_stats(log)
+    assert total > 0 and 0 < cached < total, log[-3000:]
