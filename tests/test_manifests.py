@@ -9,7 +9,8 @@ import yaml
 from conftest import ROOT, load_yaml_docs
 
 K8S_VERSION = "1.33"
-BASE_FILES = sorted((ROOT / "manifests").glob("[0-9]*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml"))
+BASE_FILES = sorted((ROOT / "manifests").glob("[0-9]*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml")) \
+    + sorted((ROOT / "manifests" / "argocd").glob("*.yaml"))
 SAMPLE_K8S_OBJECTS = [
     doc for path in sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
     for doc in load_yaml_docs(path) if not doc["apiVersion"].startswith("kiln.dev/")
