@@ -16,42 +16,34 @@ def load_yaml_docs(path: pathlib.Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def _need_registry_binary() -> None:
+def _serve(tmp_path_factory, name: str, start, *args, **kwargs):
+    """Start one registry for the session, and stop it at the end."""
     if not shutil.which(REGISTRY_BINARY):
         pytest.fail(f"{REGISTRY_BINARY} is missing: install Debian's docker-registry (make test does)")
+    registry = start(tmp_path_factory.mktemp(name), *args, **kwargs)
+    yield registry
+    registry.stop()
 
 
 @pytest.fixture(scope="session")
 def basic_registry(tmp_path_factory):
-    _need_registry_binary()
-    registry = start_htpasswd_registry(tmp_path_factory.mktemp("basic-registry"), BASIC_USERS)
-    yield registry
-    registry.stop()
+    yield from _serve(tmp_path_factory, "basic-registry", start_htpasswd_registry, BASIC_USERS)
 
 
 @pytest.fixture(scope="session")
 def second_basic_registry(tmp_path_factory):
-    _need_registry_binary()
-    registry = start_htpasswd_registry(tmp_path_factory.mktemp("second-registry"), {"carol": "carol-Secret-pw5"})
-    yield registry
-    registry.stop()
+    yield from _serve(tmp_path_factory, "second-registry", start_htpasswd_registry, {"carol": "carol-Secret-pw5"})
 
 
 @pytest.fixture(scope="session")
 def tls_registry(tmp_path_factory):
     """HTTPS with a certificate from a private CA (tls_registry.ca_pem), Basic auth."""
-    _need_registry_binary()
-    registry = start_htpasswd_registry(tmp_path_factory.mktemp("tls-registry"), {"dave": "dave-Secret-pw6"}, tls=True)
-    yield registry
-    registry.stop()
+    yield from _serve(tmp_path_factory, "tls-registry", start_htpasswd_registry, {"dave": "dave-Secret-pw6"}, tls=True)
 
 
 @pytest.fixture(scope="session")
 def token_registry(tmp_path_factory):
-    _need_registry_binary()
-    registry = start_token_registry(tmp_path_factory.mktemp("token-registry"), TOKEN_USERS)
-    yield registry
-    registry.stop()
+    yield from _serve(tmp_path_factory, "token-registry", start_token_registry, TOKEN_USERS)
 
 
 # -- the operator tier: the real kopf operator against kmock (see kubefake.py) --

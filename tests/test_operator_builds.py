@@ -58,6 +58,12 @@ async def phase(cluster, wanted: str, name: str = "app") -> dict:
                             message=f"phase {wanted}; status {status(cluster, name)}")
 
 
+async def succeed(cluster, job: dict, digest: str = DIGEST) -> dict:
+    """The job's pod pushes `digest` and ends; returns the Succeeded status."""
+    await cluster.finish(job, await cluster.start_pod(job), exit_code=0, message=metadata(digest))
+    return await phase(cluster, "Succeeded")
+
+
 def event_reasons(cluster) -> list[str]:
     return [e.get("reason") for e in cluster.events()]
 
@@ -280,8 +286,7 @@ async def test_the_rebuild_annotation_builds_the_same_spec_once_more(cluster, ba
         await ready_login(cluster, basic_registry)
         await cluster.apply(image_build(basic_registry.host))
         (first,) = await jobs(cluster, 1)
-        await cluster.finish(first, await cluster.start_pod(first), exit_code=0, message=metadata(DIGEST))
-        done = await phase(cluster, "Succeeded")
+        done = await succeed(cluster, first)
         await cluster.patch(*IB, "app", {"metadata": {"annotations": {"kiln.dev/rebuild": "2026-11-28T12:00"}}})
         await eventually(lambda: len(cluster.ever_created("batch/v1", "jobs")) == 2, message="one more Job")
         again = await eventually(lambda: status(cluster).get("buildID") != done["buildID"] and status(cluster))
@@ -313,15 +318,13 @@ async def test_ready_is_true_only_while_the_current_generation_is_pushed(cluster
         await ready_login(cluster, basic_registry)
         await cluster.apply(image_build(basic_registry.host))
         (job,) = await jobs(cluster, 1)
-        await cluster.finish(job, await cluster.start_pod(job), exit_code=0, message=metadata(DIGEST))
-        await phase(cluster, "Succeeded")
+        await succeed(cluster, job)
         assert cond(cluster, "Ready")["status"] == "True"
         await cluster.patch(*IB, "app", {"spec": {"output": {"tags": ["v2"]}}})
         await eventually(lambda: status(cluster).get("observedGeneration") == 2)
         assert cond(cluster, "Ready")["status"] == "False" and cond(cluster, "Ready")["observedGeneration"] == 2
         new = await eventually(lambda: [j for j in cluster.jobs() if j["metadata"]["name"] != job["metadata"]["name"]])
-        await cluster.finish(new[0], await cluster.start_pod(new[0]), exit_code=0, message=metadata(DIGEST))
-        await phase(cluster, "Succeeded")
+        await succeed(cluster, new[0])
     assert cond(cluster, "Ready")["status"] == "True" and cond(cluster, "Ready")["observedGeneration"] == 2
 
 
@@ -330,8 +333,7 @@ async def test_history_keeps_the_limit_and_deletes_older_jobs(cluster, basic_reg
         await ready_login(cluster, basic_registry)
         await cluster.apply(image_build(basic_registry.host, historyLimit=1))
         (first,) = await jobs(cluster, 1)
-        await cluster.finish(first, await cluster.start_pod(first), exit_code=0, message=metadata(DIGEST))
-        await phase(cluster, "Succeeded")
+        await succeed(cluster, first)
         await cluster.patch(*IB, "app", {"metadata": {"annotations": {"kiln.dev/rebuild": "1"}}})
         second = await eventually(lambda: [j for j in cluster.jobs() if j["metadata"]["name"] != first["metadata"]["name"]])
         await cluster.finish(second[0], await cluster.start_pod(second[0]), exit_code=0, message=metadata(DIGEST))
@@ -406,3 +408,17 @@ async def test_auto_strategy_builds_natively_where_nodes_exist_and_emulates_the_
     assert by_unit["amd64"]["nodeSelector"]["kubernetes.io/arch"] == "amd64"
     assert "kubernetes.io/arch" not in by_unit["emulated"]["nodeSelector"]
     assert "--opt=platform=linux/arm64" in by_unit["emulated"]["containers"][0]["args"]
+
+
+async def test_a_change_that_does_not_alter_the_image_keeps_the_build_and_its_ready(cluster, basic_registry):
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await cluster.apply(image_build(basic_registry.host))
+        (job,) = await jobs(cluster, 1)
+        done = await succeed(cluster, job)
+        await cluster.patch(*IB, "app", {"spec": {"historyLimit": 3}})
+        await eventually(lambda: status(cluster).get("observedGeneration") == 2, message="generation 2 observed")
+    assert cond(cluster, "Ready") | {"lastTransitionTime": None} == {
+        **cond(cluster, "Ready"), "status": "True", "observedGeneration": 2, "lastTransitionTime": None}
+    assert status(cluster)["buildID"] == done["buildID"] and status(cluster)["digest"] == done["digest"]
+    assert cluster.ever_created("batch/v1", "jobs") == [job["metadata"]["name"]]

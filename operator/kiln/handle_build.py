@@ -128,8 +128,7 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
     try:
         spec = parse_image_build(obj)
     except InvalidSpec as exc:
-        return _status(old, generation, FAILED, reasons.INVALID_SPEC, str(exc),
-                       history=old.get("history")), []
+        return _invalid_status(generation, str(exc), old.get("history")), []
     if old.get("specIdentity") == spec.identity and old.get("buildID"):
         spec = dataclasses.replace(spec, build_id=old["buildID"])  # same image: same build, even at a new generation
     same_build = old.get("buildID") == spec.build_id
@@ -153,7 +152,8 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
         running = [j for j in current if _active(j)]
         for job in running:
             await kube.delete(_job_path(namespace, job["metadata"]["name"]))
-        await _remove_credentials(kube, spec)
+        if running or old.get("phase") != CANCELLED:
+            await _remove_credentials(kube, spec)
         if same_build and old.get("phase") in (SUCCEEDED, FAILED):
             return status_of.keep(), events
         if running:
@@ -162,8 +162,7 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
                                                                         CANCELLED, reasons.SUSPENDED), spec.history_limit)
         return status_of.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false"), events
 
-    if same_build and old.get("phase") in (SUCCEEDED, FAILED):
-        await _remove_credentials(kube, spec)
+    if same_build and old.get("phase") in (SUCCEEDED, FAILED):  # done; its credentials went when it ended
         await _trim_history(kube, spec, jobs, status_of.history)
         return status_of.keep(), events
 
@@ -422,7 +421,9 @@ class _StatusMaker:
                          "every RegistryLogin the build uses is Ready", self.generation)
 
     def keep(self) -> dict:
-        return {**self.carried, "observedGeneration": self.generation, "history": self.history}
+        """The finished build's status, seen at this generation (a change that does not alter the image)."""
+        conditions = [{**c, "observedGeneration": self.generation} for c in self.carried.get("conditions", [])]
+        return {**self.carried, "observedGeneration": self.generation, "history": self.history, "conditions": conditions}
 
     def make(self, phase: str, reason: str, message: str, *, units: list[Unit] | None = None,
              attempt: int | None = None, job_names: list[str] | None = None) -> dict:
@@ -487,8 +488,9 @@ class _StatusMaker:
         return {k: v for k, v in status.items() if v is not None}
 
 
-def _status(old: dict, generation: int, phase: str, reason: str, message: str, history) -> dict:
+def _invalid_status(generation: int, message: str, history: list[dict] | None) -> dict:
     """Status for a spec kiln cannot act on at all."""
-    conditions = [*phase_conditions(phase, reason, message, generation),
+    reason = reasons.INVALID_SPEC
+    conditions = [*phase_conditions(FAILED, reason, message, generation),
                   condition("CredentialsReady", False, reason, "not resolved: the spec is invalid", generation)]
-    return {"observedGeneration": generation, "phase": phase, "history": history or [], "conditions": conditions}
+    return {"observedGeneration": generation, "phase": FAILED, "history": history or [], "conditions": conditions}
