@@ -19,6 +19,16 @@ IB = ("kiln.dev/v1alpha1", "imagebuilds")
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
 DIGEST = "sha256:" + "ab12" * 16
+# buildctl --progress=plain output, as BuildKit writes it (see the buildkit tier for a real one).
+BUILD_LOG = """#1 [internal] load build definition from Dockerfile
+#4 importing cache manifest from 127.0.0.1:5000/team/app:build-cache
+#5 [1/3] FROM 127.0.0.1:5000/hub-mirrors/base:v1@sha256:f784
+#7 [2/3] COPY deploy.sh deploy.sh
+#7 CACHED
+#8 [3/3] COPY application.jar app.jar
+#8 DONE 0.0s
+#9 exporting to image
+"""
 
 
 def image_build(host: str, name: str = "app", **spec) -> dict:
@@ -86,6 +96,7 @@ async def test_a_build_runs_its_rendered_job_with_merged_credentials_and_reports
         assert ready_of(build).get("status") != "True"
 
         pod = await cluster.start_pod(job)
+        cluster.fake[f"get /api/v1/namespaces/default/pods/{pod['metadata']['name']}/log"] << BUILD_LOG.encode()
         await cluster.run_pod(pod)
         await phase(cluster, "Building")
         assert cond(cluster, "Reconciling")["status"] == "True" and cond(cluster, "Ready")["status"] == "False"
@@ -103,7 +114,7 @@ async def test_a_build_runs_its_rendered_job_with_merged_credentials_and_reports
     assert cond(cluster, "Stalled")["status"] == "False" and cond(cluster, "Reconciling")["status"] == "False"
     assert cond(cluster, "CredentialsReady")["status"] == "True"
     assert done["cache"] == {"type": "registry", "exportRef": f"{basic_registry.host}/team/app:build-cache",
-                             "importRefs": [f"{basic_registry.host}/team/app:build-cache"]}
+                             "importRefs": [f"{basic_registry.host}/team/app:build-cache"], "cachedSteps": 1, "totalSteps": 3}
     assert done["observedGeneration"] == 1 and done["jobName"] == job["metadata"]["name"]
     assert done["history"][0]["phase"] == "Succeeded" and done["history"][0]["digest"] == index
     assert cluster.ever_created("batch/v1", "jobs") == [job["metadata"]["name"]]

@@ -130,11 +130,20 @@ async def test_no_credential_reaches_logs_events_or_status(cluster, basic_regist
         await ready_reason(cluster, reasons.VERIFIED, "ok")
         await ready_reason(cluster, reasons.VERIFIED, "bearer")
         await ready_reason(cluster, reasons.AUTHENTICATION_FAILED, "bad")
+        # A whole build too: merged Secret created, mounted, deleted.
+        await cluster.apply({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "app"},
+                             "spec": {"registryLogins": ["ok", "bearer"], "source": {"url": "https://example.com/c.tgz"},
+                                      "output": {"image": f"{basic_registry.host}/team/app"}}})
+        job = await eventually(lambda: cluster.jobs() and cluster.jobs()[0], message="the build Job")
+        await cluster.finish(job, await cluster.start_pod(job), exit_code=0,
+                             message='{"containerimage.digest": "sha256:' + "0" * 64 + '"}')
+        await eventually(lambda: (cluster.build("app").get("status") or {}).get("phase") == "Succeeded")
     assert token_registry.issuer.requests, "the Bearer flow ran"
     seen = "\n".join([caplog.text, runner.output, repr(cluster.events()),
-                      repr([obj.get("status") for obj in cluster.all(*LOGINS)])])
+                      repr([obj.get("status") for obj in cluster.all(*LOGINS) + cluster.all("kiln.dev/v1alpha1", "imagebuilds")])])
     assert "Handler 'login_changed' is invoked" in caplog.text  # the operator's debug log was captured
     assert "RegistryLogin default/bad: Ready=False (AuthenticationFailed)" in caplog.text
+    assert "ImageBuild default/app: build" in caplog.text and "succeeded" in caplog.text
     for secret in secrets:
         for form in (secret, b64(secret), b64(f"alice:{secret}"), b64(f"pusher:{secret}")):
             assert form not in seen

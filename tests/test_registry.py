@@ -124,3 +124,15 @@ async def test_private_ca_registry_is_refused_without_its_ca_bundle(tls_registry
 async def test_insecure_skips_certificate_verification_but_still_speaks_tls(tls_registry):
     async with client(tls_registry.host, "dave", "dave-Secret-pw6", insecure=True) as registry:
         assert (await registry.verify()).scheme == "Basic"
+
+
+async def test_a_name_that_resolves_to_a_metadata_address_is_refused(monkeypatch):
+    import aiohttp
+
+    async def resolve(self, host, port=0, family=0):
+        return [{"hostname": host, "host": "169.254.169.254", "port": port, "family": 2, "proto": 0, "flags": 0}]
+
+    monkeypatch.setattr(aiohttp.ThreadedResolver, "resolve", resolve)
+    error = await refusal("registry.example.internal:5000", "alice", "pw")
+    assert error.reason == reasons.ADDRESS_NOT_ALLOWED
+    assert error.message == "registry.example.internal resolves to a link-local or metadata address"

@@ -1,0 +1,128 @@
+"""observe and status: Job + Pod -> what happened, and conditions as the API conventions want them (pure)."""
+import json
+
+import pytest
+
+from kiln import reasons
+from kiln.observe import FAILED, PENDING, RUNNING, SUCCEEDED, cache_stats, classify_failure, excerpt, observe_unit
+from kiln.status import (
+    BUILDING,
+    CANCELLED,
+    condition,
+    duration,
+    phase_conditions,
+    short_digest,
+    with_history,
+    with_transition_times,
+)
+from kiln.status import SUCCEEDED as PHASE_SUCCEEDED
+
+JOB = {"metadata": {"name": "app-g1-abc123"}, "status": {"startTime": "2026-11-28T10:00:00Z"}}
+
+
+def job(*conditions, completion=None) -> dict:
+    return {**JOB, "status": {**JOB["status"], "conditions": list(conditions),
+                              **({"completionTime": completion} if completion else {})}}
+
+
+def pod(state: dict, **status) -> dict:
+    return {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"name": "buildkit", "state": state}], **status}}
+
+
+COMPLETE = {"type": "Complete", "status": "True"}
+FAILED_JOB = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": "2026-11-28T10:05:00Z"}
+
+
+def test_a_completed_job_reports_the_digest_from_the_termination_message():
+    message = json.dumps({"containerimage.digest": "sha256:" + "1" * 64,
+                          "containerimage.descriptor": {"mediaType": "application/vnd.oci.image.index.v1+json"}})
+    state = observe_unit(job(COMPLETE, completion="2026-11-28T10:03:00Z"), pod({"terminated": {"exitCode": 0, "message": message}}))
+    assert (state.phase, state.digest, state.media_type) == (SUCCEEDED, "sha256:" + "1" * 64, "application/vnd.oci.image.index.v1+json")
+    assert (state.start_time, state.completion_time) == ("2026-11-28T10:00:00Z", "2026-11-28T10:03:00Z")
+
+
+@pytest.mark.parametrize(("the_job", "the_pod", "phase", "reason", "retryable"), [
+    (None, None, PENDING, reasons.BUILD_PENDING, False),
+    (JOB, None, PENDING, reasons.BUILD_PENDING, False),
+    (JOB, pod({"running": {"startedAt": "x"}}), RUNNING, reasons.BUILDING, False),
+    (JOB, pod({"waiting": {"reason": "ImagePullBackOff", "message": "denied"}}), FAILED, reasons.BUILDER_IMAGE_PULL_FAILED, True),
+    (JOB, pod({"waiting": {"reason": "InvalidImageName", "message": "bad"}}), FAILED, reasons.BUILDER_IMAGE_PULL_FAILED, False),
+    (job({**FAILED_JOB, "reason": "DeadlineExceeded"}), pod({"terminated": {"exitCode": 137}}), FAILED, reasons.TIMED_OUT, False),
+    (job(FAILED_JOB), pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}}), FAILED, reasons.OUT_OF_MEMORY, False),
+    (job(FAILED_JOB), pod({"terminated": {"exitCode": 137}}, reason="Evicted", message="low memory"), FAILED, reasons.EVICTED, True),
+    (job(FAILED_JOB), pod({"terminated": {"exitCode": 137}}, conditions=[{"type": "DisruptionTarget", "status": "True"}]),
+     FAILED, reasons.EVICTED, True),
+    (job(FAILED_JOB), None, FAILED, reasons.EVICTED, True),  # the pod is gone with its node
+], ids=["no-job", "no-pod", "running", "builder-pull-backoff", "builder-bad-name", "deadline", "oom", "evicted",
+        "disruption", "node-lost"])
+def test_job_and_pod_states_map_to_a_phase_and_reason(the_job, the_pod, phase, reason, retryable):
+    state = observe_unit(the_job, the_pod)
+    assert (state.phase, state.reason, state.retryable) == (phase, reason, retryable)
+
+
+@pytest.mark.parametrize(("log", "reason", "retryable"), [
+    ('error: failed to solve: process "/bin/sh -c mvn package" did not complete successfully: exit code: 1',
+     reasons.DOCKERFILE_ERROR, False),
+    ("error: failed to solve: dockerfile parse error on line 3: unknown instruction: COPPY", reasons.DOCKERFILE_ERROR, False),
+    ("error: failed to solve: failed to compute cache key: \"/target/app.jar\" not found", reasons.DOCKERFILE_ERROR, False),
+    ("error: failed to solve: r.io/base:1: failed to resolve source metadata for r.io/base:1: pull access denied",
+     reasons.BASE_IMAGE_PULL_DENIED, False),
+    ("error: failed to solve: r.io/base:9: failed to resolve source metadata for r.io/base:9: r.io/base:9: not found",
+     reasons.BASE_IMAGE_PULL_DENIED, False),
+    ("error: failed to solve: failed to push r.io/app:v1: unexpected status: 403 Forbidden", reasons.PUSH_DENIED, False),
+    ("error: failed to solve: failed to push r.io/app:v1: unexpected status: 502 Bad Gateway", reasons.REGISTRY_TRANSIENT, True),
+    ("error: failed to solve: failed to do request: toomanyrequests: rate limit", reasons.REGISTRY_TRANSIENT, True),
+    ("error: failed to solve: read tcp 10.0.0.1:1->10.0.0.2:443: read: connection reset by peer", reasons.REGISTRY_TRANSIENT, True),
+    ("something nobody has seen before", reasons.BUILD_FAILED, False),
+])
+def test_build_output_is_classified(log, reason, retryable):
+    assert classify_failure(log)[:2] == (reason, retryable)
+
+
+def test_cache_statistics_count_dockerfile_steps_from_plain_progress():
+    log = "\n".join([
+        "#1 [internal] load build definition from Dockerfile", "#5 [linux/amd64 1/3] FROM r.io/base:1@sha256:ab",
+        "#6 [linux/arm64 1/3] FROM r.io/base:1@sha256:ab", "#7 [linux/amd64 2/3] COPY deploy.sh deploy.sh", "#7 CACHED",
+        "#8 [linux/arm64 2/3] COPY deploy.sh deploy.sh", "#8 CACHED", "#9 [2/2] COPY app.jar app.jar", "#9 DONE 0.1s",
+        "#10 exporting cache to registry", "#10 CACHED",
+    ])
+    assert cache_stats(log) == (2, 5)
+
+
+def test_excerpt_keeps_the_last_lines_within_a_bound():
+    text = "\n".join(f"line {i}" for i in range(100))
+    assert excerpt(text).splitlines()[-1] == "line 99" and len(excerpt(text).splitlines()) == 15
+    assert len(excerpt("x" * 5000)) == 1500
+
+
+def test_last_transition_time_changes_only_when_status_changes():
+    first = with_transition_times(None, [condition("Ready", False, "Building", "building", 1)], "T1")
+    same = with_transition_times(first, [condition("Ready", False, "BuildPending", "waiting", 2)], "T2")
+    flipped = with_transition_times(same, [condition("Ready", True, "Succeeded", "pushed", 2)], "T3")
+    assert [c["lastTransitionTime"] for c in (first[0], same[0], flipped[0])] == ["T1", "T1", "T3"]
+    assert same[0]["reason"] == "BuildPending" and same[0]["observedGeneration"] == 2
+
+
+def test_conditions_written_by_others_are_kept():
+    theirs = {"type": "example.com/Approved", "status": "True", "reason": "Approved", "message": "", "lastTransitionTime": "T0"}
+    merged = with_transition_times([theirs], [condition("Ready", True, "Succeeded", "", 1)], "T1")
+    assert merged[-1] == theirs
+
+
+@pytest.mark.parametrize(("phase", "ready", "reconciling", "stalled"), [
+    (PHASE_SUCCEEDED, "True", "False", "False"), (BUILDING, "False", "True", "False"), ("Pending", "False", "True", "False"),
+    ("Failed", "False", "False", "True"), (CANCELLED, "False", "False", "False"),
+])
+def test_phases_map_to_kstatus_conditions(phase, ready, reconciling, stalled):
+    by_type = {c["type"]: c["status"] for c in phase_conditions(phase, "R", "m", 1)}
+    assert (by_type["Ready"], by_type["Reconciling"], by_type["Stalled"]) == (ready, reconciling, stalled)
+
+
+def test_durations_digests_and_history_are_shown_compactly():
+    assert duration("2026-11-28T10:00:00Z", "2026-11-28T11:03:07Z") == "1h3m7s"
+    assert duration("2026-11-28T10:00:00Z", "2026-11-28T10:00:42Z") == "42s"
+    assert duration(None, "2026-11-28T10:00:42Z") is None
+    assert short_digest("sha256:0123456789abcdef") == "0123456789ab"
+    history = with_history([{"buildID": "a"}, {"buildID": "b"}], {"buildID": "b", "phase": "Succeeded"}, limit=2)
+    assert history == [{"buildID": "b", "phase": "Succeeded"}, {"buildID": "a"}]
+    assert with_history(history, {"buildID": "c"}, limit=2) == [{"buildID": "c"}, {"buildID": "b", "phase": "Succeeded"}]
