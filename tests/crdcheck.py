@@ -171,3 +171,25 @@ def cel_rules(schema: dict, path: str = "") -> list[tuple[str, dict]]:
     if isinstance(schema.get("additionalProperties"), dict):
         out += cel_rules(schema["additionalProperties"], f"{path}.*")
     return out
+
+
+def pruned(schema: dict, value, top: bool = True):
+    """value without the fields the schema does not declare, as the API server stores it (structural pruning)."""
+    if isinstance(value, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return value
+        props, extra = schema.get("properties"), schema.get("additionalProperties")
+        if props is None and not isinstance(extra, dict):
+            return value  # e.g. metadata: the server validates it on its own
+        out = {}
+        for key, item in value.items():
+            if top and key in ("apiVersion", "kind", "metadata"):
+                out[key] = item
+            elif props is not None and key in props:
+                out[key] = pruned(props[key], item, top=False)
+            elif isinstance(extra, dict):
+                out[key] = pruned(extra, item, top=False)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [pruned(schema["items"], item, top=False) for item in value]
+    return value

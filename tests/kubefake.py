@@ -1,11 +1,12 @@
 """kmock, made to behave like a real API server where kiln depends on it, plus the Job controller's part.
 
 kmock stores and streams objects but sets no uid, resourceVersion or generation,
-merges every patch (status included) into the object, and collects no garbage.
-KubeFake adds what a real server does: uid, creationTimestamp, resourceVersion on
-every write, generation bumped on spec changes, `status` ignored in main-resource
-patches and only `status` taken from /status patches (for resources with a status
-subresource), and background deletion of dependents by owner reference.
+merges every patch (status included) into the object, keeps fields no schema
+declares, and collects no garbage. KubeFake adds what a real server does: uid,
+creationTimestamp, resourceVersion on every write, generation bumped on spec
+changes, `status` ignored in main-resource patches and only `status` taken from
+/status patches (for resources with a status subresource), pruning of fields
+kiln's CRDs do not declare, and background deletion of dependents by owner reference.
 The tests play the Job controller and the kubelet through the same HTTP API.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import kmock
 import kopf.testing
 
 from kiln.cli import kopf_argv
+
+from crdcheck import pruned, schema_of
 
 WITH_STATUS = {"imagebuilds", "registrylogins", "jobs", "pods"}
 CRDS = {
@@ -82,6 +85,8 @@ class KubeFake(kmock.KubernetesEmulator):
             if "spec" in data and _merged(current.get("spec") or {}, data["spec"]) != (current.get("spec") or {}):
                 meta["generation"] = (current.get("metadata") or {}).get("generation", 1) + 1
         meta["resourceVersion"] = str(next(_versions))
+        if request.resource.group == "kiln.dev":  # structural schemas: unknown fields are dropped, not stored
+            data = pruned(schema_of(CRDS[_resource_id(request.resource)]["kind"]), data)
         return data
 
     async def _collect_garbage(self) -> None:
