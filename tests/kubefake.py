@@ -21,12 +21,15 @@ import uuid
 import attrs
 import kmock
 import kopf.testing
+import kubernetes_validate
 
 from kiln.cli import kopf_argv
 
 from crdcheck import pruned, schema_of
 
 WITH_STATUS = {"imagebuilds", "registrylogins", "jobs", "pods"}
+VALIDATED = {"jobs", "secrets", "configmaps"}
+K8S_VERSION = "1.33"
 CRDS = {
     "kiln.dev/v1alpha1/imagebuilds": {"kind": "ImageBuild", "singular": "imagebuild", "shortnames": ["ib"]},
     "kiln.dev/v1alpha1/registrylogins": {"kind": "RegistryLogin", "singular": "registrylogin", "shortnames": ["rl"]},
@@ -85,6 +88,11 @@ class KubeFake(kmock.KubernetesEmulator):
             if "spec" in data and _merged(current.get("spec") or {}, data["spec"]) != (current.get("spec") or {}):
                 meta["generation"] = (current.get("metadata") or {}).get("generation", 1) + 1
         meta["resourceVersion"] = str(next(_versions))
+        if request.action == kmock.action.CREATE and plural in VALIDATED:
+            try:  # what the operator creates must be what a real API server accepts
+                kubernetes_validate.validate(data, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
         if request.resource.group == "kiln.dev":  # structural schemas: unknown fields are dropped, not stored
             data = pruned(schema_of(CRDS[_resource_id(request.resource)]["kind"]), data)
         return data

@@ -202,7 +202,7 @@ async def test_each_failure_class_has_its_reason_and_only_transient_ones_are_ret
         if retried:
             retry = await eventually(lambda: [j for j in cluster.jobs() if j["metadata"]["name"].endswith("-r1")],
                                      message="a retry Job")
-            assert "BuildRetried" in await eventually(lambda: event_reasons(cluster))
+            await eventually(lambda: "BuildRetried" in event_reasons(cluster), message="BuildRetried event")
             await _end(cluster, retry[0], how)
         failed = await phase(cluster, "Failed")
         await eventually(lambda: "BuildFailed" in event_reasons(cluster), message="BuildFailed event")
@@ -433,3 +433,15 @@ async def test_a_change_that_does_not_alter_the_image_keeps_the_build_and_its_re
         **cond(cluster, "Ready"), "status": "True", "observedGeneration": 2, "lastTransitionTime": None}
     assert status(cluster)["buildID"] == done["buildID"] and status(cluster)["digest"] == done["digest"]
     assert cluster.ever_created("batch/v1", "jobs") == [job["metadata"]["name"]]
+
+
+async def test_a_child_the_api_server_refuses_is_reported_in_status(cluster, basic_registry):
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        # The CRD would refuse this toleration; an object that skipped that check reaches the Job.
+        await cluster.apply(image_build(basic_registry.host, builder={"tolerations": [{"key": "a", "tolerationSeconds": "soon"}]}))
+        await eventually(lambda: cond(cluster, "Stalled").get("reason") == reasons.CREATE_REJECTED,
+                         message=f"Stalled CreateRejected; have {cond(cluster, 'Stalled')}")
+    assert cond(cluster, "Stalled")["message"].startswith("the API server refused to create Job app-g1-")
+    assert cond(cluster, "CredentialsReady")["status"] == "True" and cluster.jobs() == []
+    assert [s["metadata"]["name"] for s in cluster.all("v1", "secrets")] == ["reg-creds"]  # no credentials left behind

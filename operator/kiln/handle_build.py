@@ -10,7 +10,7 @@ import dataclasses
 import logging
 
 from kiln import observe, reasons
-from kiln.apply import Kube, path
+from kiln.apply import Kube, KubeError, path
 from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
 from kiln.handle_login import login_path, read_ca, ready_condition
 from kiln.observe import UnitState, cache_stats, observe_unit
@@ -172,7 +172,7 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
         if not units:
             plan = build_plan(spec, await _ready_archs(kube) if spec.strategy == "auto" else frozenset())
             await _check_cache_volume(kube, spec, jobs)
-            await _start(kube, settings, spec, plan, attempt_base, preflight=True)
+            await _start(kube, settings, spec, plan, attempt_base, first=True)
             events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
             return status_of.make(PENDING, reasons.BUILD_PENDING, "build Jobs created",
                                   attempt=attempt_base, job_names=[job_name(spec, u, attempt_base) for u in plan]), events
@@ -180,7 +180,7 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
         for unit in retry:
             if unit.job and _active(unit.job):
                 await kube.delete(_job_path(namespace, unit.job["metadata"]["name"]))
-            await _start(kube, settings, spec, (unit.unit,), unit.attempt + 1, preflight=False)
+            await _start(kube, settings, spec, (unit.unit,), unit.attempt + 1, first=False)
             events.append(("Warning", "BuildRetried", f"{unit.state.reason}: {unit.state.message}; "
                                                       f"attempt {unit.attempt + 2} of {spec.retries + 1}"))
     except Blocked as blocked:
@@ -306,10 +306,11 @@ async def _preflight(settings: Settings, spec: BuildSpec, logins: list[ResolvedL
 
 
 async def _start(kube: Kube, settings: Settings, spec: BuildSpec, plan: tuple[BuildUnit, ...], attempt: int,
-                 preflight: bool) -> None:
+                 first: bool) -> None:
+    """Create the build's children. A first start checks push access first and, if refused, leaves no credentials."""
     try:
         logins = await resolve_logins(kube, spec)
-        if preflight:
+        if first:
             await _preflight(settings, spec, logins)
         secret = render_docker_config_secret(spec, logins)
     except CredentialsProblem as exc:
@@ -317,14 +318,33 @@ async def _start(kube: Kube, settings: Settings, spec: BuildSpec, plan: tuple[Bu
     except RegistryError as exc:
         transient = exc.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
         raise Blocked(exc.reason, f"push check: {exc.message}", stalled=not transient) from None
-    await kube.create(path("v1", "secrets", spec.namespace), secret)
     buildkitd = render_buildkitd_config(spec, logins)
-    if buildkitd:
-        await kube.create(path("v1", "configmaps", spec.namespace), buildkitd)
     several = len(plan) > 1 or any(u.key for u in plan)
-    for unit in plan:
-        job = render_job(spec, unit, settings, several_units=several, buildkitd_config=buildkitd is not None, attempt=attempt)
-        await kube.create(_job_path(spec.namespace), job)
+    try:
+        await _create(kube, path("v1", "secrets", spec.namespace), secret)
+        if buildkitd:
+            await _create(kube, path("v1", "configmaps", spec.namespace), buildkitd)
+        for unit in plan:
+            job = render_job(spec, unit, settings, several_units=several, buildkitd_config=buildkitd is not None,
+                             attempt=attempt)
+            await _create(kube, _job_path(spec.namespace), job)
+    except Blocked:
+        if first:  # no pod of this build runs: its credentials need not wait
+            await _remove_credentials(kube, spec)
+        raise
+
+
+async def _create(kube: Kube, url: str, obj: dict) -> None:
+    """Create a child; a refusal (validation, quota, admission) becomes the build's status, not a traceback."""
+    try:
+        await kube.create(url, obj)
+    except KubeError as exc:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        # A Secret's refusal could quote its data: say only the status code.
+        detail = f"HTTP {exc.status}" if kind == "Secret" else exc.message
+        transient = exc.status >= 500 or exc.status == 429
+        raise Blocked(reasons.CREATE_REJECTED, f"the API server refused to create {kind} {name}: {detail}",
+                      credentials=False, stalled=not transient) from None
 
 
 async def _remove_credentials(kube: Kube, spec: BuildSpec) -> None:
