@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from kiln import observe, reasons
+from kiln import API_VERSION, observe, reasons
 from kiln.apply import Kube, KubeError, path
 from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
 from kiln.handle_login import login_path, read_ca, ready_condition
@@ -45,7 +45,6 @@ from kiln.status import (
     with_transition_times,
 )
 
-API_VERSION = "kiln.dev/v1alpha1"
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime
 import logging
 
-from kiln import reasons
+from kiln import API_VERSION, reasons
 from kiln.apply import Kube, path
 from kiln.credentials import Credentials, CredentialsProblem, credentials_from_secret
 from kiln.parse import InvalidSpec, LoginSpec, parse_registry_login
@@ -18,7 +18,7 @@ RETRY_INTERVAL = 60.0
 
 
 def login_path(namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    return path("kiln.dev/v1alpha1", "registrylogins", namespace, name, subresource)
+    return path(API_VERSION, "registrylogins", namespace, name, subresource)
 
 
 def ready_condition(obj: dict) -> dict | None:

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import yaml
 
+from kiln import reasons
 from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
 from kiln.parse import InvalidSpec, parse_image_build, parse_registry_login
 from kiln.render import render_build
@@ -79,7 +80,7 @@ def render_objects(paths: list[str], settings: Settings) -> list[dict]:
                 ca = by_kind.get("ConfigMap", {}).get((login.namespace, login.ca_config_map or ""), (None, {}))[1]
                 ca_pem = (ca.get("data") or {}).get(login.ca_key) if login.ca_config_map else None
                 if login.ca_config_map and not ca_pem:
-                    raise CredentialsProblem("CABundleNotFound", f"ConfigMap {login.ca_config_map!r} key "
+                    raise CredentialsProblem(reasons.CA_BUNDLE_NOT_FOUND, f"ConfigMap {login.ca_config_map!r} key "
                                              f"{login.ca_key!r} (caBundle of RegistryLogin {login.name!r}) is not in the files")
                 resolved.append(ResolvedLogin(login.name, login.server, credentials_from_secret(secret, login),
                                               login.insecure, ca_pem))
