@@ -13,10 +13,11 @@ import subprocess
 
 import pytest
 
+from gitserver import GitServer, make_repository
 from kiln.credentials import Credentials, ResolvedLogin
 from kiln.observe import cache_stats
 from kiln.parse import parse_image_build
-from kiln.render import CONTEXT_DIR, METADATA_FILE, render_docker_config_secret, render_job
+from kiln.render import CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_docker_config_secret, render_job
 from kiln.resolve import build_plan
 from kiln.settings import Settings
 
@@ -54,7 +55,8 @@ def build_spec(name: str, image: str, context_path: str, cache: dict | None = No
     return {"metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1}, "spec": spec}
 
 
-def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace, tmp_path) -> tuple[dict, str]:
+def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace, tmp_path,
+                 git_token: str | None = None) -> tuple[dict, str]:
     """Render the Job for obj, run its container's arguments with buildctl; returns (metadata, build log)."""
     spec = parse_image_build(obj)
     (unit,) = build_plan(spec)
@@ -66,7 +68,11 @@ def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace,
     secret = render_docker_config_secret(spec, logins)
     (docker_dir / "config.json").write_bytes(base64.b64decode(secret["data"][".dockerconfigjson"]))
     metadata_file = tmp_path / f"metadata-{spec.name}.json"
-    args = [a.replace(CONTEXT_DIR, str(workspace)).replace(METADATA_FILE, str(metadata_file)) for a in container["args"]]
+    git_dir = tmp_path / f"git-{spec.name}"
+    git_dir.mkdir()
+    (git_dir / "token").write_text(git_token or "")  # where the pod mounts the git Secret's password
+    args = [a.replace(CONTEXT_DIR, str(workspace)).replace(METADATA_FILE, str(metadata_file)).replace(GIT_AUTH_DIR, str(git_dir))
+            for a in container["args"]]
     result = subprocess.run(["buildctl", "--addr", daemon, *args], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "DOCKER_CONFIG": str(docker_dir)})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,3 +114,22 @@ async def test_rendered_build_pulls_from_one_registry_pushes_an_index_to_another
     _, log = run_rendered(daemon, build_spec("app2", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
     cached, total = cache_stats(log)
     assert total > 0 and 0 < cached < total, log[-3000:]
+
+
+async def test_rendered_build_clones_a_private_git_repository_with_its_token(daemon, second_basic_registry, tmp_path):
+    registry, token = second_basic_registry, "gitea-Token-7"
+    make_repository(tmp_path / "git", {"services/api/Dockerfile": "FROM scratch\nCOPY hello.txt /hello.txt\n",
+                                       "services/api/hello.txt": "from git\n"})
+    server = GitServer(tmp_path / "git", token)
+    try:
+        obj = {"metadata": {"name": "from-git", "namespace": "default", "uid": "uid-git", "generation": 1},
+               "spec": {"source": {"git": {"url": server.url, "revision": "main", "secretRef": {"name": "git-token"}},
+                                   "contextDir": "services/api"},
+                        "output": {"image": f"{registry.host}/team/from-git", "tags": ["v1"]}, "cache": {"type": "none"}}}
+        logins = [ResolvedLogin("account-b", registry.host, Credentials("carol", registry.users["carol"]))]
+        metadata, _ = run_rendered(daemon, obj, logins, tmp_path, tmp_path, git_token=token)
+    finally:
+        server.shutdown()
+    _, _, digest = await asyncio.to_thread(read_manifest, registry, "carol", "team/from-git", "v1")
+    assert digest == metadata["containerimage.digest"]
+    assert server.authorized > 0  # the token reached the git server, with its port in the secret's name

@@ -141,6 +141,17 @@ def test_private_git_token_reaches_buildkit_as_a_secret_never_in_the_url():
                                            "items": [{"key": "password", "path": "token"}]}} in pod["volumes"]
 
 
+@pytest.mark.parametrize(("url", "secret_id"), [
+    ("https://git.corp.example/team/app.git", "GIT_AUTH_TOKEN.git.corp.example"),
+    ("https://gitea.corp.example:3000/team/app.git", "GIT_AUTH_TOKEN.gitea.corp.example:3000"),
+    ("https://ci@git.corp.example/team/app.git", "GIT_AUTH_TOKEN.git.corp.example"),
+])
+def test_git_token_secret_is_named_for_the_host_and_port_buildkit_looks_up(url, secret_id):
+    doc = _fixture_build()
+    doc["spec"]["source"]["git"]["url"] = url
+    assert f"--secret=id={secret_id},src=/kiln/git/token" in buildctl_args(parse_image_build(doc), BuildUnit(()))
+
+
 def test_insecure_and_private_ca_registries_get_a_buildkitd_config():
     config_map = next(o for o in rendered_story("git-private") if o["kind"] == "ConfigMap")
     assert config_map["data"]["buildkitd.toml"] == (

@@ -168,7 +168,9 @@ def buildctl_args(spec: BuildSpec, unit: BuildUnit, several_units: bool = False)
 def _git_auth_args(origin: GitSource) -> list[str]:
     if origin.url.startswith(("https://", "http://")):
         # BuildKit's git source reads a token for this host from this build secret; never from the URL.
-        return [f"--secret=id=GIT_AUTH_TOKEN.{urlsplit(origin.url).hostname},src={GIT_AUTH_DIR}/token"]
+        # Its "host" is Go's url.Host: with the port, without any user info.
+        host = urlsplit(origin.url).netloc.rpartition("@")[2]
+        return [f"--secret=id=GIT_AUTH_TOKEN.{host},src={GIT_AUTH_DIR}/token"]
     return [f"--ssh=default={GIT_AUTH_DIR}/ssh-privatekey"]
 
 
