@@ -6,6 +6,7 @@ translated: every other argument is the rendered Job's.
 """
 import asyncio
 import base64
+import functools
 import json
 import os
 import shutil
@@ -15,10 +16,12 @@ import pytest
 
 from gitserver import GitServer, make_repository
 from kiln.credentials import Credentials, ResolvedLogin
-from kiln.observe import cache_stats
+from kiln.handle_build import collect_images
+from kiln.observe import SUCCEEDED, UnitState, cache_stats
 from kiln.parse import parse_image_build
+from kiln.registry import INDEX_MEDIA_TYPES, Registry, RegistryClient, push_index
 from kiln.render import CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_docker_config_secret, render_job
-from kiln.resolve import build_plan
+from kiln.resolve import BuildUnit, build_plan
 from kiln.settings import Settings
 
 from registries import read_manifest
@@ -56,27 +59,29 @@ def build_spec(name: str, image: str, context_path: str, cache: dict | None = No
 
 
 def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace, tmp_path,
-                 git_token: str | None = None) -> tuple[dict, str]:
-    """Render the Job for obj, run its container's arguments with buildctl; returns (metadata, build log)."""
+                 git_token: str | None = None) -> list[tuple[BuildUnit, dict, str]]:
+    """Render the Jobs for obj and run each container's arguments with buildctl: [(unit, metadata, build log)]."""
     spec = parse_image_build(obj)
-    (unit,) = build_plan(spec)
-    job = render_job(spec, unit, Settings())
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["buildctl-daemonless.sh"]
-    docker_dir = tmp_path / f"docker-{spec.name}"
+    plan = build_plan(spec)
+    docker_dir, git_dir = tmp_path / f"docker-{spec.name}", tmp_path / f"git-{spec.name}"
     docker_dir.mkdir()
+    git_dir.mkdir()
     secret = render_docker_config_secret(spec, logins)
     (docker_dir / "config.json").write_bytes(base64.b64decode(secret["data"][".dockerconfigjson"]))
-    metadata_file = tmp_path / f"metadata-{spec.name}.json"
-    git_dir = tmp_path / f"git-{spec.name}"
-    git_dir.mkdir()
     (git_dir / "token").write_text(git_token or "")  # where the pod mounts the git Secret's password
-    args = [a.replace(CONTEXT_DIR, str(workspace)).replace(METADATA_FILE, str(metadata_file)).replace(GIT_AUTH_DIR, str(git_dir))
-            for a in container["args"]]
-    result = subprocess.run(["buildctl", "--addr", daemon, *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "DOCKER_CONFIG": str(docker_dir)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(metadata_file.read_text()), result.stderr
+    results = []
+    for unit in plan:
+        job = render_job(spec, unit, Settings(), several_units=len(plan) > 1)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["buildctl-daemonless.sh"]
+        metadata_file = tmp_path / f"metadata-{job['metadata']['name']}.json"
+        paths = {CONTEXT_DIR: str(workspace), METADATA_FILE: str(metadata_file), GIT_AUTH_DIR: str(git_dir)}
+        args = [functools.reduce(lambda arg, item: arg.replace(*item), paths.items(), a) for a in container["args"]]
+        result = subprocess.run(["buildctl", "--addr", daemon, *args], capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "DOCKER_CONFIG": str(docker_dir)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        results.append((unit, json.loads(metadata_file.read_text()), result.stderr))
+    return results
 
 
 async def test_rendered_build_pulls_from_one_registry_pushes_an_index_to_another_and_reuses_its_cache(
@@ -98,20 +103,20 @@ async def test_rendered_build_pulls_from_one_registry_pushes_an_index_to_another
     run_rendered(daemon, build_spec("base", f"{a.host}/hub-mirrors/base", "base", {"type": "none"}), logins[:1],
                  workspace, tmp_path)
     # The app: FROM A, pushed to B (account B), registry cache at <image>:build-cache in B.
-    first, _ = run_rendered(daemon, build_spec("app", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
+    [(_, first, _)] = run_rendered(daemon, build_spec("app", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
 
     media_type, index, digest = await asyncio.to_thread(read_manifest, b, "carol", "yunxiao-demo/app1", "v1")
     assert digest == first["containerimage.digest"]
     platforms = {f"{m['platform']['os']}/{m['platform']['architecture']}" for m in index["manifests"]
                  if m["platform"]["os"] != "unknown"}
     assert platforms == set(PLATFORMS)
-    assert media_type in ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+    assert media_type in INDEX_MEDIA_TYPES
     await asyncio.to_thread(read_manifest, b, "carol", "yunxiao-demo/app1", "build-cache")
 
     # Fresh daemon state: only the registry cache can make the second build's steps cached.
     subprocess.run(["buildctl", "--addr", daemon, "prune", "--all"], check=True, capture_output=True, timeout=120)
     (workspace / "app" / "application.jar").write_text("a new jar\n")  # the last COPY changes, deploy.sh does not
-    _, log = run_rendered(daemon, build_spec("app2", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
+    [(_, _, log)] = run_rendered(daemon, build_spec("app2", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
     cached, total = cache_stats(log)
     assert total > 0 and 0 < cached < total, log[-3000:]
 
@@ -127,9 +132,32 @@ async def test_rendered_build_clones_a_private_git_repository_with_its_token(dae
                                    "contextDir": "services/api"},
                         "output": {"image": f"{registry.host}/team/from-git", "tags": ["v1"]}, "cache": {"type": "none"}}}
         logins = [ResolvedLogin("account-b", registry.host, Credentials("carol", registry.users["carol"]))]
-        metadata, _ = run_rendered(daemon, obj, logins, tmp_path, tmp_path, git_token=token)
+        [(_, metadata, _)] = run_rendered(daemon, obj, logins, tmp_path, tmp_path, git_token=token)
     finally:
         server.shutdown()
     _, _, digest = await asyncio.to_thread(read_manifest, registry, "carol", "team/from-git", "v1")
     assert digest == metadata["containerimage.digest"]
     assert server.authorized > 0  # the token reached the git server, with its port in the secret's name
+
+
+async def test_rendered_native_pods_push_by_digest_and_kiln_assembles_one_index(daemon, second_basic_registry, tmp_path):
+    registry = second_basic_registry
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM scratch\nCOPY app.txt /app.txt\n")
+    (tmp_path / "app" / "app.txt").write_text("native\n")
+    obj = build_spec("native", f"{registry.host}/team/native", "app", {"type": "none"})
+    obj["spec"].update(multiArch={"strategy": "native"}, output={"image": f"{registry.host}/team/native", "tags": ["v1", "latest"]})
+    login = ResolvedLogin("account-b", registry.host, Credentials("carol", registry.users["carol"]))
+    results = run_rendered(daemon, obj, [login], tmp_path, tmp_path)
+    assert [unit.arch for unit, _, _ in results] == ["amd64", "arm64"]
+    states = [(unit, UnitState(SUCCEEDED, digest=metadata["containerimage.digest"],
+                               media_type=metadata["containerimage.descriptor"]["mediaType"])) for unit, metadata, _ in results]
+    async with RegistryClient(Registry(registry.host, insecure=True), login.credentials) as client:
+        images = await collect_images(client, "team/native", states)  # what the operator does once every pod is done
+        digest = await push_index(client, "team/native", [(p, d) for p, d, _ in images], ("v1", "latest"))
+    assert [(p, b) for p, _, b in images] == [("linux/amd64", "native"), ("linux/arm64", "native")]
+    for tag in ("v1", "latest"):
+        _, index, tagged = await asyncio.to_thread(read_manifest, registry, "carol", "team/native", tag)
+        assert tagged == digest
+        assert [(m["platform"]["architecture"], m["digest"]) for m in index["manifests"]] == \
+               [(p.split("/")[1], d) for p, d, _ in images]

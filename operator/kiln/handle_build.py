@@ -16,7 +16,7 @@ from kiln.handle_login import login_path, read_ca, ready_condition
 from kiln.observe import UnitState, cache_stats, observe_unit
 from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.references import registry_host, repository_path, split_tagged
-from kiln.registry import Registry, RegistryClient, RegistryError, platform_digests, push_index
+from kiln.registry import MANIFEST_MEDIA_TYPES, Registry, RegistryClient, RegistryError, platform_digests, push_index
 from kiln.render import (
     buildkitd_config_name,
     cache_ref,
@@ -362,33 +362,40 @@ async def _trim_history(kube: Kube, spec: BuildSpec, jobs: list[dict], history: 
 async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[Unit],
                    logger: logging.Logger) -> tuple[str | None, list[dict]]:
     """The pushed digest and the digest of each platform, assembling the index when several pods built it."""
-    several = len(units) > 1 or any(u.unit.key for u in units)
     if not spec.output.push:
         return units[0].state.digest, []
+    several = len(units) > 1 or any(u.unit.key for u in units)
     logins = await resolve_logins(kube, spec)
     repository = repository_path(spec.output.image)
-    images: list[tuple[str, str, str]] = []  # platform, digest, built by
     async with _client(settings, logins, registry_host(spec.output.image)) as client:
-        for unit in units:
-            digest = unit.state.digest or ""
-            if several and len(unit.unit.platforms) == 1:
-                images.append((unit.unit.platforms[0], digest, unit.unit.built_by))
-                continue
-            try:
-                media_type, body, _ = await client.get_manifest(repository, digest)
-            except RegistryError as exc:
-                if several:
-                    raise
-                # The digest is BuildKit's own word; the per-platform list is a courtesy.
-                logger.warning("could not read %s@%s for its platforms: %s", spec.output.image, digest, exc.message)
-                continue
-            found = platform_digests(media_type, body)
-            if not found and len(unit.unit.platforms) == 1:
-                found = [(unit.unit.platforms[0], digest)]
-            images += [(p, d, unit.unit.built_by) for p, d in found]
+        try:
+            images = await collect_images(client, repository, [(u.unit, u.state) for u in units])
+        except RegistryError as exc:
+            if several:
+                raise
+            # One pod pushed the result itself: its digest is BuildKit's word; the platform list is a courtesy.
+            logger.warning("could not read %s for its platforms: %s", spec.output.image, exc.message)
+            images = []
         digest = await push_index(client, repository, [(p, d) for p, d, _ in images], spec.output.tags) \
             if several else units[0].state.digest
     return digest, [{"platform": p, "digest": d, "builtBy": b} for p, d, b in images]
+
+
+async def collect_images(client: RegistryClient, repository: str,
+                         results: list[tuple[BuildUnit, UnitState]]) -> list[tuple[str, str, str]]:
+    """(platform, manifest digest, built by) of every image the pods pushed; an index is looked into."""
+    images = []
+    for unit, state in results:
+        digest = state.digest or ""
+        if state.media_type in MANIFEST_MEDIA_TYPES and len(unit.platforms) == 1:
+            images.append((unit.platforms[0], digest, unit.built_by))
+            continue
+        media_type, body, _ = await client.get_manifest(repository, digest)
+        found = platform_digests(media_type, body)
+        if not found and len(unit.platforms) == 1:  # a plain manifest after all
+            found = [(unit.platforms[0], digest)]
+        images += [(platform, image, unit.built_by) for platform, image in found]
+    return images
 
 
 async def _cache_stats(kube: Kube, spec: BuildSpec, units: list[Unit]) -> tuple[int, int]:

@@ -24,12 +24,10 @@ from kiln.references import api_endpoint
 
 # Cloud metadata services reachable at ordinary addresses, beside all of link-local.
 _METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254")}
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+INDEX_MEDIA_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_MEDIA_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
+MANIFEST_TYPES = INDEX_MEDIA_TYPES + MANIFEST_MEDIA_TYPES  # what GET manifest accepts
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -268,9 +266,6 @@ def _header(headers: dict, name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == name), None)
 
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-_INDEX_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
-
 
 def platform_of(platform: str) -> dict[str, str]:
     os_name, arch, *variant = platform.split("/")
@@ -285,7 +280,7 @@ def image_index(manifests: list[dict]) -> dict:
 
 def platform_digests(media_type: str, body: bytes) -> list[tuple[str, str]]:
     """(os/arch[/variant], digest) of each image in an index; attestation entries are skipped."""
-    if media_type not in _INDEX_TYPES:
+    if media_type not in INDEX_MEDIA_TYPES:
         return []
     out = []
     for entry in json.loads(body).get("manifests", []):
