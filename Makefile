@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 system-deps:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
@@ -35,8 +36,9 @@ run: install
 	kubectl apply -k crds/
 	$(VENV)/bin/kiln run $(KOPF_ARGS)
 
+# The samples' Secrets are yours to create; the tests' fixture Secrets stand in for them here.
 render: install
-	$(VENV)/bin/kiln render -f manifests/samples/
+	$(VENV)/bin/kiln render -f manifests/samples/ -f tests/fixtures/secrets.yaml
 
 deploy:
 	kubectl apply -k manifests/
