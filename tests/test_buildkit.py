@@ -50,9 +50,9 @@ def daemon():
     return BUILDKIT_HOST
 
 
-def build_spec(name: str, image: str, context_path: str, cache: dict | None = None, platforms=PLATFORMS) -> dict:
+def build_spec(name: str, image: str, context_path: str, cache: dict | None = None, tags=("v1",)) -> dict:
     spec = {"source": {"volume": {"claimName": "workspace", "path": context_path}},
-            "output": {"image": image, "tags": ["v1"]}, "platforms": platforms}
+            "output": {"image": image, "tags": list(tags)}, "platforms": PLATFORMS}
     if cache:
         spec["cache"] = cache
     return {"metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "generation": 1}, "spec": spec}
@@ -103,10 +103,13 @@ async def test_rendered_build_pulls_from_one_registry_pushes_an_index_to_another
     run_rendered(daemon, build_spec("base", f"{a.host}/hub-mirrors/base", "base", {"type": "none"}), logins[:1],
                  workspace, tmp_path)
     # The app: FROM A, pushed to B (account B), registry cache at <image>:build-cache in B.
-    [(_, first, _)] = run_rendered(daemon, build_spec("app", f"{b.host}/yunxiao-demo/app1", "app"), logins, workspace, tmp_path)
+    app = build_spec("app", f"{b.host}/yunxiao-demo/app1", "app", tags=("2024-09-19-12-24-56", "v1"))
+    [(_, first, _)] = run_rendered(daemon, app, logins, workspace, tmp_path)
 
     media_type, index, digest = await asyncio.to_thread(read_manifest, b, "carol", "yunxiao-demo/app1", "v1")
     assert digest == first["containerimage.digest"]
+    _, _, other_tag = await asyncio.to_thread(read_manifest, b, "carol", "yunxiao-demo/app1", "2024-09-19-12-24-56")
+    assert other_tag == digest  # every tag in one export
     platforms = {f"{m['platform']['os']}/{m['platform']['architecture']}" for m in index["manifests"]
                  if m["platform"]["os"] != "unknown"}
     assert platforms == set(PLATFORMS)
