@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import tomllib
 
 import kubernetes_validate
 import pytest
@@ -158,6 +159,9 @@ def test_insecure_and_private_ca_registries_get_a_buildkitd_config():
         '[registry."registry.corp.example"]\n  ca = ["/kiln/buildkitd/ca-registry.corp.example.crt"]\n\n'
         '[registry."registry.kiln-system.svc:5000"]\n  http = true\n  insecure = true\n')
     assert "BEGIN CERTIFICATE" in config_map["data"]["ca-registry.corp.example.crt"]
+    assert tomllib.loads(config_map["data"]["buildkitd.toml"]) == {"registry": {  # buildkitd's config structure
+        "registry.corp.example": {"ca": ["/kiln/buildkitd/ca-registry.corp.example.crt"]},
+        "registry.kiln-system.svc:5000": {"http": True, "insecure": True}}}
     env = _job("git-private")["spec"]["template"]["spec"]["containers"][0]["env"][0]
     assert env == {"name": "BUILDKITD_FLAGS",
                    "value": "--oci-worker-no-process-sandbox --config=/kiln/buildkitd/buildkitd.toml"}
