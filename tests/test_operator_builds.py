@@ -68,6 +68,14 @@ async def phase(cluster, wanted: str, name: str = "app") -> dict:
                             message=f"phase {wanted}; status {status(cluster, name)}")
 
 
+async def first_job(cluster, registry, **spec) -> dict:
+    """A Ready login and an ImageBuild using it; returns the build's Job once the operator created it."""
+    await ready_login(cluster, registry)
+    await cluster.apply(image_build(registry.host, **spec))
+    (job,) = await jobs(cluster, 1)
+    return job
+
+
 async def succeed(cluster, job: dict, digest: str = DIGEST) -> dict:
     """The job's pod pushes `digest` and ends; returns the Succeeded status."""
     await cluster.finish(job, await cluster.start_pod(job), exit_code=0, message=metadata(digest))
@@ -81,9 +89,7 @@ def event_reasons(cluster) -> list[str]:
 async def test_a_build_runs_its_rendered_job_with_merged_credentials_and_reports_the_pushed_image(cluster, basic_registry):
     index, digests = await _push(basic_registry, ["linux/amd64"], tag="v1")  # what BuildKit leaves: an index
     async with operator():
-        await ready_login(cluster, basic_registry)
-        await cluster.apply(image_build(basic_registry.host))
-        (job,) = await jobs(cluster, 1)
+        job = await first_job(cluster, basic_registry)
         build = cluster.build("app")
         expected = render_job(parse_image_build(build), BuildUnit(()), Settings.from_env(), buildkitd_config=True)
         assert job["spec"] == expected["spec"]
@@ -273,14 +279,13 @@ async def test_a_build_waiting_for_a_login_starts_when_the_login_appears(cluster
 
 async def test_a_spec_change_mid_build_supersedes_it_with_exactly_one_new_job(cluster, basic_registry):
     async with operator():
-        await ready_login(cluster, basic_registry)
-        await cluster.apply(image_build(basic_registry.host))
-        (old,) = await jobs(cluster, 1)
+        old = await first_job(cluster, basic_registry)
         await cluster.run_pod(await cluster.start_pod(old))
         await phase(cluster, "Building")
         await cluster.patch(*IB, "app", {"spec": {"source": {"git": {"revision": "next"}}}})
-        (new,) = await eventually(lambda: [j for j in cluster.jobs() if j["metadata"]["labels"]["kiln.dev/generation"] == "2"]
-                                  and cluster.jobs() if len(cluster.jobs()) == 1 else None, message="only the new Job")
+        await eventually(lambda: [j["metadata"]["labels"]["kiln.dev/generation"] for j in cluster.jobs()] == ["2"],
+                         message="only the new Job")
+        (new,) = cluster.jobs()
         await eventually(lambda: "BuildSuperseded" in event_reasons(cluster), message="BuildSuperseded event")
         current = await eventually(lambda: status(cluster).get("observedGeneration") == 2 and status(cluster))
     assert new["metadata"]["labels"]["kiln.dev/generation"] == "2"
@@ -294,9 +299,7 @@ async def test_a_spec_change_mid_build_supersedes_it_with_exactly_one_new_job(cl
 
 async def test_the_rebuild_annotation_builds_the_same_spec_once_more(cluster, basic_registry):
     async with operator():
-        await ready_login(cluster, basic_registry)
-        await cluster.apply(image_build(basic_registry.host))
-        (first,) = await jobs(cluster, 1)
+        first = await first_job(cluster, basic_registry)
         done = await succeed(cluster, first)
         await cluster.patch(*IB, "app", {"metadata": {"annotations": {"kiln.dev/rebuild": "2026-11-28T12:00"}}})
         await eventually(lambda: len(cluster.ever_created("batch/v1", "jobs")) == 2, message="one more Job")
@@ -307,9 +310,7 @@ async def test_the_rebuild_annotation_builds_the_same_spec_once_more(cluster, ba
 
 async def test_suspend_cancels_the_running_build_keeps_the_record_and_resumes_later(cluster, basic_registry):
     async with operator():
-        await ready_login(cluster, basic_registry)
-        await cluster.apply(image_build(basic_registry.host))
-        (job,) = await jobs(cluster, 1)
+        job = await first_job(cluster, basic_registry)
         await cluster.run_pod(await cluster.start_pod(job))
         building = await phase(cluster, "Building")
         await cluster.patch(*IB, "app", {"spec": {"suspend": True}})
@@ -326,9 +327,7 @@ async def test_suspend_cancels_the_running_build_keeps_the_record_and_resumes_la
 
 async def test_ready_is_true_only_while_the_current_generation_is_pushed(cluster, basic_registry):
     async with operator():
-        await ready_login(cluster, basic_registry)
-        await cluster.apply(image_build(basic_registry.host))
-        (job,) = await jobs(cluster, 1)
+        job = await first_job(cluster, basic_registry)
         await succeed(cluster, job)
         assert cond(cluster, "Ready")["status"] == "True"
         await cluster.patch(*IB, "app", {"spec": {"output": {"tags": ["v2"]}}})
@@ -355,9 +354,7 @@ async def test_history_keeps_the_limit_and_deletes_older_jobs(cluster, basic_reg
 
 async def test_deleting_the_imagebuild_removes_every_child(cluster, basic_registry):
     async with operator():
-        await ready_login(cluster, basic_registry)
-        await cluster.apply(image_build(basic_registry.host))
-        (job,) = await jobs(cluster, 1)
+        job = await first_job(cluster, basic_registry)
         await cluster.start_pod(job)
         await cluster.delete(*IB, "app")
         await jobs(cluster, 0)
@@ -423,9 +420,7 @@ async def test_auto_strategy_builds_natively_where_nodes_exist_and_emulates_the_
 
 async def test_a_change_that_does_not_alter_the_image_keeps_the_build_and_its_ready(cluster, basic_registry):
     async with operator():
-        await ready_login(cluster, basic_registry)
-        await cluster.apply(image_build(basic_registry.host))
-        (job,) = await jobs(cluster, 1)
+        job = await first_job(cluster, basic_registry)
         done = await succeed(cluster, job)
         await cluster.patch(*IB, "app", {"spec": {"historyLimit": 3}})
         await eventually(lambda: status(cluster).get("observedGeneration") == 2, message="generation 2 observed")
