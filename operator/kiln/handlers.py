@@ -40,13 +40,21 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
     runtime: Runtime = memo.runtime
     while True:
         await asyncio.sleep(runtime.settings.resync_interval)
-        try:
-            for obj in await runtime.kube.list(handle_login.login_path(None)):
-                await handle_login.reconcile_login(runtime, obj, logger)
-            for obj in await runtime.kube.list(handle_build.build_path(None)):
-                await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
-        except Exception as exc:  # the next round tries again; one bad object must not stop the loop
-            logger.warning("resync failed: %s: %s", type(exc).__name__, exc)
+        for kind, url in (("RegistryLogin", handle_login.login_path(None)), ("ImageBuild", handle_build.build_path(None))):
+            try:
+                objects = await runtime.kube.list(url)
+            except Exception as exc:  # the next round tries again
+                logger.warning("resync: cannot list %ss: %s: %s", kind, type(exc).__name__, exc)
+                continue
+            for obj in objects:
+                namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+                try:
+                    if kind == "RegistryLogin":
+                        await handle_login.reconcile_login(runtime, obj, logger)
+                    else:
+                        await _build(memo, namespace, name, logger)
+                except Exception as exc:  # one object's trouble must not keep the others waiting
+                    logger.warning("resync of %s %s/%s failed: %s: %s", kind, namespace, name, type(exc).__name__, exc)
 
 
 @kopf.on.login()
