@@ -28,7 +28,7 @@ from kiln.cli import kopf_argv
 from crdcheck import pruned, schema_of
 
 WITH_STATUS = {"imagebuilds", "registrylogins", "jobs", "pods"}
-VALIDATED = {"jobs", "secrets", "configmaps"}
+VALIDATED = {"jobs", "secrets", "configmaps", "events"}
 K8S_VERSION = "1.33"
 CRDS = {
     "kiln.dev/v1alpha1/imagebuilds": {"kind": "ImageBuild", "singular": "imagebuild", "shortnames": ["ib"]},

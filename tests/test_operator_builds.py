@@ -373,7 +373,9 @@ async def test_builds_sharing_a_local_cache_volume_run_one_at_a_time(cluster, ba
         assert f"in use by Job {first['metadata']['name']}" in cond(cluster, "Reconciling", "two")["message"]
         assert cond(cluster, "Stalled", "two")["status"] == "False"
         await cluster.finish(first, await cluster.start_pod(first), exit_code=0, message=metadata(DIGEST))
-        await jobs(cluster, 2)
+        await jobs(cluster, 2)  # started by the resync: no event of its own said the volume was free
+        await eventually(lambda: any(e["involvedObject"]["name"] == "two" and e["reason"] == "BuildStarted"
+                                     for e in cluster.events()), message="BuildStarted for two")
 
 
 async def test_operator_restarts_at_any_point_never_duplicate_or_lose_a_build(cluster, basic_registry):

@@ -7,6 +7,7 @@ deterministic names, so 409 means "already there", never a second build.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import ssl
@@ -159,6 +160,20 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+
+    async def post_event(self, obj: dict, kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event about obj (what `kubectl describe` and `kubectl get events` show)."""
+        meta = obj["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+            "type": kind, "reason": reason, "message": message[:1024], "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "kiln"},
+        }
+        await self.request("POST", path("v1", "events", meta["namespace"]), body=event)
 
     async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int = 2000) -> str:
         try:

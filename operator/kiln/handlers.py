@@ -81,7 +81,10 @@ def builds_by_namespace(namespace: str, name: str, **_) -> dict:
 async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
     obj, events = await handle_build.reconcile_build(memo.runtime, namespace, name, logger)
     for kind, reason, message in events:
-        kopf.event(obj, type=kind, reason=reason, message=message)
+        try:
+            await memo.runtime.kube.post_event(obj, kind, reason, message)
+        except apply.KubeError as exc:  # an event is a courtesy: the status already says it
+            logger.warning("event %s for ImageBuild %s/%s not posted: %s", reason, namespace, name, exc)
 
 
 async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger, builds_by_namespace: kopf.Index) -> None:
