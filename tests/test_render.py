@@ -294,6 +294,15 @@ def test_injection_table_is_big_enough_to_mean_something():
     assert len(HOSTILE) >= 15 and len(FIELDS) >= 10
 
 
+def test_build_arg_names_are_checked_by_the_operator():
+    """The CRD cannot check map keys affordably, so the operator does, naming the field."""
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["buildArgs"] = {"BAD-NAME": "x"}
+    with pytest.raises(InvalidSpec) as caught:
+        parse_image_build(doc)
+    assert str(caught.value) == "spec.buildArgs.BAD-NAME: names must be letters, digits and underscores, not starting with a digit"
+
+
 def test_build_arg_values_survive_byte_for_byte():
     for value in HOSTILE:
         doc = copy.deepcopy(BASE)
