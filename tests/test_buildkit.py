@@ -24,7 +24,7 @@ from kiln.render import CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_docker_
 from kiln.resolve import BuildUnit, build_plan
 from kiln.settings import Settings
 
-from registries import read_manifest
+from registries import free_port, read_manifest, wait_for_port
 
 pytestmark = [pytest.mark.buildkit, pytest.mark.registry]
 BUILDKIT_HOST = os.environ.get("BUILDKIT_HOST", "")
@@ -59,7 +59,7 @@ def build_spec(name: str, image: str, context_path: str, cache: dict | None = No
 
 
 def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace, tmp_path,
-                 git_token: str | None = None) -> list[tuple[BuildUnit, dict, str]]:
+                 git_files: dict[str, str] | None = None) -> list[tuple[BuildUnit, dict, str]]:
     """Render the Jobs for obj and run each container's arguments with buildctl: [(unit, metadata, build log)]."""
     spec = parse_image_build(obj)
     plan = build_plan(spec)
@@ -68,7 +68,9 @@ def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace,
     git_dir.mkdir()
     secret = render_docker_config_secret(spec, logins)
     (docker_dir / "config.json").write_bytes(base64.b64decode(secret["data"][".dockerconfigjson"]))
-    (git_dir / "token").write_text(git_token or "")  # where the pod mounts the git Secret's password
+    for name, text in (git_files or {}).items():  # what the pod mounts from the git Secret
+        (git_dir / name).write_text(text)
+        (git_dir / name).chmod(0o600)
     results = []
     for unit in plan:
         job = render_job(spec, unit, Settings(), several_units=len(plan) > 1)
@@ -135,7 +137,7 @@ async def test_rendered_build_clones_a_private_git_repository_with_its_token(dae
                                    "contextDir": "services/api"},
                         "output": {"image": f"{registry.host}/team/from-git", "tags": ["v1"]}, "cache": {"type": "none"}}}
         logins = [ResolvedLogin("account-b", registry.host, Credentials("carol", registry.users["carol"]))]
-        [(_, metadata, _)] = run_rendered(daemon, obj, logins, tmp_path, tmp_path, git_token=token)
+        [(_, metadata, _)] = run_rendered(daemon, obj, logins, tmp_path, tmp_path, git_files={"token": token})
     finally:
         server.shutdown()
     _, _, digest = await asyncio.to_thread(read_manifest, registry, "carol", "team/from-git", "v1")
@@ -164,3 +166,45 @@ async def test_rendered_native_pods_push_by_digest_and_kiln_assembles_one_index(
         assert tagged == digest
         assert [(m["platform"]["architecture"], m["digest"]) for m in index["manifests"]] == \
                [(p.split("/")[1], d) for p, d, _ in images]
+
+
+@pytest.fixture
+def ssh_server(tmp_path):
+    """sshd on 127.0.0.1 accepting one throwaway key: a private git host reached over ssh://."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd) or os.geteuid() != 0:
+        pytest.skip("sshd (Debian's openssh-server) and root are needed to serve git over SSH")
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    port = free_port()
+    (keys / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        f"PidFile {keys / 'sshd.pid'}\n")
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+    process = subprocess.Popen([sshd, "-D", "-f", str(keys / "sshd_config"), "-E", str(keys / "sshd.log")])
+    try:
+        wait_for_port(port, process, keys / "sshd.log")
+        yield port, (keys / "client").read_text()
+        assert "Accepted publickey for root" in (keys / "sshd.log").read_text()  # the clone came through sshd
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_rendered_build_clones_a_private_git_repository_over_ssh(daemon, ssh_server, second_basic_registry, tmp_path):
+    port, private_key = ssh_server
+    registry = second_basic_registry
+    bare = make_repository(tmp_path / "git", {"Dockerfile": "FROM scratch\nCOPY hello.txt /hello.txt\n", "hello.txt": "ssh\n"})
+    obj = {"metadata": {"name": "from-ssh", "namespace": "default", "uid": "uid-ssh", "generation": 1},
+           "spec": {"source": {"git": {"url": f"ssh://root@127.0.0.1:{port}{bare}", "revision": "main",
+                                       "secretRef": {"name": "git-ssh"}}},
+                    "output": {"image": f"{registry.host}/team/from-ssh", "tags": ["v1"]}, "cache": {"type": "none"}}}
+    logins = [ResolvedLogin("account-b", registry.host, Credentials("carol", registry.users["carol"]))]
+    [(_, metadata, _)] = run_rendered(daemon, obj, logins, tmp_path, tmp_path, git_files={"ssh-privatekey": private_key})
+    _, _, digest = await asyncio.to_thread(read_manifest, registry, "carol", "team/from-ssh", "v1")
+    assert digest == metadata["containerimage.digest"]
