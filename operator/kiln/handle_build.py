@@ -13,13 +13,12 @@ from kiln import API_VERSION, observe, reasons
 from kiln.apply import Kube, KubeError, path
 from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
 from kiln.handle_login import login_path, read_ca, ready_condition
-from kiln.observe import UnitState, cache_stats, observe_unit
+from kiln.observe import ObservedUnit, UnitState, cache_stats, observe_unit
 from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.references import registry_host, repository_path, split_tagged
 from kiln.registry import MANIFEST_MEDIA_TYPES, Registry, RegistryClient, RegistryError, platform_digests, push_index
 from kiln.render import (
     buildkitd_config_name,
-    cache_ref,
     docker_secret_name,
     job_name,
     render_buildkitd_config,
@@ -36,11 +35,10 @@ from kiln.status import (
     FAILED,
     PENDING,
     SUCCEEDED,
-    condition,
-    duration,
+    BuildStatus,
+    build_record,
+    invalid_build_status,
     now_iso,
-    phase_conditions,
-    short_digest,
     with_history,
     with_transition_times,
 )
@@ -58,16 +56,6 @@ class Blocked(Exception):
     def __init__(self, reason: str, message: str, credentials: bool = True, stalled: bool = True):
         super().__init__(message)
         self.reason, self.message, self.credentials, self.stalled = reason, message, credentials, stalled
-
-
-@dataclasses.dataclass
-class Unit:
-    """One build pod's latest Job, its Pod and what they say."""
-    unit: BuildUnit
-    job: dict | None
-    pod: dict | None
-    state: UnitState
-    attempt: int
 
 
 async def reconcile_build(runtime: Runtime, namespace: str, name: str,
@@ -127,7 +115,7 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
     try:
         spec = parse_image_build(obj)
     except InvalidSpec as exc:
-        return _invalid_status(generation, str(exc), old.get("history")), []
+        return invalid_build_status(generation, str(exc), old.get("history")), []
     if old.get("specIdentity") == spec.identity and old.get("buildID"):
         spec = dataclasses.replace(spec, build_id=old["buildID"])  # same image: same build, even at a new generation
     same_build = old.get("buildID") == spec.build_id
@@ -141,11 +129,11 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
         if other != spec.build_id and _active(job):
             await kube.delete(_job_path(namespace, job["metadata"]["name"]))
             if old.get("buildID") == other and old.get("phase") in (PENDING, BUILDING):
-                history = with_history(history, _record(old, CANCELLED, reasons.SUPERSEDED), spec.history_limit)
+                history = with_history(history, build_record(old, CANCELLED, reasons.SUPERSEDED), spec.history_limit)
                 events.append(("Normal", "BuildSuperseded", f"build {other} superseded by {spec.build_id}"))
     current = [j for j in jobs if j["metadata"]["labels"].get("kiln.dev/build-id") == spec.build_id]
     carried = old if same_build else {}
-    status_of = _StatusMaker(spec, generation, carried, history)
+    status_of = BuildStatus(spec, generation, carried, history)
 
     if spec.suspend:
         running = [j for j in current if _active(j)]
@@ -157,7 +145,7 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
             return status_of.keep(), events
         if running:
             events.append(("Normal", "BuildCancelled", f"build {spec.build_id} cancelled: spec.suspend is true"))
-            status_of.history = with_history(status_of.history, _record({**carried, "buildID": spec.build_id},
+            status_of.history = with_history(status_of.history, build_record({**carried, "buildID": spec.build_id},
                                                                         CANCELLED, reasons.SUSPENDED), spec.history_limit)
         return status_of.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false"), events
 
@@ -183,14 +171,15 @@ async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.
             events.append(("Warning", "BuildRetried", f"{unit.state.reason}: {unit.state.message}; "
                                                       f"attempt {unit.attempt + 2} of {spec.retries + 1}"))
     except Blocked as blocked:
-        return status_of.blocked(blocked), events
+        return status_of.blocked(blocked.reason, blocked.message, credentials=blocked.credentials,
+                                stalled=blocked.stalled), events
     if retry:
         return status_of.make(BUILDING, reasons.BUILDING, f"retrying after {retry[0].state.reason}",
                               units=units, attempt=max(u.attempt for u in retry) + 1), events
     return await _conclude(kube, settings, spec, units, status_of, jobs, events, logger)
 
 
-async def _conclude(kube: Kube, settings: Settings, spec: BuildSpec, units: list[Unit], status_of: _StatusMaker,
+async def _conclude(kube: Kube, settings: Settings, spec: BuildSpec, units: list[ObservedUnit], status_of: BuildStatus,
                     jobs: list[dict], events: list[Event], logger: logging.Logger) -> tuple[dict, list[Event]]:
     failed = next((u for u in units if u.state.phase == observe.FAILED), None)
     if failed:
@@ -226,7 +215,7 @@ async def _conclude(kube: Kube, settings: Settings, spec: BuildSpec, units: list
                           units=units), events
 
 
-async def _observe(kube: Kube, spec: BuildSpec, jobs: list[dict]) -> list[Unit]:
+async def _observe(kube: Kube, spec: BuildSpec, jobs: list[dict]) -> list[ObservedUnit]:
     """The latest attempt of every unit, with its pod and state."""
     latest: dict[str, dict] = {}
     for job in jobs:
@@ -238,7 +227,7 @@ async def _observe(kube: Kube, spec: BuildSpec, jobs: list[dict]) -> list[Unit]:
         job = latest[key]
         pods = await kube.list(path("v1", "pods", spec.namespace), {"job-name": job["metadata"]["name"]})
         pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
-        units.append(Unit(_unit_of(job), job, pod, observe_unit(job, pod), _attempt(job)))
+        units.append(ObservedUnit(_unit_of(job), job, pod, observe_unit(job, pod), _attempt(job)))
     return units
 
 
@@ -359,7 +348,7 @@ async def _trim_history(kube: Kube, spec: BuildSpec, jobs: list[dict], history: 
             await kube.delete(_job_path(spec.namespace, job["metadata"]["name"]))
 
 
-async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[Unit],
+async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[ObservedUnit],
                    logger: logging.Logger) -> tuple[str | None, list[dict]]:
     """The pushed digest and the digest of each platform, assembling the index when several pods built it."""
     if not spec.output.push:
@@ -398,7 +387,7 @@ async def collect_images(client: RegistryClient, repository: str,
     return images
 
 
-async def _cache_stats(kube: Kube, spec: BuildSpec, units: list[Unit]) -> tuple[int, int]:
+async def _cache_stats(kube: Kube, spec: BuildSpec, units: list[ObservedUnit]) -> tuple[int, int]:
     cached = total = 0
     for unit in units:
         if unit.pod:
@@ -408,115 +397,3 @@ async def _cache_stats(kube: Kube, spec: BuildSpec, units: list[Unit]) -> tuple[
     return cached, total
 
 
-def _record(status: dict, phase: str, reason: str) -> dict:
-    record = {"buildID": status.get("buildID"), "generation": status.get("observedGeneration"),
-              "jobName": status.get("jobName"), "phase": phase, "reason": reason, "digest": status.get("digest"),
-              "startTime": status.get("startTime"), "completionTime": status.get("completionTime") or now_iso()}
-    return {k: v for k, v in record.items() if v is not None}
-
-
-def _logs_command(spec: BuildSpec, job_name: str) -> str:
-    return f"kubectl logs -n {spec.namespace} job/{job_name} -c buildkit"
-
-
-class _StatusMaker:
-    """Builds the status dict of the current build from what was observed."""
-
-    def __init__(self, spec: BuildSpec, generation: int, carried: dict, history: list[dict]):
-        self.spec, self.generation, self.carried, self.history = spec, generation, carried, history
-
-    def _base(self, phase: str, reason: str, message: str, credentials: dict) -> dict:
-        spec = self.spec
-        cache = {"type": spec.cache.type}
-        export = cache_ref(spec, BuildUnit(spec.platforms)) if spec.cache.type == "registry" else None
-        if export:
-            cache["exportRef"] = export
-        imports = [*([export] if export else []), *spec.cache.import_refs]
-        if imports:
-            cache["importRefs"] = imports
-        status = {"observedGeneration": self.generation, "specIdentity": spec.identity, "buildID": spec.build_id,
-                  "phase": phase, "cache": cache, "history": self.history,
-                  "conditions": [*phase_conditions(phase, reason, message, self.generation), credentials]}
-        for key in ("startTime", "jobName", "attempt"):
-            if key in self.carried:
-                status[key] = self.carried[key]
-        return status
-
-    def _credentials_ok(self) -> dict:
-        return condition("CredentialsReady", True, reasons.CREDENTIALS_RESOLVED,
-                         "every RegistryLogin the build uses is Ready", self.generation)
-
-    def keep(self) -> dict:
-        """The finished build's status, seen at this generation (a change that does not alter the image)."""
-        conditions = [{**c, "observedGeneration": self.generation} for c in self.carried.get("conditions", [])]
-        return {**self.carried, "observedGeneration": self.generation, "history": self.history, "conditions": conditions}
-
-    def make(self, phase: str, reason: str, message: str, *, units: list[Unit] | None = None,
-             attempt: int | None = None, job_names: list[str] | None = None) -> dict:
-        status = self._base(phase, reason, message, self._credentials_ok())
-        if phase == CANCELLED:
-            status["conditions"][-1] = condition("CredentialsReady", True, reasons.SUSPENDED, "not needed while suspended",
-                                                 self.generation)
-        if units:
-            job_names = [u.job["metadata"]["name"] for u in units if u.job]
-            starts = [u.state.start_time for u in units if u.state.start_time]
-            if starts:
-                status["startTime"] = min(starts)
-            status["attempt"] = max(u.attempt for u in units) if attempt is None else attempt
-        elif attempt is not None:
-            status["attempt"] = attempt
-        if job_names:
-            status["jobName"] = ",".join(job_names)
-        return status
-
-    def blocked(self, blocked: Blocked) -> dict:
-        phase = PENDING
-        status = self._base(phase, blocked.reason, blocked.message, self._credentials_ok())
-        ready, reconciling, stalled, credentials = status["conditions"]
-        if blocked.credentials:
-            credentials = condition("CredentialsReady", False, blocked.reason, blocked.message, self.generation)
-        stalled = condition("Stalled", blocked.stalled, blocked.reason, blocked.message if blocked.stalled else "",
-                            self.generation)
-        reconciling = condition("Reconciling", not blocked.stalled, blocked.reason,
-                                "" if blocked.stalled else blocked.message, self.generation)
-        status["conditions"] = [ready, reconciling, stalled, credentials]
-        return status
-
-    def failed(self, unit: Unit, units: list[Unit]) -> dict:
-        job_name = unit.job["metadata"]["name"] if unit.job else ""
-        command = _logs_command(self.spec, job_name)
-        message = f"{unit.state.message}. See the build log: {command}"
-        status = self.make(FAILED, unit.state.reason, message, units=units)
-        status["completionTime"] = unit.state.completion_time or now_iso()
-        status["duration"] = duration(status.get("startTime"), status["completionTime"])
-        status["failure"] = {"reason": unit.state.reason, "message": unit.state.message,
-                             "logExcerpt": unit.state.log_excerpt, "logsCommand": command}
-        status["history"] = with_history(self.history, _record(status, FAILED, unit.state.reason), self.spec.history_limit)
-        return {k: v for k, v in status.items() if v is not None}
-
-    def succeeded(self, units: list[Unit], digest: str | None, platforms: list[dict], cached: int, total: int) -> dict:
-        status = self.make(SUCCEEDED, reasons.SUCCEEDED, "", units=units)
-        completions = [u.state.completion_time for u in units if u.state.completion_time]
-        status["completionTime"] = max(completions) if completions else now_iso()
-        status["duration"] = duration(status.get("startTime"), status["completionTime"])
-        if digest:
-            status.update(digest=digest, shortDigest=short_digest(digest))
-            if self.spec.output.push:
-                status["image"] = f"{self.spec.output.image}@{digest}"
-        message = f"pushed {status['image']}" if "image" in status else "built (spec.output.push is false)"
-        status["conditions"][0]["message"] = message
-        if platforms:
-            status["platforms"] = platforms
-        if total:
-            status["cache"].update(cachedSteps=cached, totalSteps=total)
-        status["history"] = with_history(self.history, _record(status, SUCCEEDED, reasons.SUCCEEDED),
-                                         self.spec.history_limit)
-        return {k: v for k, v in status.items() if v is not None}
-
-
-def _invalid_status(generation: int, message: str, history: list[dict] | None) -> dict:
-    """Status for a spec kiln cannot act on at all."""
-    reason = reasons.INVALID_SPEC
-    conditions = [*phase_conditions(FAILED, reason, message, generation),
-                  condition("CredentialsReady", False, reason, "not resolved: the spec is invalid", generation)]
-    return {"observedGeneration": generation, "phase": FAILED, "history": history or [], "conditions": conditions}

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from kiln import reasons
+from kiln.resolve import BuildUnit
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -43,6 +44,16 @@ class UnitState:
     log_excerpt: str = ""
     start_time: str | None = None
     completion_time: str | None = None
+
+
+@dataclass
+class ObservedUnit:
+    """One build pod's latest Job, its Pod and what they say."""
+    unit: BuildUnit
+    job: dict | None
+    pod: dict | None
+    state: UnitState
+    attempt: int
 
 
 def excerpt(text: str, lines: int = 15, limit: int = 1500) -> str:

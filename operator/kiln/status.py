@@ -1,4 +1,4 @@
-"""status: conditions in the Kubernetes API conventions and kstatus (pure).
+"""status: what observe found -> the ImageBuild's status, with conditions in the API conventions and kstatus (pure).
 
 Ready is the summary `kubectl wait --for=condition=Ready` and Argo CD read;
 Reconciling is True while kiln works toward the spec; Stalled is True when it
@@ -9,6 +9,10 @@ from __future__ import annotations
 import datetime
 
 from kiln import reasons
+from kiln.observe import ObservedUnit
+from kiln.parse import BuildSpec
+from kiln.render import cache_ref
+from kiln.resolve import BuildUnit
 
 PENDING, BUILDING, SUCCEEDED, FAILED, CANCELLED = "Pending", "Building", "Succeeded", "Failed", "Cancelled"
 
@@ -67,3 +71,115 @@ def with_history(history: list[dict] | None, record: dict, limit: int) -> list[d
     """The build record first, once, then older ones, at most `limit`."""
     older = [item for item in history or [] if item.get("buildID") != record["buildID"]]
     return [record, *older][:limit]
+
+
+def build_record(status: dict, phase: str, reason: str) -> dict:
+    record = {"buildID": status.get("buildID"), "generation": status.get("observedGeneration"),
+              "jobName": status.get("jobName"), "phase": phase, "reason": reason, "digest": status.get("digest"),
+              "startTime": status.get("startTime"), "completionTime": status.get("completionTime") or now_iso()}
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def logs_command(spec: BuildSpec, job_name: str) -> str:
+    return f"kubectl logs -n {spec.namespace} job/{job_name} -c buildkit"
+
+
+class BuildStatus:
+    """Builds the status dict of the current build from what was observed."""
+
+    def __init__(self, spec: BuildSpec, generation: int, carried: dict, history: list[dict]):
+        self.spec, self.generation, self.carried, self.history = spec, generation, carried, history
+
+    def _base(self, phase: str, reason: str, message: str, credentials: dict) -> dict:
+        spec = self.spec
+        cache = {"type": spec.cache.type}
+        export = cache_ref(spec, BuildUnit(spec.platforms)) if spec.cache.type == "registry" else None
+        if export:
+            cache["exportRef"] = export
+        imports = [*([export] if export else []), *spec.cache.import_refs]
+        if imports:
+            cache["importRefs"] = imports
+        status = {"observedGeneration": self.generation, "specIdentity": spec.identity, "buildID": spec.build_id,
+                  "phase": phase, "cache": cache, "history": self.history,
+                  "conditions": [*phase_conditions(phase, reason, message, self.generation), credentials]}
+        for key in ("startTime", "jobName", "attempt"):
+            if key in self.carried:
+                status[key] = self.carried[key]
+        return status
+
+    def _credentials_ok(self) -> dict:
+        return condition("CredentialsReady", True, reasons.CREDENTIALS_RESOLVED,
+                         "every RegistryLogin the build uses is Ready", self.generation)
+
+    def keep(self) -> dict:
+        """The finished build's status, seen at this generation (a change that does not alter the image)."""
+        conditions = [{**c, "observedGeneration": self.generation} for c in self.carried.get("conditions", [])]
+        return {**self.carried, "observedGeneration": self.generation, "history": self.history, "conditions": conditions}
+
+    def make(self, phase: str, reason: str, message: str, *, units: list[ObservedUnit] | None = None,
+             attempt: int | None = None, job_names: list[str] | None = None) -> dict:
+        status = self._base(phase, reason, message, self._credentials_ok())
+        if phase == CANCELLED:
+            status["conditions"][-1] = condition("CredentialsReady", True, reasons.SUSPENDED, "not needed while suspended",
+                                                 self.generation)
+        if units:
+            job_names = [u.job["metadata"]["name"] for u in units if u.job]
+            starts = [u.state.start_time for u in units if u.state.start_time]
+            if starts:
+                status["startTime"] = min(starts)
+            status["attempt"] = max(u.attempt for u in units) if attempt is None else attempt
+        elif attempt is not None:
+            status["attempt"] = attempt
+        if job_names:
+            status["jobName"] = ",".join(job_names)
+        return status
+
+    def blocked(self, reason: str, message: str, *, credentials: bool, stalled: bool) -> dict:
+        """Pending: the build cannot start (credentials, push access, a busy cache volume, a refused child)."""
+        status = self._base(PENDING, reason, message, self._credentials_ok())
+        ready, _, _, credentials_condition = status["conditions"]
+        if credentials:
+            credentials_condition = condition("CredentialsReady", False, reason, message, self.generation)
+        stalled_condition = condition("Stalled", stalled, reason, message if stalled else "", self.generation)
+        reconciling = condition("Reconciling", not stalled, reason, "" if stalled else message, self.generation)
+        status["conditions"] = [ready, reconciling, stalled_condition, credentials_condition]
+        return status
+
+    def failed(self, unit: ObservedUnit, units: list[ObservedUnit]) -> dict:
+        job_name = unit.job["metadata"]["name"] if unit.job else ""
+        command = logs_command(self.spec, job_name)
+        message = f"{unit.state.message}. See the build log: {command}"
+        status = self.make(FAILED, unit.state.reason, message, units=units)
+        status["completionTime"] = unit.state.completion_time or now_iso()
+        status["duration"] = duration(status.get("startTime"), status["completionTime"])
+        status["failure"] = {"reason": unit.state.reason, "message": unit.state.message,
+                             "logExcerpt": unit.state.log_excerpt, "logsCommand": command}
+        status["history"] = with_history(self.history, build_record(status, FAILED, unit.state.reason), self.spec.history_limit)
+        return {k: v for k, v in status.items() if v is not None}
+
+    def succeeded(self, units: list[ObservedUnit], digest: str | None, platforms: list[dict], cached: int, total: int) -> dict:
+        status = self.make(SUCCEEDED, reasons.SUCCEEDED, "", units=units)
+        completions = [u.state.completion_time for u in units if u.state.completion_time]
+        status["completionTime"] = max(completions) if completions else now_iso()
+        status["duration"] = duration(status.get("startTime"), status["completionTime"])
+        if digest:
+            status.update(digest=digest, shortDigest=short_digest(digest))
+            if self.spec.output.push:
+                status["image"] = f"{self.spec.output.image}@{digest}"
+        message = f"pushed {status['image']}" if "image" in status else "built (spec.output.push is false)"
+        status["conditions"][0]["message"] = message
+        if platforms:
+            status["platforms"] = platforms
+        if total:
+            status["cache"].update(cachedSteps=cached, totalSteps=total)
+        status["history"] = with_history(self.history, build_record(status, SUCCEEDED, reasons.SUCCEEDED),
+                                         self.spec.history_limit)
+        return {k: v for k, v in status.items() if v is not None}
+
+
+def invalid_build_status(generation: int, message: str, history: list[dict] | None) -> dict:
+    """Status for a spec kiln cannot act on at all."""
+    reason = reasons.INVALID_SPEC
+    conditions = [*phase_conditions(FAILED, reason, message, generation),
+                  condition("CredentialsReady", False, reason, "not resolved: the spec is invalid", generation)]
+    return {"observedGeneration": generation, "phase": FAILED, "history": history or [], "conditions": conditions}
