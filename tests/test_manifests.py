@@ -64,3 +64,12 @@ def test_operator_pod_runs_restricted_with_health_probes():
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
     assert container["resources"]["limits"]["memory"]
+
+
+def test_the_deployment_pins_the_buildkit_image_the_operator_defaults_to():
+    from kiln.settings import DEFAULT_BUILDKIT_IMAGE
+
+    (deployment,) = load_yaml_docs(ROOT / "manifests" / "30-deployment.yaml")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KILN_BUILDKIT_IMAGE"] == DEFAULT_BUILDKIT_IMAGE
+    assert DEFAULT_BUILDKIT_IMAGE in (ROOT / "README.md").read_text()
