@@ -14,14 +14,18 @@ kiln run needs a cluster (the current kube context, or in-cluster credentials).
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="kiln", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="kiln builds container images in Kubernetes with BuildKit and pushes them to registries.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run", help="start the operator; options after `run` go to `kopf run`",
         description="Start the operator against the current kube context. Other options pass to `kopf run`.",
     )
     run.add_argument("--skip-cluster-check", action="store_true", help="start even if the cluster does not answer")
-    render = commands.add_parser("render", help="print every object the operator would create, as YAML")
+    render = commands.add_parser(
+        "render", help="print every object the operator would create, as YAML",
+        description="Print, as YAML, every object the operator would create for the ImageBuilds in the files. "
+                    "Needs no cluster and contacts no registry; RegistryLogins are taken as Ready.")
     render.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
                         help="YAML with ImageBuilds, RegistryLogins, Secrets and ConfigMaps (repeatable)")
     render.add_argument("--show-secrets", action="store_true", help="print credentials instead of redacting them")
