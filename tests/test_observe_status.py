@@ -126,3 +126,15 @@ def test_durations_digests_and_history_are_shown_compactly():
     history = with_history([{"buildID": "a"}, {"buildID": "b"}], {"buildID": "b", "phase": "Succeeded"}, limit=2)
     assert history == [{"buildID": "b", "phase": "Succeeded"}, {"buildID": "a"}]
     assert with_history(history, {"buildID": "c"}, limit=2) == [{"buildID": "c"}, {"buildID": "b", "phase": "Succeeded"}]
+
+
+def test_status_patch_is_none_when_nothing_changed_and_removes_what_is_gone():
+    from kiln.status import status_patch
+
+    new = {"phase": "Building", "conditions": [condition("Ready", False, "Building", "building", 1)]}
+    written = status_patch(None, new, "T1")
+    assert written["conditions"][0]["lastTransitionTime"] == "T1"
+    assert status_patch(written, new, "T2") is None  # no write, so no watch event and no reconcile loop
+    later = status_patch({**written, "failure": {"reason": "X"}}, {**new, "phase": "Succeeded"}, "T3")
+    assert later["failure"] is None and later["phase"] == "Succeeded"
+    assert later["conditions"][0]["lastTransitionTime"] == "T1"  # Ready stayed False

@@ -151,6 +151,16 @@ class Kube:
     async def patch(self, url: str, patch: dict) -> dict:
         return await self.request("PATCH", url, body=patch, content_type="application/merge-patch+json")
 
+    async def patch_status(self, url: str, patch: dict) -> bool:
+        """Merge-patch the status subresource; False if the object is gone (deleted while we looked)."""
+        try:
+            await self.patch(f"{url}/status", {"status": patch})
+            return True
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
     async def delete(self, url: str) -> bool:
         """Delete with background propagation (a Job takes its pods along); False if it was gone already."""
         try:

@@ -39,8 +39,8 @@ from kiln.status import (
     build_record,
     invalid_build_status,
     now_iso,
+    status_patch,
     with_history,
-    with_transition_times,
 )
 
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
@@ -72,14 +72,10 @@ async def reconcile_build(runtime: Runtime, namespace: str, name: str,
 
 
 async def write_status(kube: Kube, obj: dict, new: dict) -> bool:
-    old = obj.get("status") or {}
-    new = {**new, "conditions": with_transition_times(old.get("conditions"), new["conditions"], now_iso())}
-    patch = {**{k: None for k in old if k not in new}, **new}
-    if all(old.get(k) == v for k, v in patch.items()):
-        return False  # nothing changed: no write, no event storm
+    """Write the status when it changed: no write, no watch event, no reconcile storm otherwise."""
+    patch = status_patch(obj.get("status"), new, now_iso())
     meta = obj["metadata"]
-    await kube.patch(build_path(meta["namespace"], meta["name"], "status"), {"status": patch})
-    return True
+    return patch is not None and await kube.patch_status(build_path(meta["namespace"], meta["name"]), patch)
 
 
 def _owned(obj: dict, uid: str) -> bool:

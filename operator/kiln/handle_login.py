@@ -11,7 +11,7 @@ from kiln.parse import InvalidSpec, LoginSpec, parse_registry_login
 from kiln.registry import Registry, RegistryClient, RegistryError
 from kiln.runtime import Runtime
 from kiln.settings import Settings
-from kiln.status import condition, now_iso, with_transition_times
+from kiln.status import condition, now_iso, status_patch
 
 # Logins that are not Ready are checked again at least this often (seconds), for registries that come back.
 RETRY_INTERVAL = 60.0
@@ -98,12 +98,9 @@ async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -
 
 
 async def _write(kube: Kube, obj: dict, new: dict) -> dict | None:
-    """Patch status when it changed (lastTransitionTime kept where the condition status did not change)."""
-    old = obj.get("status") or {}
-    new = {**new, "conditions": with_transition_times(old.get("conditions"), new["conditions"], now_iso())}
-    patch = {**{k: None for k in old if k not in new}, **new}
-    if all(old.get(k) == v for k, v in patch.items()):
-        return None
+    """Patch status when it changed; returns what was written, or None."""
+    patch = status_patch(obj.get("status"), new, now_iso())
     meta = obj["metadata"]
-    await kube.patch(login_path(meta["namespace"], meta["name"], "status"), {"status": patch})
+    if patch is None or not await kube.patch_status(login_path(meta["namespace"], meta["name"]), patch):
+        return None
     return new

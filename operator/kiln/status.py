@@ -38,6 +38,17 @@ def with_transition_times(old: list[dict] | None, new: list[dict], now: str) -> 
     return out + [c for c in old or [] if c.get("type") not in ours]
 
 
+def status_patch(old: dict | None, new: dict, now: str) -> dict | None:
+    """The merge patch that turns status `old` into `new` (None if nothing changed, so nothing is written).
+
+    lastTransitionTime is kept where a condition's status did not change; keys `new` lacks are removed.
+    """
+    old = old or {}
+    new = {**new, "conditions": with_transition_times(old.get("conditions"), new["conditions"], now)}
+    patch = {**{k: None for k in old if k not in new}, **new}
+    return None if all(old.get(k) == v for k, v in patch.items()) else patch
+
+
 def phase_conditions(phase: str, reason: str, message: str, generation: int) -> list[dict]:
     """Ready / Reconciling / Stalled for a build phase."""
     working = phase in (PENDING, BUILDING)
