@@ -2,6 +2,7 @@
 import base64
 import copy
 import hashlib
+import io
 import json
 import os
 import re
@@ -321,6 +322,15 @@ def test_kiln_render_prints_every_object_with_credentials_redacted(capsys):
     assert sum(o["kind"] == "Job" for o in objects) == 7  # six stories, native multi-arch has two pods
     assert "pass-a" not in out and "pass-b" not in out and "dXNlci1hOnBhc3MtYQ" not in out
     assert '"username": "user-a"' in out
+
+
+def test_kiln_render_reads_stdin_for_a_dash(capsys, monkeypatch):
+    text = (SAMPLES / "01-two-registries.yaml").read_text() + "\n---\n" + (FIXTURES / "secrets.yaml").read_text()
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    with pytest.raises(SystemExit) as exit_:
+        kiln_main(["render", "-f", "-"])
+    assert exit_.value.code == 0
+    assert [o["kind"] for o in yaml.safe_load_all(capsys.readouterr().out)] == ["Secret", "Job"]
 
 
 def test_kiln_render_show_secrets_prints_the_real_config(capsys):

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Print, as YAML, every object the operator would create for the ImageBuilds in the files. "
                     "Needs no cluster and contacts no registry; RegistryLogins are taken as Ready.")
     render.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
-                        help="YAML with ImageBuilds, RegistryLogins, Secrets and ConfigMaps (repeatable)")
+                        help="YAML with ImageBuilds, RegistryLogins, Secrets and ConfigMaps (repeatable; - reads stdin)")
     render.add_argument("--show-secrets", action="store_true", help="print credentials instead of redacting them")
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import sys
 from typing import TextIO
 
 import yaml
@@ -27,11 +28,13 @@ class RenderError(Exception):
     pass
 
 
-def _documents(paths: list[str]) -> list[tuple[str, dict]]:
-    files: list[pathlib.Path] = []
+def _documents(paths: list[str], stdin: TextIO) -> list[tuple[str, dict]]:
+    files: list[pathlib.Path | str] = []
     for name in paths:
         path = pathlib.Path(name)
-        if path.is_dir():
+        if name == "-":
+            files.append("-")
+        elif path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
         elif path.exists():
             files.append(path)
@@ -40,7 +43,7 @@ def _documents(paths: list[str]) -> list[tuple[str, dict]]:
     docs = []
     for path in files:
         try:
-            loaded = list(yaml.safe_load_all(path.read_text()))
+            loaded = list(yaml.safe_load_all(stdin.read() if path == "-" else path.read_text()))
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             raise RenderError(f"{path}: not valid YAML{f' at {where}' if where else ''}: {exc.__class__.__name__}") from None
@@ -57,8 +60,8 @@ def _key(doc: dict) -> tuple[str, str]:
     return meta.get("namespace") or "default", meta.get("name") or ""
 
 
-def render_objects(paths: list[str], settings: Settings) -> list[dict]:
-    docs = _documents(paths)
+def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = None) -> list[dict]:
+    docs = _documents(paths, stdin or sys.stdin)
     by_kind: dict[str, dict[tuple[str, str], tuple[str, dict]]] = {}
     for path, doc in docs:
         by_kind.setdefault(doc.get("kind", ""), {})[_key(doc)] = (path, doc)
