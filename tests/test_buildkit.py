@@ -73,7 +73,7 @@ def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace,
         (git_dir / name).chmod(0o600)
     results = []
     for unit in plan:
-        job = render_job(spec, unit, Settings(), several_units=len(plan) > 1)
+        job = render_job(spec, unit, Settings())
         container = job["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["buildctl-daemonless.sh"]
         metadata_file = tmp_path / f"metadata-{job['metadata']['name']}.json"

@@ -303,14 +303,12 @@ async def _start(kube: Kube, settings: Settings, spec: BuildSpec, plan: tuple[Bu
         transient = exc.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
         raise Blocked(exc.reason, f"push check: {exc.message}", stalled=not transient) from None
     buildkitd = render_buildkitd_config(spec, logins)
-    several = len(plan) > 1 or any(u.key for u in plan)
     try:
         await _create(kube, path("v1", "secrets", spec.namespace), secret)
         if buildkitd:
             await _create(kube, path("v1", "configmaps", spec.namespace), buildkitd)
         for unit in plan:
-            job = render_job(spec, unit, settings, several_units=several, buildkitd_config=buildkitd is not None,
-                             attempt=attempt)
+            job = render_job(spec, unit, settings, buildkitd_config=buildkitd is not None, attempt=attempt)
             await _create(kube, _job_path(spec.namespace), job)
     except Blocked:
         if first:  # no pod of this build runs: its credentials need not wait
@@ -349,7 +347,7 @@ async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[
     """The pushed digest and the digest of each platform, assembling the index when several pods built it."""
     if not spec.output.push:
         return units[0].state.digest, []
-    several = len(units) > 1 or any(u.unit.key for u in units)
+    several = any(u.unit.by_digest for u in units)
     logins = await resolve_logins(kube, spec)
     repository = repository_path(spec.output.image)
     async with _client(settings, logins, registry_host(spec.output.image)) as client:

@@ -121,8 +121,8 @@ def cache_import_refs(spec: BuildSpec, unit: BuildUnit) -> list[str]:
     return [ref for ref in own + list(spec.cache.import_refs) if ref]
 
 
-def _output_arg(spec: BuildSpec, several_units: bool) -> str:
-    if several_units:
+def _output_arg(spec: BuildSpec, unit: BuildUnit) -> str:
+    if unit.by_digest:
         # Each pod pushes its platform by digest only; the operator tags the assembled index.
         return f"--output=type=image,name={spec.output.image},push-by-digest=true,name-canonical=true,push=true"
     # buildctl splits this value as CSV: a quoted field keeps several names in one option.
@@ -130,7 +130,7 @@ def _output_arg(spec: BuildSpec, several_units: bool) -> str:
     return f'--output=type=image,"name={names}",push={"true" if spec.output.push else "false"}'
 
 
-def buildctl_args(spec: BuildSpec, unit: BuildUnit, several_units: bool = False) -> list[str]:
+def buildctl_args(spec: BuildSpec, unit: BuildUnit) -> list[str]:
     """Arguments of `buildctl-daemonless.sh`, for the pod's paths."""
     source = spec.source
     args = ["build", "--progress=plain", "--frontend=dockerfile.v0"]
@@ -154,7 +154,7 @@ def buildctl_args(spec: BuildSpec, unit: BuildUnit, several_units: bool = False)
         args.append(f"--opt=platform={','.join(unit.platforms)}")
     args += [f"--opt=build-arg:{name}={value}" for name, value in spec.build_args]
     args += [f"--secret=id={secret.id},src={SECRETS_DIR}/{i}/value" for i, secret in enumerate(spec.secrets)]
-    args.append(_output_arg(spec, several_units))
+    args.append(_output_arg(spec, unit))
     ref = cache_ref(spec, unit)
     if spec.cache.type == "registry":
         args.append(f"--export-cache=type=registry,ref={ref},mode={spec.cache.mode},ignore-error=true")
@@ -178,15 +178,15 @@ def _path(base: str, relative: str) -> str:
     return base if relative == "." else f"{base}/{relative}"
 
 
-def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, several_units: bool = False,
-               buildkitd_config: bool = False, attempt: int = 0) -> dict:
+def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkitd_config: bool = False,
+               attempt: int = 0) -> dict:
     volumes, mounts = _volumes(spec, buildkitd_config)
     flags = "--oci-worker-no-process-sandbox" + (f" --config={BUILDKITD_DIR}/buildkitd.toml" if buildkitd_config else "")
     container = {
         "name": "buildkit",
         "image": settings.buildkit_image,
         "command": ["buildctl-daemonless.sh"],
-        "args": buildctl_args(spec, unit, several_units),
+        "args": buildctl_args(spec, unit),
         "env": [{"name": "BUILDKITD_FLAGS", "value": flags}, {"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR}],
         "volumeMounts": mounts,
         "terminationMessagePath": METADATA_FILE,
@@ -268,6 +268,5 @@ def render_build(spec: BuildSpec, logins: list[ResolvedLogin], plan: tuple[Build
                  settings: Settings, attempt: int = 0) -> list[dict]:
     """Every object one build needs: the merged docker config Secret, buildkitd.toml if any, one Job per unit."""
     buildkitd = render_buildkitd_config(spec, logins)
-    jobs = [render_job(spec, unit, settings, several_units=len(plan) > 1, buildkitd_config=buildkitd is not None,
-                       attempt=attempt) for unit in plan]
+    jobs = [render_job(spec, unit, settings, buildkitd_config=buildkitd is not None, attempt=attempt) for unit in plan]
     return [render_docker_config_secret(spec, logins), *([buildkitd] if buildkitd else []), *jobs]

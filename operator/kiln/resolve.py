@@ -19,6 +19,11 @@ class BuildUnit:
     key: str = ""  # suffix that tells this unit's Job apart; "" when it is the only one
 
     @property
+    def by_digest(self) -> bool:
+        """One pod of several: it pushes by digest, and the operator assembles the index and tags it."""
+        return bool(self.key)
+
+    @property
     def built_by(self) -> str:
         """native when pinned to nodes of its architecture (or building just the node's own); qemu otherwise."""
         return "native" if self.arch or not self.platforms else "qemu"
