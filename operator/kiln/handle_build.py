@@ -191,7 +191,7 @@ async def _conclude(kube: Kube, settings: Settings, spec: BuildSpec, units: list
         try:
             digest, platforms = await _results(kube, settings, spec, units, logger)
         except (RegistryError, CredentialsProblem) as exc:
-            if exc.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR):  # tried again on the next resync
+            if isinstance(exc, RegistryError) and exc.transient:  # tried again on the next resync
                 return status_of.make(BUILDING, exc.reason, f"the images are built; assembling the index: {exc.message}",
                                       units=units), events
             failed = dataclasses.replace(units[0], state=UnitState(observe.FAILED, exc.reason,
@@ -300,8 +300,7 @@ async def _start(kube: Kube, settings: Settings, spec: BuildSpec, plan: tuple[Bu
     except CredentialsProblem as exc:
         raise Blocked(exc.reason, exc.message) from None
     except RegistryError as exc:
-        transient = exc.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
-        raise Blocked(exc.reason, f"push check: {exc.message}", stalled=not transient) from None
+        raise Blocked(exc.reason, f"push check: {exc.message}", stalled=not exc.transient) from None
     buildkitd = render_buildkitd_config(spec, logins)
     try:
         await _create(kube, path("v1", "secrets", spec.namespace), secret)

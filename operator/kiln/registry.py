@@ -37,6 +37,11 @@ class RegistryError(Exception):
         self.reason = reason
         self.message = message
 
+    @property
+    def transient(self) -> bool:
+        """Worth trying again later as it is (no answer, or an answer kiln did not expect)."""
+        return self.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
+
 
 def forbidden_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
