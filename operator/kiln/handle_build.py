@@ -13,7 +13,7 @@ from kiln import API_VERSION, observe, reasons
 from kiln.apply import Kube, KubeError, path
 from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
 from kiln.handle_login import login_path, read_ca, ready_condition
-from kiln.observe import ObservedUnit, UnitState, cache_stats, observe_unit
+from kiln.observe import ObservedUnit, UnitState, cache_stats, observe_unit, true_condition
 from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.references import registry_host, repository_path, split_tagged
 from kiln.registry import MANIFEST_MEDIA_TYPES, Registry, RegistryClient, RegistryError, platform_digests, push_index
@@ -46,12 +46,12 @@ from kiln.status import (
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 
 
-def build_path(namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    return path(API_VERSION, "imagebuilds", namespace, name, subresource)
+def build_path(namespace: str | None, name: str | None = None) -> str:
+    return path(API_VERSION, "imagebuilds", namespace, name)
 
 
 class Blocked(Exception):
-    """The build cannot start yet: credentials, preflight or a busy cache volume."""
+    """The build cannot start yet: credentials, push access, a busy cache volume or a refused child."""
 
     def __init__(self, reason: str, message: str, credentials: bool = True, stalled: bool = True):
         super().__init__(message)
@@ -83,8 +83,7 @@ def _owned(obj: dict, uid: str) -> bool:
 
 
 def _active(job: dict) -> bool:
-    return not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                   for c in (job.get("status") or {}).get("conditions") or [])
+    return not (true_condition(job, "Complete") or true_condition(job, "Failed"))
 
 
 def _attempt(job: dict) -> int:
@@ -229,11 +228,8 @@ async def _observe(kube: Kube, spec: BuildSpec, jobs: list[dict]) -> list[Observ
 
 async def _ready_archs(kube: Kube) -> frozenset[str]:
     nodes = await kube.list(path("v1", "nodes"))
-    return frozenset(
-        (n["metadata"].get("labels") or {}).get("kubernetes.io/arch", "")
-        for n in nodes
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in (n.get("status") or {}).get("conditions") or [])
-    ) - {""}
+    return frozenset((n["metadata"].get("labels") or {}).get("kubernetes.io/arch", "")
+                     for n in nodes if true_condition(n, "Ready")) - {""}
 
 
 async def _check_cache_volume(kube: Kube, spec: BuildSpec, own_jobs: list[dict]) -> None:

@@ -17,8 +17,8 @@ from kiln.status import condition, now_iso, status_patch
 RETRY_INTERVAL = 60.0
 
 
-def login_path(namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    return path(API_VERSION, "registrylogins", namespace, name, subresource)
+def login_path(namespace: str | None, name: str | None = None) -> str:
+    return path(API_VERSION, "registrylogins", namespace, name)
 
 
 def ready_condition(obj: dict) -> dict | None:

@@ -76,7 +76,8 @@ def cache_stats(log: str) -> tuple[int, int]:
     return len(steps & set(_CACHED.findall(log))), len(steps)
 
 
-def _condition(obj: dict, kind: str) -> dict | None:
+def true_condition(obj: dict, kind: str) -> dict | None:
+    """The condition of this type if its status is True (Jobs, Pods and Nodes all report this way)."""
     return next((c for c in (obj.get("status") or {}).get("conditions") or []
                  if c.get("type") == kind and c.get("status") == "True"), None)
 
@@ -101,10 +102,10 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
     times = {"start_time": job_status.get("startTime"), "completion_time": job_status.get("completionTime")}
     state = _container(pod).get("state") or {}
     terminated = state.get("terminated") or {}
-    if _condition(job, "Complete"):
+    if true_condition(job, "Complete"):
         digest, media_type = _metadata(terminated.get("message", ""))
         return UnitState(SUCCEEDED, reasons.SUCCEEDED, "the image was built", digest=digest, media_type=media_type, **times)
-    failed = _condition(job, "Failed")
+    failed = true_condition(job, "Failed")
     waiting = state.get("waiting") or {}
     if failed is None and waiting.get("reason") in _PULL_FAILURES:
         return UnitState(FAILED, reasons.BUILDER_IMAGE_PULL_FAILED,
@@ -113,7 +114,7 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
     if failed is None:
         if state.get("running"):
             return UnitState(RUNNING, reasons.BUILDING, "building", start_time=times["start_time"])
-        scheduled = _condition(pod, "PodScheduled") if pod else None
+        scheduled = true_condition(pod, "PodScheduled") if pod else None
         waiting_for = "a node" if pod and not scheduled else "the build pod to start"
         return UnitState(PENDING, reasons.BUILD_PENDING, f"waiting for {waiting_for}", start_time=times["start_time"])
     completion = {**times, "completion_time": times["completion_time"] or failed.get("lastTransitionTime")}
@@ -125,7 +126,7 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
         return UnitState(FAILED, reasons.OUT_OF_MEMORY, "the build ran out of memory; raise spec.builder.resources.limits.memory",
                          log_excerpt=excerpt(log), **completion)
     pod_status = (pod or {}).get("status") or {}
-    if pod is None or pod_status.get("reason") == "Evicted" or _condition(pod, "DisruptionTarget"):
+    if pod is None or pod_status.get("reason") == "Evicted" or true_condition(pod, "DisruptionTarget"):
         detail = pod_status.get("message") or "its node was lost or it was evicted"
         return UnitState(FAILED, reasons.EVICTED, f"the build pod was stopped before it finished: {detail}",
                          retryable=True, **completion)
