@@ -369,3 +369,13 @@ def test_kiln_render_refuses_a_login_whose_secret_is_not_in_the_files(capsys):
 def test_resolved_login_repr_never_shows_the_password():
     login = ResolvedLogin("a", "r.io", Credentials("user", "hunter2"), ca_pem="pem")
     assert "hunter2" not in repr(login) and "user" in repr(login)
+
+
+def test_kiln_render_refuses_a_login_whose_ca_bundle_is_not_in_the_files(tmp_path, capsys):
+    fixture = (FIXTURES / "git-private.yaml").read_text()
+    without_ca = "\n---\n".join(d for d in fixture.split("\n---\n") if "kind: ConfigMap" not in d)
+    (tmp_path / "build.yaml").write_text(without_ca)
+    with pytest.raises(SystemExit) as exit_:
+        kiln_main(["render", "-f", str(tmp_path / "build.yaml")])
+    assert exit_.value.code == 1
+    assert "ImageBuild/private-app: ConfigMap 'corp-ca' does not exist" in capsys.readouterr().err

@@ -59,6 +59,23 @@ def credentials_from_secret(secret: dict | None, login: LoginSpec) -> Credential
     )
 
 
+def ca_from_config_map(config_map: dict | None, login: LoginSpec) -> str | None:
+    """The PEM a login's caBundle names, from that ConfigMap (None when the login names none)."""
+    if not login.ca_config_map:
+        return None
+    pem = ((config_map or {}).get("data") or {}).get(login.ca_key)
+    if not pem:
+        raise CredentialsProblem(reasons.CA_BUNDLE_NOT_FOUND, f"ConfigMap {login.ca_config_map!r} has no key {login.ca_key!r}"
+                                 if config_map else f"ConfigMap {login.ca_config_map!r} does not exist")
+    return pem
+
+
+def resolved_login(login: LoginSpec, secret: dict | None, ca_config_map: dict | None) -> ResolvedLogin:
+    """A login with what its Secret and CA ConfigMap hold, wherever they were read from (API or files)."""
+    return ResolvedLogin(login.name, login.server, credentials_from_secret(secret, login), login.insecure,
+                         ca_from_config_map(ca_config_map, login))
+
+
 def _decoded(data: dict, key: str, where: str) -> str:
     if key not in data:
         raise CredentialsProblem(reasons.INVALID_SECRET, f"{where} has no key {key!r}")

@@ -11,8 +11,8 @@ import logging
 
 from kiln import API_VERSION, observe, reasons
 from kiln.apply import Kube, KubeError, path
-from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
-from kiln.handle_login import login_path, read_ca, ready_condition
+from kiln.credentials import CredentialsProblem, ResolvedLogin, resolved_login, selected_logins
+from kiln.handle_login import login_path, read_ca_config_map, ready_condition
 from kiln.observe import ObservedUnit, UnitState, cache_stats, observe_unit, true_condition
 from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.references import registry_host, repository_path, split_tagged
@@ -263,8 +263,7 @@ async def resolve_logins(kube: Kube, spec: BuildSpec) -> list[ResolvedLogin]:
             detail = f"{ready['reason']}: {ready['message']}" if ready else "not checked yet"
             raise CredentialsProblem(reasons.LOGIN_NOT_READY, f"RegistryLogin {login.name!r} is not Ready ({detail})")
         secret = await kube.get(path("v1", "secrets", login.namespace, login.secret))
-        resolved.append(ResolvedLogin(login.name, login.server, credentials_from_secret(secret, login),
-                                      login.insecure, await read_ca(kube, login)))
+        resolved.append(resolved_login(login, secret, await read_ca_config_map(kube, login)))
     return resolved
 
 

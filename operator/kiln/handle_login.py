@@ -6,7 +6,7 @@ import logging
 
 from kiln import API_VERSION, reasons
 from kiln.apply import Kube, path
-from kiln.credentials import Credentials, CredentialsProblem, credentials_from_secret
+from kiln.credentials import Credentials, CredentialsProblem, ca_from_config_map, credentials_from_secret
 from kiln.parse import InvalidSpec, LoginSpec, parse_registry_login
 from kiln.registry import Registry, RegistryClient, RegistryError
 from kiln.runtime import Runtime
@@ -38,15 +38,9 @@ def verification_due(obj: dict, secret_version: str | None, settings: Settings, 
     return age >= interval
 
 
-async def read_ca(kube: Kube, login: LoginSpec) -> str | None:
-    if not login.ca_config_map:
-        return None
-    config_map = await kube.get(path("v1", "configmaps", login.namespace, login.ca_config_map))
-    pem = ((config_map or {}).get("data") or {}).get(login.ca_key)
-    if not pem:
-        raise CredentialsProblem(reasons.CA_BUNDLE_NOT_FOUND, f"ConfigMap {login.ca_config_map!r} has no key {login.ca_key!r}"
-                                 if config_map else f"ConfigMap {login.ca_config_map!r} does not exist")
-    return pem
+async def read_ca_config_map(kube: Kube, login: LoginSpec) -> dict | None:
+    """The ConfigMap a login's caBundle names, if it names one and it exists."""
+    return await kube.get(path("v1", "configmaps", login.namespace, login.ca_config_map)) if login.ca_config_map else None
 
 
 async def verify(login: LoginSpec, credentials: Credentials, ca_pem: str | None, settings: Settings) -> str:
@@ -77,7 +71,7 @@ async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -
     try:
         credentials = credentials_from_secret(secret, login)
         new["username"] = credentials.username
-        ca_pem = await read_ca(kube, login)
+        ca_pem = ca_from_config_map(await read_ca_config_map(kube, login), login)
         if login.verify:
             scheme = await verify(login, credentials, ca_pem, settings)
             new.update(authScheme=scheme, lastVerifiedTime=now_iso())

@@ -13,8 +13,7 @@ from typing import TextIO
 
 import yaml
 
-from kiln import reasons
-from kiln.credentials import CredentialsProblem, ResolvedLogin, credentials_from_secret, selected_logins
+from kiln.credentials import CredentialsProblem, resolved_login, selected_logins
 from kiln.parse import InvalidSpec, parse_image_build, parse_registry_login
 from kiln.render import render_build
 from kiln.resolve import build_plan
@@ -60,6 +59,10 @@ def _key(doc: dict) -> tuple[str, str]:
     return meta.get("namespace") or "default", meta.get("name") or ""
 
 
+def _found(by_kind: dict, kind: str, namespace: str, name: str | None) -> dict | None:
+    return by_kind.get(kind, {}).get((namespace, name), (None, None))[1] if name else None
+
+
 def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = None) -> list[dict]:
     docs = _documents(paths, stdin or sys.stdin)
     by_kind: dict[str, dict[tuple[str, str], tuple[str, dict]]] = {}
@@ -77,16 +80,9 @@ def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = 
         doc = {**doc, "metadata": {"uid": PLACEHOLDER_UID, **(doc.get("metadata") or {})}}
         try:
             spec = parse_image_build(doc)
-            resolved = []
-            for login in selected_logins(spec, logins):
-                secret = by_kind.get("Secret", {}).get((login.namespace, login.secret), (None, None))[1]
-                ca = by_kind.get("ConfigMap", {}).get((login.namespace, login.ca_config_map or ""), (None, {}))[1]
-                ca_pem = (ca.get("data") or {}).get(login.ca_key) if login.ca_config_map else None
-                if login.ca_config_map and not ca_pem:
-                    raise CredentialsProblem(reasons.CA_BUNDLE_NOT_FOUND, f"ConfigMap {login.ca_config_map!r} key "
-                                             f"{login.ca_key!r} (caBundle of RegistryLogin {login.name!r}) is not in the files")
-                resolved.append(ResolvedLogin(login.name, login.server, credentials_from_secret(secret, login),
-                                              login.insecure, ca_pem))
+            resolved = [resolved_login(login, _found(by_kind, "Secret", login.namespace, login.secret),
+                                       _found(by_kind, "ConfigMap", login.namespace, login.ca_config_map))
+                        for login in selected_logins(spec, logins)]
             out += render_build(spec, resolved, build_plan(spec), settings)
         except InvalidSpec as exc:
             raise RenderError(f"{where}: {exc}") from None
