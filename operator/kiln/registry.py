@@ -192,36 +192,35 @@ class RegistryClient:
             raise self._unexpected(status, path)
         return _header(headers, "content-type") or "", body, _header(headers, "docker-content-digest") or ""
 
-    async def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
-        """Push a manifest or index under a tag or digest; returns its digest."""
+    async def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> None:
+        """Push a manifest or index under a tag or digest (its digest is the sha256 of body)."""
         base = await self._base()
         path = f"/v2/{repository}/manifests/{reference}"
-        status, headers, _ = await self._call("PUT", f"{base}{path}", scope=f"repository:{repository}:pull,push",
-                                              headers={"Content-Type": media_type}, data=body)
+        status, _, _ = await self._call("PUT", f"{base}{path}", scope=f"repository:{repository}:pull,push",
+                                        headers={"Content-Type": media_type}, data=body)
         if status in (401, 403):
             raise RegistryError(reasons.PUSH_DENIED, f"{self.registry.host} denies push to {repository}")
         if status != 201:
             raise self._unexpected(status, path)
-        return _header(headers, "docker-content-digest") or ""
 
     async def _call(self, method: str, url: str, scope: str, headers: dict | None = None, **kwargs):
         """A request that answers the registry's challenge once, then reuses that authorization for the scope."""
-        response = await self._request(method, url, **self._with_authorization(scope, headers), **kwargs)
+        response = await self._request(method, url, headers=self._authorized(scope, headers), **kwargs)
         status, response_headers, _ = response
         if status == 401 and scope not in self._authorization and _header(response_headers, "www-authenticate"):
             await self._authorize(self._challenge(response_headers), scope)
-            response = await self._request(method, url, **self._with_authorization(scope, headers), **kwargs)
+            response = await self._request(method, url, headers=self._authorized(scope, headers), **kwargs)
         return response
 
-    def _with_authorization(self, scope: str, headers: dict | None) -> dict:
+    def _authorized(self, scope: str, headers: dict | None) -> dict:
+        """headers plus the Authorization this scope was granted, if any yet."""
         scheme, token = self._authorization.get(scope, ("None", None))
         headers = dict(headers or {})
         if scheme == "Bearer":
             headers["Authorization"] = f"Bearer {token}"
-            return {"headers": headers}
-        if scheme == "Basic" and self._credentials:
+        elif scheme == "Basic" and self._credentials:
             headers["Authorization"] = self._basic_authorization()
-        return {"headers": headers}
+        return headers
 
     def _basic_authorization(self) -> str:
         assert self._credentials is not None
