@@ -21,9 +21,7 @@ from kiln.render import (
     buildkitd_config_name,
     docker_secret_name,
     job_name,
-    render_buildkitd_config,
-    render_docker_config_secret,
-    render_job,
+    render_build,
     short_name,
 )
 from kiln.resolve import BuildUnit, build_plan
@@ -44,6 +42,7 @@ from kiln.status import (
 )
 
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
+_PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Job": "jobs"}
 
 
 def build_path(namespace: str | None, name: str | None = None) -> str:
@@ -291,19 +290,14 @@ async def _start(kube: Kube, settings: Settings, spec: BuildSpec, plan: tuple[Bu
         logins = await resolve_logins(kube, spec)
         if first:
             await _preflight(settings, spec, logins)
-        secret = render_docker_config_secret(spec, logins)
+        children = render_build(spec, logins, plan, settings, attempt)  # what `kiln render` prints, in creation order
     except CredentialsProblem as exc:
         raise Blocked(exc.reason, exc.message) from None
     except RegistryError as exc:
         raise Blocked(exc.reason, f"push check: {exc.message}", stalled=not exc.transient) from None
-    buildkitd = render_buildkitd_config(spec, logins)
     try:
-        await _create(kube, path("v1", "secrets", spec.namespace), secret)
-        if buildkitd:
-            await _create(kube, path("v1", "configmaps", spec.namespace), buildkitd)
-        for unit in plan:
-            job = render_job(spec, unit, settings, buildkitd_config=buildkitd is not None, attempt=attempt)
-            await _create(kube, _job_path(spec.namespace), job)
+        for child in children:
+            await _create(kube, path(child["apiVersion"], _PLURALS[child["kind"]], spec.namespace), child)
     except Blocked:
         if first:  # no pod of this build runs: its credentials need not wait
             await _remove_credentials(kube, spec)

@@ -165,13 +165,21 @@ def buildctl_args(spec: BuildSpec, unit: BuildUnit) -> list[str]:
     return args
 
 
-def _git_auth_args(origin: GitSource) -> list[str]:
+def _git_auth_item(origin: GitSource) -> dict:
+    """What the pod mounts from the git Secret: a basic-auth password (the token) for http(s), else an SSH key."""
     if origin.url.startswith(("https://", "http://")):
+        return {"key": "password", "path": "token"}
+    return {"key": "ssh-privatekey", "path": "ssh-privatekey"}
+
+
+def _git_auth_args(origin: GitSource) -> list[str]:
+    mounted = f"{GIT_AUTH_DIR}/{_git_auth_item(origin)['path']}"
+    if mounted.endswith("/token"):
         # BuildKit's git source reads a token for this host from this build secret; never from the URL.
         # Its "host" is Go's url.Host: with the port, without any user info.
         host = urlsplit(origin.url).netloc.rpartition("@")[2]
-        return [f"--secret=id=GIT_AUTH_TOKEN.{host},src={GIT_AUTH_DIR}/token"]
-    return [f"--ssh=default={GIT_AUTH_DIR}/ssh-privatekey"]
+        return [f"--secret=id=GIT_AUTH_TOKEN.{host},src={mounted}"]
+    return [f"--ssh=default={mounted}"]
 
 
 def _path(base: str, relative: str) -> str:
@@ -253,9 +261,8 @@ def _volumes(spec: BuildSpec, buildkitd_config: bool) -> tuple[list[dict], list[
         volumes.append({"name": "context", "configMap": {"name": origin.name}})
         mounts.append({"name": "context", "mountPath": CONTEXT_DIR, "readOnly": True})
     elif isinstance(origin, GitSource) and origin.secret:
-        https = origin.url.startswith(("https://", "http://"))
-        item = {"key": "password", "path": "token"} if https else {"key": "ssh-privatekey", "path": "ssh-privatekey"}
-        volumes.append({"name": "git-auth", "secret": {"secretName": origin.secret, "defaultMode": 0o440, "items": [item]}})
+        volumes.append({"name": "git-auth", "secret": {"secretName": origin.secret, "defaultMode": 0o440,
+                                                       "items": [_git_auth_item(origin)]}})
         mounts.append({"name": "git-auth", "mountPath": GIT_AUTH_DIR, "readOnly": True})
     for i, secret in enumerate(spec.secrets):
         volumes.append({"name": f"build-secret-{i}", "secret": {"secretName": secret.secret, "defaultMode": 0o440,
