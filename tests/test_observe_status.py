@@ -41,6 +41,21 @@ def test_a_completed_job_reports_the_digest_from_the_termination_message():
     assert (state.start_time, state.completion_time) == ("2026-11-28T10:00:00Z", "2026-11-28T10:03:00Z")
 
 
+def test_the_digest_survives_the_kubelet_cutting_a_long_termination_message_at_4_kib():
+    """buildctl writes sorted, indented JSON; many long tags push image.name far past the 4 KiB the kubelet keeps."""
+    digest = "sha256:" + "2" * 64
+    metadata = {"containerimage.config.digest": "sha256:" + "3" * 64,
+                "containerimage.descriptor": {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
+                                              "size": 645, "annotations": {"org.opencontainers.image.created": "now"}},
+                "containerimage.digest": digest,
+                "image.name": ",".join(f"registry.example.com/team/app:release-{i:04d}-{'x' * 100}" for i in range(32))}
+    message = json.dumps(metadata, indent=2, sort_keys=True)[:4096]
+    with pytest.raises(ValueError):
+        json.loads(message)
+    state = observe_unit(job(COMPLETE), pod({"terminated": {"exitCode": 0, "message": message}}))
+    assert (state.digest, state.media_type) == (digest, "application/vnd.oci.image.index.v1+json")
+
+
 @pytest.mark.parametrize(("the_job", "the_pod", "phase", "reason", "retryable"), [
     (None, None, PENDING, reasons.BUILD_PENDING, False),
     (JOB, None, PENDING, reasons.BUILD_PENDING, False),

@@ -26,7 +26,7 @@ from crdcheck import schema_of
 
 GOLDEN = ROOT / "tests" / "golden"
 FIXTURES = ROOT / "tests" / "fixtures"
-SETTINGS = Settings(buildkit_image="moby/buildkit:v0.18.2-rootless")
+SETTINGS = Settings(buildkit_image="moby/buildkit:v0.34.2-rootless")
 # story -> (files to read, ImageBuild to keep)
 STORIES = {
     "two-registries": ([SAMPLES / "01-two-registries.yaml"], "app1"),

@@ -6,7 +6,6 @@ is what failures are classified from.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -31,6 +30,9 @@ _FAILURE_PATTERNS = [
 ]
 _STEP = re.compile(r"^#(\d+) \[(?:[^\]]* )?\d+/\d+\]", re.MULTILINE)
 _CACHED = re.compile(r"^#(\d+) CACHED\s*$", re.MULTILINE)
+_DIGEST = re.compile(r'"containerimage\.digest"\s*:\s*"(sha256:[0-9a-f]{64})"')
+# The descriptor's own mediaType, past a nested object such as its annotations.
+_MEDIA_TYPE = re.compile(r'"containerimage\.descriptor"\s*:\s*\{(?:[^{}]|\{[^{}]*\})*?"mediaType"\s*:\s*"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,15 @@ def _container(pod: dict | None) -> dict:
 
 
 def _metadata(message: str) -> tuple[str | None, str | None]:
-    try:
-        metadata = json.loads(message)
-        return metadata.get("containerimage.digest"), (metadata.get("containerimage.descriptor") or {}).get("mediaType")
-    except (ValueError, AttributeError, TypeError):
-        return None, None
+    """(digest, media type) from buildctl's metadata file, as the kubelet passed it on.
+
+    Read by pattern, not parsed: the kubelet cuts a termination message at 4 KiB, and buildctl
+    writes its keys in sorted order, so the digest and the descriptor come before the long
+    image.name list and survive the cut.
+    """
+    digest = _DIGEST.search(message)
+    media_type = _MEDIA_TYPE.search(message)
+    return (digest.group(1) if digest else None), (media_type.group(1) if media_type else None)
 
 
 def observe_unit(job: dict | None, pod: dict | None) -> UnitState:

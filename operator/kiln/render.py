@@ -25,7 +25,18 @@ BUILDKITD_DIR = "/kiln/buildkitd"
 CONTEXT_DIR = "/kiln/context"
 GIT_AUTH_DIR = "/kiln/git"
 SECRETS_DIR = "/kiln/secrets"
-METADATA_FILE = "/dev/termination-log"  # buildctl writes digests here; the kubelet hands them to the operator
+OUTPUT_DIR = "/kiln/out"
+METADATA_FILE = f"{OUTPUT_DIR}/metadata.json"  # buildctl writes the pushed digest here
+TERMINATION_LOG = "/dev/termination-log"  # and the kubelet hands this file's text to the operator
+# The kubelet bind-mounts the termination log file, and buildctl replaces its metadata file by
+# renaming a temporary file over it, which a bind-mount target refuses (EBUSY). So buildctl
+# writes into an emptyDir and this fixed script copies the file over. Every user value stays
+# in "$@": the shell never reads one as script text. A build that pushed but left no metadata
+# still exits 0: the operator then reads the digest from the registry, or reports it missing.
+BUILD_SCRIPT = (
+    'buildctl-daemonless.sh "$@" || exit\n'
+    f'cat {METADATA_FILE} > {TERMINATION_LOG} || echo "kiln: buildctl left no metadata file" >&2\n'
+)
 BUILDKIT_UID = 1000  # the rootless image's user; changing it needs another image
 
 
@@ -131,7 +142,7 @@ def _output_arg(spec: BuildSpec, unit: BuildUnit) -> str:
 
 
 def buildctl_args(spec: BuildSpec, unit: BuildUnit) -> list[str]:
-    """Arguments of `buildctl-daemonless.sh`, for the pod's paths."""
+    """Arguments of `buildctl-daemonless.sh` (given to BUILD_SCRIPT as "$@"), for the pod's paths."""
     source = spec.source
     args = ["build", "--progress=plain", "--frontend=dockerfile.v0"]
     origin = source.origin
@@ -193,11 +204,11 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
     container = {
         "name": "buildkit",
         "image": settings.buildkit_image,
-        "command": ["buildctl-daemonless.sh"],
+        "command": ["/bin/sh", "-c", BUILD_SCRIPT, "kiln-build"],
         "args": buildctl_args(spec, unit),
         "env": [{"name": "BUILDKITD_FLAGS", "value": flags}, {"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR}],
         "volumeMounts": mounts,
-        "terminationMessagePath": METADATA_FILE,
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.builder.resources:
@@ -247,9 +258,11 @@ def _volumes(spec: BuildSpec, buildkitd_config: bool) -> tuple[list[dict], list[
         {"name": "buildkit-state", **state},
         {"name": "docker-config", "secret": {"secretName": docker_secret_name(spec), "defaultMode": 0o440,
                                              "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}},
+        {"name": "build-output", "emptyDir": {}},
     ]
     mounts = [{"name": "buildkit-state", "mountPath": STATE_DIR},
-              {"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True}]
+              {"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True},
+              {"name": "build-output", "mountPath": OUTPUT_DIR}]
     if buildkitd_config:
         volumes.append({"name": "buildkitd-config", "configMap": {"name": buildkitd_config_name(spec)}})
         mounts.append({"name": "buildkitd-config", "mountPath": BUILDKITD_DIR, "readOnly": True})

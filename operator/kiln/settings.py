@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-DEFAULT_BUILDKIT_IMAGE = "moby/buildkit:v0.18.2-rootless"
+DEFAULT_BUILDKIT_IMAGE = "moby/buildkit:v0.34.2-rootless"
 
 
 @dataclass(frozen=True)
