@@ -1,4 +1,4 @@
-"""A private git repository over smart HTTP on 127.0.0.1, for the BuildKit tier.
+"""A private git repository over smart HTTP, on 127.0.0.1 or a test host (netns.py), for BuildKit.
 
 `git http-backend` behind a small handler that demands the token the way BuildKit
 sends it (HTTP basic, user x-access-token), and counts who came with what.
@@ -11,6 +11,8 @@ import os
 import subprocess
 import threading
 from pathlib import Path
+
+from netns import Namespace, listening_socket
 
 
 def make_repository(root: Path, files: dict[str, str], branch: str = "main") -> Path:
@@ -30,15 +32,19 @@ def make_repository(root: Path, files: dict[str, str], branch: str = "main") -> 
 
 
 class GitServer(http.server.ThreadingHTTPServer):
-    def __init__(self, project_root: Path, token: str):
-        super().__init__(("127.0.0.1", 0), _GitHandler)
+    def __init__(self, project_root: Path, token: str, host: str = "127.0.0.1", namespace: Namespace | None = None):
+        sock = listening_socket(host, 0, namespace)
+        super().__init__(sock.getsockname(), _GitHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
         self.project_root, self.token = project_root, token
         self.authorized = self.refused = 0
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/app.git"
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/app.git"
 
 
 class _GitHandler(http.server.BaseHTTPRequestHandler):

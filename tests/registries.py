@@ -1,4 +1,5 @@
-"""Real registries for tests: Debian's docker-registry (CNCF distribution) on 127.0.0.1.
+"""Real registries for tests: Debian's docker-registry (CNCF distribution) on 127.0.0.1,
+or on a test host in a network namespace (see netns.py) where pods must reach them.
 
 `start_htpasswd_registry` gives Basic auth; `start_token_registry` gives the Bearer
 flow every public registry uses, with a small token issuer that signs JWTs with a
@@ -12,8 +13,10 @@ import datetime
 import hashlib
 import http.server
 import json
+import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -32,6 +35,8 @@ from cryptography.x509.oid import NameOID
 
 from kiln.registry import MANIFEST_TYPES
 
+from netns import Namespace, listening_socket
+
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 SERVICE = "kiln-test-registry"
 ISSUER = "kiln-test-issuer"
@@ -43,24 +48,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"docker-registry did not listen on {port} within {timeout}s")
+    raise RuntimeError(f"{process.args[0]} did not listen on {host}:{port} within {timeout}s")
 
 
 @dataclass
 class RunningRegistry:
-    host: str  # 127.0.0.1:PORT
+    host: str  # ADDRESS:PORT
     users: dict[str, str]  # user -> password
     process: subprocess.Popen = field(repr=False)
-    issuer: http.server.HTTPServer | None = field(default=None, repr=False)
+    issuer: TokenIssuer | None = field(default=None, repr=False)
     ca_pem: str | None = field(default=None, repr=False)  # for a TLS registry: the CA that signed its certificate
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.ca_pem else 'http'}://{self.host}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cadata=self.ca_pem) if self.ca_pem else None
 
     def stop(self) -> None:
         self.process.terminate()
@@ -69,42 +81,49 @@ class RunningRegistry:
             self.issuer.shutdown()
 
 
-def _start(extra: dict, workdir: Path) -> tuple[str, subprocess.Popen]:
-    """Run docker-registry on a free loopback port with `extra` config (auth, http.tls) over the defaults."""
-    port = free_port()
+def _start(extra: dict, workdir: Path, host: str, port: int | None,
+           namespace: Namespace | None) -> tuple[str, subprocess.Popen]:
+    """Run docker-registry on host:port (a free loopback port by default) with `extra` config (auth, http.tls)."""
+    port = port or free_port()
     config = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}},
         "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
         **{k: v for k, v in extra.items() if k != "http"},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "kiln-test-http-secret", **extra.get("http", {})},
+        "http": {"addr": f"{host}:{port}", "secret": "kiln-test-http-secret", **extra.get("http", {})},
     }
     path = workdir / "config.yml"
     path.write_text(json.dumps(config))  # JSON is YAML
     # A file, not a pipe: nobody reads a pipe while tests run, and a full one would hang the registry.
     log = (workdir / "registry.log").open("wb")
-    process = subprocess.Popen([REGISTRY_BINARY, "serve", str(path)], stdout=log, stderr=subprocess.STDOUT)
-    wait_for_port(port, process, workdir / "registry.log")
-    return f"127.0.0.1:{port}", process
+    argv = [REGISTRY_BINARY, "serve", str(path)]
+    process = subprocess.Popen(namespace.command(argv) if namespace else argv, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, workdir / "registry.log", host=host)
+    return f"{host}:{port}", process
 
 
-def start_htpasswd_registry(workdir: Path, users: dict[str, str], tls: bool = False) -> RunningRegistry:
+def start_htpasswd_registry(workdir: Path, users: dict[str, str], tls: bool = False, host: str = "127.0.0.1",
+                            port: int | None = None, namespace: Namespace | None = None) -> RunningRegistry:
     """Basic auth; with tls, HTTPS with a certificate from a private CA (RunningRegistry.ca_pem)."""
     workdir.mkdir(parents=True, exist_ok=True)
     htpasswd = workdir / "htpasswd"
     htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
                                 for u, p in users.items()))
     config: dict = {"auth": {"htpasswd": {"realm": "kiln-test", "path": str(htpasswd)}}}
-    ca_pem = None
-    if tls:
-        ca_pem, cert, key = _server_certificate(workdir)
-        config["http"] = {"tls": {"certificate": str(cert), "key": str(key)}}
-    host, process = _start(config, workdir)
-    return RunningRegistry(host, users, process, ca_pem=ca_pem)
+    ca_pem = _tls(config, workdir, host) if tls else None
+    address, process = _start(config, workdir, host, port, namespace)
+    return RunningRegistry(address, users, process, ca_pem=ca_pem)
 
 
-def _server_certificate(workdir: Path) -> tuple[str, Path, Path]:
-    """A private CA and a certificate it signed for 127.0.0.1: (CA PEM, certificate file, key file)."""
+def _tls(config: dict, workdir: Path, host: str) -> str:
+    """Serve HTTPS with a certificate from a new private CA; returns the CA's PEM."""
+    ca_pem, cert, key = _server_certificate(workdir, host)
+    config["http"] = {"tls": {"certificate": str(cert), "key": str(key)}}
+    return ca_pem
+
+
+def _server_certificate(workdir: Path, host: str) -> tuple[str, Path, Path]:
+    """A private CA and a certificate it signed for the IP address host: (CA PEM, certificate file, key file)."""
     import ipaddress
 
     now = datetime.datetime.now(datetime.UTC)
@@ -115,10 +134,10 @@ def _server_certificate(workdir: Path) -> tuple[str, Path, Path]:
           .not_valid_after(now + datetime.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     cert_file, key_file = workdir / "server.crt", workdir / "server.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -130,8 +149,11 @@ def _server_certificate(workdir: Path) -> tuple[str, Path, Path]:
 class TokenIssuer(http.server.ThreadingHTTPServer):
     """GET /token?service=...&scope=repository:NAME:ACTIONS with Basic auth -> a signed JWT."""
 
-    def __init__(self, key: rsa.RSAPrivateKey, certificate: x509.Certificate, users: dict[str, tuple[str, set[str]]]):
-        super().__init__(("127.0.0.1", 0), _TokenHandler)
+    def __init__(self, key: rsa.RSAPrivateKey, certificate: x509.Certificate, users: dict[str, tuple[str, set[str]]],
+                 sock: socket.socket):
+        super().__init__(sock.getsockname(), _TokenHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock  # already listening, perhaps in another network namespace
         self.key, self.certificate, self.users = key, certificate, users
         self.requests: list[dict] = []
 
@@ -189,16 +211,19 @@ def _signing_key(workdir: Path) -> tuple[rsa.RSAPrivateKey, x509.Certificate, Pa
     return key, certificate, bundle
 
 
-def start_token_registry(workdir: Path, users: dict[str, tuple[str, set[str]]]) -> RunningRegistry:
-    """users: name -> (password, allowed actions such as {"pull", "push"})."""
+def start_token_registry(workdir: Path, users: dict[str, tuple[str, set[str]]], tls: bool = False,
+                         host: str = "127.0.0.1", port: int | None = None, issuer_port: int = 0,
+                         namespace: Namespace | None = None) -> RunningRegistry:
+    """users: name -> (password, allowed actions such as {"pull", "push"}); the token issuer listens beside it."""
     workdir.mkdir(parents=True, exist_ok=True)
     key, certificate, bundle = _signing_key(workdir)
-    issuer = TokenIssuer(key, certificate, users)
+    issuer = TokenIssuer(key, certificate, users, listening_socket(host, issuer_port, namespace))
     threading.Thread(target=issuer.serve_forever, daemon=True).start()
-    realm = f"http://127.0.0.1:{issuer.server_address[1]}/token"
-    auth = {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(bundle)}}
-    host, process = _start({"auth": auth}, workdir)
-    return RunningRegistry(host, {u: p for u, (p, _) in users.items()}, process, issuer)
+    realm = f"http://{host}:{issuer.server_address[1]}/token"
+    config: dict = {"auth": {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(bundle)}}}
+    ca_pem = _tls(config, workdir, host) if tls else None
+    address, process = _start(config, workdir, host, port, namespace)
+    return RunningRegistry(address, {u: p for u, (p, _) in users.items()}, process, issuer, ca_pem)
 
 
 def silent_server() -> tuple[socket.socket, str]:
@@ -209,69 +234,111 @@ def silent_server() -> tuple[socket.socket, str]:
     return listener, f"127.0.0.1:{listener.getsockname()[1]}"
 
 
-def _http(method: str, url: str, auth: tuple[str, str], body: bytes = b"", content_type: str | None = None):
-    request = urllib.request.Request(url, data=body if method in ("POST", "PUT") else None, method=method)
-    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    if content_type:
-        request.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+class Client:
+    """A plain urllib client for one test registry as one user: Basic, or Bearer after the challenge."""
+
+    def __init__(self, registry: RunningRegistry, user: str):
+        self.registry, self.user = registry, user
+        self._basic = "Basic " + base64.b64encode(f"{user}:{registry.users[user]}".encode()).decode()
+        self._tokens: dict[str, str] = {}  # scope -> bearer token
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+        """(status, headers, body) of a request to a path under the registry (or a full URL)."""
+        url = path if path.startswith("http") else f"{self.registry.base_url}{path}"
+        status, answer_headers, data = self._send(method, url, body, headers, self._authorization(url))
+        challenge = answer_headers.get("WWW-Authenticate", "")
+        if status == 401 and challenge.startswith("Bearer "):
+            params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+            query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+            _, _, token = self._send("GET", f"{params['realm']}?{query}", b"", None, self._basic)
+            self._tokens[params.get("scope", "")] = json.loads(token)["token"]
+            status, answer_headers, data = self._send(method, url, body, headers, self._authorization(url))
+        return status, answer_headers, data
+
+    def _authorization(self, url: str) -> str:
+        repository = re.search(r"/v2/(.+?)/(manifests|blobs)/", url)
+        for scope, token in self._tokens.items():
+            if repository and scope.startswith(f"repository:{repository.group(1)}:"):
+                return f"Bearer {token}"
+        return self._basic
+
+    def _send(self, method: str, url: str, body: bytes, headers: dict | None, authorization: str):
+        request = urllib.request.Request(url, data=body if method in ("POST", "PUT", "PATCH") else None, method=method)
+        request.add_header("Authorization", authorization)
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=self.registry.ssl_context()) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def push_blob(self, repository: str, blob: bytes) -> str:
+        status, headers, _ = self.request("POST", f"/v2/{repository}/blobs/uploads/")
+        assert status == 202, status
+        location = headers["Location"]
+        separator = "&" if "?" in location else "?"
+        status, _, _ = self.request("PUT", f"{location}{separator}digest={digest_of(blob)}", blob,
+                                    {"Content-Type": "application/octet-stream"})
+        assert status == 201, status
+        return digest_of(blob)
+
+    def push_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
+        status, _, answer = self.request("PUT", f"/v2/{repository}/manifests/{reference}", body, {"Content-Type": media_type})
+        assert status == 201, (status, answer[:300])
+        return digest_of(body)
+
+    def manifest(self, repository: str, reference: str) -> tuple[str, dict, str]:
+        """(content type, manifest, digest) of a tag or digest."""
+        # Without the list types in Accept, distribution serves a single platform's manifest.
+        status, headers, body = self.request("GET", f"/v2/{repository}/manifests/{reference}",
+                                             headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        assert status == 200, (status, body[:300])
+        return headers["Content-Type"], json.loads(body), headers["Docker-Content-Digest"]
+
+    def blob(self, repository: str, digest: str) -> bytes:
+        status, _, body = self.request("GET", f"/v2/{repository}/blobs/{digest}")
+        assert status == 200, status
+        return body
 
 
-def _digest(data: bytes) -> str:
+def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def push_image(registry: RunningRegistry, user: str, repository: str, platforms: list[str],
-               tag: str | None = None) -> tuple[str | None, dict[str, str]]:
-    """Push a tiny image per platform by digest, plus an index under `tag` when given.
+               tag: str | None = None, layers: dict[str, bytes] | None = None) -> tuple[str | None, dict[str, str]]:
+    """Push an image per platform by digest, plus an index under `tag` when given.
 
+    `layers` gives each platform's one layer (a tar); by default a few bytes that no runtime could use.
     Returns (index digest or None, {platform: manifest digest}): what BuildKit leaves in a registry.
     """
-    auth = (user, registry.users[user])
-    base = f"http://{registry.host}/v2/{repository}"
+    client = Client(registry, user)
     digests, entries = {}, []
     for platform in platforms:
         os_name, arch = platform.split("/")[:2]
-        layer = f"layer for {platform}".encode()
-        config = json.dumps({"architecture": arch, "os": os_name,
-                             "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]}}).encode()
+        layer = (layers or {}).get(platform) or f"layer for {platform}".encode()
+        config = json.dumps({"architecture": arch, "os": os_name, "config": {"Env": ["PATH=/bin"]},
+                             "rootfs": {"type": "layers", "diff_ids": [digest_of(layer)]}}).encode()
         for blob in (layer, config):
-            status, headers, _ = _http("POST", f"{base}/blobs/uploads/", auth)
-            assert status == 202, status
-            location = headers["Location"]
-            location = location if location.startswith("http") else f"http://{registry.host}{location}"
-            separator = "&" if "?" in location else "?"
-            status, _, _ = _http("PUT", f"{location}{separator}digest={_digest(blob)}", auth, blob, "application/octet-stream")
-            assert status == 201, status
+            client.push_blob(repository, blob)
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(layer),
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest_of(layer),
                         "size": len(layer)}],
         }).encode()
-        status, _, _ = _http("PUT", f"{base}/manifests/{_digest(manifest)}", auth, manifest,
-                             "application/vnd.oci.image.manifest.v1+json")
-        assert status == 201, status
-        digests[platform] = _digest(manifest)
-        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": _digest(manifest),
+        digests[platform] = client.push_manifest(repository, digest_of(manifest), "application/vnd.oci.image.manifest.v1+json",
+                                                 manifest)
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest_of(manifest),
                         "size": len(manifest), "platform": {"os": os_name, "architecture": arch}})
     if tag is None:
         return None, digests
     index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                         "manifests": entries}).encode()
-    status, _, _ = _http("PUT", f"{base}/manifests/{tag}", auth, index, "application/vnd.oci.image.index.v1+json")
-    assert status == 201, status
-    return _digest(index), digests
+    return client.push_manifest(repository, tag, "application/vnd.oci.image.index.v1+json", index), digests
 
 
 def read_manifest(registry: RunningRegistry, user: str, repository: str, reference: str) -> tuple[str, dict, str]:
     """(content type, manifest, digest) of a tag or digest."""
-    request = urllib.request.Request(f"http://{registry.host}/v2/{repository}/manifests/{reference}")
-    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{registry.users[user]}".encode()).decode())
-    request.add_header("Accept", ", ".join(MANIFEST_TYPES))  # without the list types, distribution serves one platform
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.headers["Content-Type"], json.loads(response.read()), response.headers["Docker-Content-Digest"]
+    return Client(registry, user).manifest(repository, reference)
