@@ -173,21 +173,36 @@ class TokenIssuer(http.server.ThreadingHTTPServer):
 
 
 class _TokenHandler(http.server.BaseHTTPRequestHandler):
+    """Both ways clients ask (distribution's token spec): GET with Basic auth, as the docker CLI does,
+    and the OAuth2 POST (grant_type=password), as containerd and so BuildKit do."""
     server: TokenIssuer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        user = ""
+        user, password = "", None
         header = self.headers.get("Authorization", "")
         if header.startswith("Basic "):
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-            if self.server.users.get(user, ("",))[0] != password:
-                self.send_response(401)
-                self.end_headers()
-                return
-        self.server.requests.append({"user": user, "service": query.get("service"), "scope": query.get("scope", [])})
-        body = json.dumps({"token": self.server.token_for(user, query.get("scope", []))}).encode()
-        self.send_response(200)
+        self._answer(user, password, query, "token")
+
+    def do_POST(self) -> None:  # noqa: N802
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+        if form.get("grant_type") != ["password"]:
+            self._send(400, {"error": "unsupported_grant_type"})
+            return
+        self._answer(form.get("username", [""])[0], form.get("password", [""])[0], form, "access_token")
+
+    def _answer(self, user: str, password: str | None, params: dict, key: str) -> None:
+        if user and self.server.users.get(user, ("",))[0] != password:
+            self._send(401, {"error": "invalid credentials"})
+            return
+        scopes = [scope for value in params.get("scope", []) for scope in value.split()]
+        self.server.requests.append({"user": user, "service": params.get("service"), "scope": scopes})
+        self._send(200, {key: self.server.token_for(user, scopes), "expires_in": 300})
+
+    def _send(self, status: int, answer: dict) -> None:
+        body = json.dumps(answer).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -269,9 +284,9 @@ class Client:
             request.add_header(key, value)
         try:
             with urllib.request.urlopen(request, timeout=30, context=self.registry.ssl_context()) as response:
-                return response.status, dict(response.headers), response.read()
+                return response.status, response.headers, response.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            return exc.code, exc.headers, exc.read()
 
     def push_blob(self, repository: str, blob: bytes) -> str:
         status, headers, _ = self.request("POST", f"/v2/{repository}/blobs/uploads/")

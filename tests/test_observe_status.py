@@ -94,14 +94,27 @@ def test_build_output_is_classified(log, reason, retryable):
     assert classify_failure(log)[:2] == (reason, retryable)
 
 
-def test_cache_statistics_count_dockerfile_steps_from_plain_progress():
+def test_cache_statistics_count_dockerfile_steps_but_not_from_lines_from_plain_progress():
     log = "\n".join([
         "#1 [internal] load build definition from Dockerfile", "#5 [linux/amd64 1/3] FROM r.io/base:1@sha256:ab",
         "#6 [linux/arm64 1/3] FROM r.io/base:1@sha256:ab", "#7 [linux/amd64 2/3] COPY deploy.sh deploy.sh", "#7 CACHED",
         "#8 [linux/arm64 2/3] COPY deploy.sh deploy.sh", "#8 CACHED", "#9 [2/2] COPY app.jar app.jar", "#9 DONE 0.1s",
         "#10 exporting cache to registry", "#10 CACHED",
     ])
-    assert cache_stats(log) == (2, 5)
+    assert cache_stats(log) == (2, 3)  # a FROM names the base image: BuildKit never reports it CACHED
+
+
+def test_a_step_loaded_from_an_imported_cache_for_a_changed_later_step_counts_as_cached():
+    """What BuildKit printed in the e2e tier after only the last COPY changed (its layer digests proved the reuse)."""
+    log = "\n".join([
+        "#5 [1/4] FROM 10.88.0.2:5000/hub-mirrors/base:v1@sha256:d850", "#5 DONE 0.0s",
+        "#6 importing cache manifest from 10.88.0.2:5000/hub-mirrors/openjdk:app1-flow-cache", "#6 DONE 0.0s",
+        "#8 [2/4] RUN echo built > /built", "#8 CACHED",
+        "#9 [3/4] COPY deploy.sh /deploy.sh", "#9 sha256:650d 199B / 199B 0.0s done",
+        "#9 extracting sha256:650d4d90ae35958b 0.0s done", "#9 DONE 0.1s",
+        "#10 [4/4] COPY target/application.jar /app.jar", "#10 DONE 0.0s",
+    ])
+    assert cache_stats(log) == (2, 3)
 
 
 def test_excerpt_keeps_the_last_lines_within_a_bound():

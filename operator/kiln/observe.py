@@ -28,8 +28,12 @@ _FAILURE_PATTERNS = [
      r"(did not complete successfully|dockerfile parse error|failed to read dockerfile|failed to compute cache key"
      r"|failed to parse stage name|unknown instruction|failed to solve: .*(not found|invalid))"),
 ]
-_STEP = re.compile(r"^#(\d+) \[(?:[^\]]* )?\d+/\d+\]", re.MULTILINE)
+# A Dockerfile step ("#12 [linux/amd64 3/4] COPY ..."); FROM only names the base, it is never "cached".
+_STEP = re.compile(r"^#(\d+) \[(?:[^\]]* )?\d+/\d+\] (?!FROM )", re.MULTILINE)
 _CACHED = re.compile(r"^#(\d+) CACHED\s*$", re.MULTILINE)
+# A step whose own layers were downloaded and unpacked came from an imported cache: BuildKit prints no
+# CACHED for a result it only loads because a later, changed step builds on it.
+_LOADED = re.compile(r"^#(\d+) extracting sha256:", re.MULTILINE)
 _DIGEST = re.compile(r'"containerimage\.digest"\s*:\s*"(sha256:[0-9a-f]{64})"')
 # The descriptor's own mediaType, past a nested object such as its annotations.
 _MEDIA_TYPE = re.compile(r'"containerimage\.descriptor"\s*:\s*\{(?:[^{}]|\{[^{}]*\})*?"mediaType"\s*:\s*"([^"]+)"')
@@ -75,7 +79,7 @@ def classify_failure(log: str) -> tuple[str, bool, str]:
 def cache_stats(log: str) -> tuple[int, int]:
     """(steps taken from the cache, Dockerfile steps in all), from buildctl's plain progress output."""
     steps = set(_STEP.findall(log))
-    return len(steps & set(_CACHED.findall(log))), len(steps)
+    return len(steps & (set(_CACHED.findall(log)) | set(_LOADED.findall(log)))), len(steps)
 
 
 def true_condition(obj: dict, kind: str) -> dict | None:

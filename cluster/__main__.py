@@ -1,0 +1,32 @@
+"""python3 -m cluster up | down | build [COMPONENT...] | kubeconfig
+
+up and down need root: they start node agents and make a bridge.
+"""
+import sys
+
+from cluster import build, up
+from cluster.versions import COMPONENTS
+
+
+def main(argv: list[str]) -> None:
+    command, names = (argv[0], argv[1:]) if argv else ("up", [])
+    if command == "up":
+        print(up.up())
+    elif command == "down":
+        up.down()
+    elif command == "build" and names:
+        by_name = {c.name: c for c in COMPONENTS}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            sys.exit(f"unknown component {', '.join(unknown)}; known: {', '.join(by_name)}")
+        for name in names:
+            print(build.build(by_name[name]))
+    elif command == "build":
+        build.build_all()
+    elif command == "kubeconfig":
+        print(up.KUBECONFIG)
+    else:
+        sys.exit(__doc__)
+
+
+main(sys.argv[1:])

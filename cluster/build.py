@@ -1,0 +1,56 @@
+"""Build the pinned components from their Go modules into the cache, once per version and architecture."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cluster.versions import COMPONENTS, ETCD, HERE, KUBERNETES, Component, bin_dir
+
+
+def _go(args: list[str], goarch: str, cwd: Path | None = None, gobin: Path | None = None) -> None:
+    # GOTOOLCHAIN=local: a module's `toolchain` line must not make go fetch another Go.
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOOS": "linux", "GOARCH": goarch}
+    if gobin:
+        env["GOBIN"] = str(gobin)
+    subprocess.run(["go", *args], cwd=cwd, env=env, check=True)
+
+
+def _flags(component: Component) -> list[str]:
+    flags = ["-trimpath", "-ldflags", f"-s -w {component.ldflags}".strip()]
+    return flags + (["-tags", component.tags] if component.tags else [])
+
+
+def build(component: Component, goarch: str = "amd64", commands: tuple[str, ...] | None = None) -> Path:
+    """The directory holding the component's binaries; built first when the cache lacks them."""
+    out = bin_dir(component, goarch)
+    stamp = out / ".built"
+    if stamp.exists():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    started = time.monotonic()
+    packages = [f"{component.module}/{c}" if c else component.module for c in commands or component.commands]
+    print(f"cluster: building {component.name} {component.version} ({goarch}) from its Go module; "
+          "this happens once per version", file=sys.stderr, flush=True)
+    if component is ETCD:  # the package is the module root: name the binary
+        _go(["build", *_flags(component), "-o", str(partial / "etcd"), *packages], goarch, HERE / "tools" / "etcd")
+    elif component.tools:
+        _go(["build", *_flags(component), "-o", f"{partial}/", *packages], goarch, HERE / "tools" / component.tools)
+    else:  # no replace directives: the ordinary `go install module/cmd@version`
+        _go(["install", *_flags(component), *[f"{p}@{component.version}" for p in packages]], goarch, gobin=partial)
+    (partial / ".built").write_text(f"{component.module}@{component.version} in {time.monotonic() - started:.0f}s\n")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
+def build_all() -> dict[str, Path]:
+    """Every component for this machine, plus an arm64 kubelet for the second (arm64) node."""
+    dirs = {c.name: build(c) for c in COMPONENTS}
+    dirs["kubelet-arm64"] = build(KUBERNETES, "arm64", ("cmd/kubelet",))
+    return dirs

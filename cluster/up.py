@@ -1,0 +1,444 @@
+"""`make cluster`: etcd, the control plane and two nodes on this machine; `make cluster-down` stops it all.
+
+The nodes are real kubelets with containerd and Debian's runc and CNI plugins. Pods live on
+the bridge kiln0 (10.88.0.0/16), which has no route out of the machine: no default route in
+pods, no forwarding, no NAT. The second node is an arm64 kubelet (built with GOARCH=arm64)
+that runs under QEMU user emulation, so the node and the scheduler see a real arm64 node;
+its containerd is this machine's, so its pods run amd64 images (BuildKit then builds arm64
+steps under QEMU).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster import pki
+from cluster.build import build, build_all
+from cluster.images import buildkit_image, pause_image
+from cluster.versions import BUILDKIT_IMAGE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE
+
+STATE = Path(os.environ.get("KILN_CLUSTER_DIR", "/var/lib/kiln-cluster"))
+PKI, LOGS, PIDS = STATE / "pki", STATE / "logs", STATE / "pids"
+KUBECONFIG = STATE / "admin.kubeconfig"
+AUDIT_LOG = LOGS / "audit.log"
+SERVER = "https://127.0.0.1:6443"
+BRIDGE, GATEWAY, SUBNET = "kiln0", "10.88.0.1", "10.88.0.0/16"
+SERVICE_RANGE = "10.96.0.0/16"  # Services get addresses; nothing routes them (no kube-proxy, no DNS)
+CNI_BIN = "/usr/lib/cni"  # Debian's containernetworking-plugins
+RUNC = "/usr/sbin/runc"  # Debian's runc
+CGROUP_V1 = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    arch: str
+    port: int
+    healthz_port: int
+    pods: tuple[str, str]  # the pod address range on the bridge
+
+    @property
+    def dir(self) -> Path:
+        return STATE / "nodes" / self.name
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "run" / "containerd.sock"
+
+
+NODES = (Node("kiln-amd64", "amd64", 10250, 10248, ("10.88.1.2", "10.88.1.254")),
+         Node("kiln-arm64", "arm64", 10251, 10249, ("10.88.2.2", "10.88.2.254")))
+
+
+def log(message: str) -> None:
+    print(f"cluster: {message}", file=sys.stderr, flush=True)
+
+
+# -- processes --
+
+def start(name: str, argv: list[str], env: dict | None = None) -> None:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    PIDS.mkdir(parents=True, exist_ok=True)
+    with (LOGS / f"{name}.log").open("ab") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+    (PIDS / f"{name}.pid").write_text(str(process.pid))
+
+
+def running(name: str) -> bool:
+    try:
+        os.kill(int((PIDS / f"{name}.pid").read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def wait_for(what: str, check, timeout: float, process: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if process and not running(process):
+            raise SystemExit(f"cluster: {process} exited; its log ends:\n{_tail(LOGS / f'{process}.log')}")
+        time.sleep(0.5)
+    raise SystemExit(f"cluster: {what} not ready after {timeout:.0f}s"
+                     + (f"; {process}'s log ends:\n{_tail(LOGS / f'{process}.log')}" if process else ""))
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def kubectl(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(build(KUBERNETES) / "kubectl"), f"--kubeconfig={KUBECONFIG}", *args],
+                          check=check, capture_output=capture, text=True)
+
+
+# -- configuration files --
+
+def kubeconfig(path: Path, user: str, cert: Path, key: Path) -> Path:
+    """JSON is YAML: kubeconfigs are written with json, never by pasting text."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kiln-local",
+        "clusters": [{"name": "kiln-local", "cluster": {"server": SERVER, "certificate-authority": str(PKI / "ca.crt")}}],
+        "contexts": [{"name": "kiln-local", "context": {"cluster": "kiln-local", "user": user}}],
+        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+    }, indent=2))
+    path.chmod(0o600)
+    return path
+
+
+def restricted_oom_score() -> bool:
+    """True when this process may not lower an oom_score_adj (no CAP_SYS_RESOURCE)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return not int(line.split()[1], 16) & (1 << 24)  # CAP_SYS_RESOURCE is capability 24
+    return False
+
+
+def containerd_config(node: Node) -> str:
+    """containerd's config: its own root, state and socket per node; CNI and runc from Debian."""
+    run = node.dir / "run"
+    values = {
+        "root": str(node.dir / "containerd"), "state": str(run / "containerd"),
+        "socket": str(node.socket), "ttrpc": f"{node.socket}.ttrpc",
+        "pause": PAUSE_IMAGE, "cni_bin": CNI_BIN, "cni_conf": str(node.dir / "cni"), "runc": RUNC,
+        "runc_root": str(run / "runc"),
+    }
+    q = {k: json.dumps(v) for k, v in values.items()}  # TOML basic strings are JSON strings
+    return f"""version = 4
+root = {q['root']}
+state = {q['state']}
+imports = []
+
+[plugins.'io.containerd.server.v1.grpc']
+  address = {q['socket']}
+
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = {q['ttrpc']}
+
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = {q['pause']}
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # Pod network namespaces under this node's state, so cluster-down removes exactly these.
+  netns_mounts_under_state_dir = true
+  # Root may lack CAP_SYS_RESOURCE (as in this sandbox), and then cannot give the pause container the
+  # kubelet's oom_score_adj of -998: runc fails with "failed to update /proc/self/oom_score_adj".
+  restrict_oom_score_adj = {'true' if restricted_oom_score() else 'false'}
+
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = [{q['cni_bin']}]
+  conf_dir = {q['cni_conf']}
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  BinaryName = {q['runc']}
+  Root = {q['runc_root']}
+  SystemdCgroup = false
+"""
+
+
+def cni_config(node: Node) -> dict:
+    """A bridge network on kiln0 with this node's address range. No gateway, no masquerade: pods reach
+    the bridge (registries, each other) and nothing beyond it."""
+    start_ip, end_ip = node.pods
+    return {
+        "cniVersion": "1.0.0", "name": "kiln",
+        "plugins": [
+            {"type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipMasq": False, "hairpinMode": True,
+             "ipam": {"type": "host-local", "dataDir": str(STATE / "cni-ipam"),
+                      "ranges": [[{"subnet": SUBNET, "rangeStart": start_ip, "rangeEnd": end_ip}]]}},
+            {"type": "loopback"},
+        ],
+    }
+
+
+def kubelet_config(node: Node) -> dict:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "address": GATEWAY, "port": node.port, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": node.healthz_port,
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(PKI / "ca.crt")}},
+        "authorization": {"mode": "Webhook"},
+        "containerRuntimeEndpoint": f"unix://{node.socket}",
+        "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{node.name}",
+        # This machine mounts cgroup v1 controllers; the kubelet still supports them when asked.
+        "failCgroupV1": False,
+        "podLogsDir": str(node.dir / "pod-logs"),
+        "resolvConf": str(STATE / "resolv.conf"),
+        "clusterDomain": "cluster.local",
+        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2Gi", "imagefs.available": "2Gi"},
+        "imageGCHighThresholdPercent": 95, "imageGCLowThresholdPercent": 90,
+        "serializeImagePulls": False,
+        "maxPods": 60,
+    }
+
+
+# -- steps --
+
+def ensure_binfmt() -> None:
+    """QEMU for arm64 (Debian's qemu-user-static): the arm64 kubelet and BuildKit's arm64 steps need it."""
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)], check=True)
+    if not (binfmt / "qemu-aarch64").exists():
+        (binfmt / "register").write_text(Path("/usr/lib/binfmt.d/qemu-aarch64.conf").read_text().strip())
+
+
+def make_pki() -> dict[str, Path]:
+    pki.ca(PKI)
+    pki.service_account_key(PKI)
+    pki.issue(PKI, "apiserver", "kube-apiserver", ips=("127.0.0.1", GATEWAY, "10.96.0.1"),
+              dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"), server=True)
+    pki.issue(PKI, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+    configs = {"admin": kubeconfig(KUBECONFIG, "kubernetes-admin", *pki.issue(PKI, "admin", "kubernetes-admin",
+                                                                               "system:masters"))}
+    for name, user in (("controller-manager", "system:kube-controller-manager"), ("scheduler", "system:kube-scheduler")):
+        configs[name] = kubeconfig(STATE / f"{name}.kubeconfig", user, *pki.issue(PKI, name, user))
+    for node in NODES:
+        user = f"system:node:{node.name}"
+        configs[node.name] = kubeconfig(STATE / f"{node.name}.kubeconfig", user,
+                                        *pki.issue(PKI, f"kubelet-{node.name}", user, "system:nodes"))
+    return configs
+
+
+def audit_policy() -> dict:
+    """Who did what, for ServiceAccounts (the operator among them): the e2e tier checks RBAC against it."""
+    return {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}]}
+
+
+def start_control_plane(configs: dict[str, Path]) -> None:
+    etcd, kube = build(ETCD), build(KUBERNETES)
+    (STATE / "audit-policy.json").write_text(json.dumps(audit_policy()))
+    start("etcd", [str(etcd / "etcd"), "--name=kiln", f"--data-dir={STATE / 'etcd'}",
+                   "--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
+                   "--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                   "--initial-cluster=kiln=http://127.0.0.1:2380", "--log-level=warn"])
+    wait_for("etcd", lambda: _answers("http://127.0.0.1:2379/health"), 60, "etcd")
+    start("kube-apiserver", [
+        str(kube / "kube-apiserver"), "--etcd-servers=http://127.0.0.1:2379",
+        "--bind-address=127.0.0.1", "--secure-port=6443", f"--advertise-address={GATEWAY}",
+        f"--service-cluster-ip-range={SERVICE_RANGE}",
+        f"--tls-cert-file={PKI / 'apiserver.crt'}", f"--tls-private-key-file={PKI / 'apiserver.key'}",
+        f"--client-ca-file={PKI / 'ca.crt'}",
+        f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+        "--kubelet-preferred-address-types=InternalIP",  # never a DNS lookup of a node name
+        f"--service-account-key-file={PKI / 'sa.pub'}", f"--service-account-signing-key-file={PKI / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true", "--profiling=false",
+        f"--audit-policy-file={STATE / 'audit-policy.json'}", f"--audit-log-path={AUDIT_LOG}",
+    ])
+    context = ssl.create_default_context(cafile=str(PKI / "ca.crt"))
+    context.load_cert_chain(str(PKI / "admin.crt"), str(PKI / "admin.key"))
+    wait_for("kube-apiserver", lambda: _answers(f"{SERVER}/readyz", context), 180, "kube-apiserver")
+    auth = lambda name: [f"--kubeconfig={configs[name]}", f"--authentication-kubeconfig={configs[name]}",  # noqa: E731
+                         f"--authorization-kubeconfig={configs[name]}", "--bind-address=127.0.0.1",
+                         "--leader-elect=false"]
+    start("kube-controller-manager", [
+        str(kube / "kube-controller-manager"), *auth("controller-manager"),
+        "--use-service-account-credentials=true",  # each controller under its own identity, as in any cluster
+        f"--service-account-private-key-file={PKI / 'sa.key'}", f"--root-ca-file={PKI / 'ca.crt'}",
+        f"--cluster-signing-cert-file={PKI / 'ca.crt'}", f"--cluster-signing-key-file={PKI / 'ca.key'}",
+    ])
+    start("kube-scheduler", [str(kube / "kube-scheduler"), *auth("scheduler")])
+    insecure = ssl._create_unverified_context()  # their serving certificates are self-signed
+    wait_for("kube-controller-manager", lambda: _answers("https://127.0.0.1:10257/healthz", insecure), 120,
+             "kube-controller-manager")
+    wait_for("kube-scheduler", lambda: _answers("https://127.0.0.1:10259/healthz", insecure), 120, "kube-scheduler")
+
+
+def make_bridge() -> None:
+    """kiln0 holds the pods of both nodes; the kubelets listen on its address for the API server."""
+    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
+        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", f"{GATEWAY}/16", "dev", BRIDGE], check=True)
+    subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+
+
+def _cgroup_roots(node: Node) -> list[Path]:
+    """The node's cgroup in every mounted v1 hierarchy (the kubelet's cgroupRoot must exist)."""
+    return [hierarchy / node.name for hierarchy in sorted(CGROUP_V1.iterdir())
+            if hierarchy.is_dir() and hierarchy.name != "unified" and (hierarchy / "cgroup.procs").exists()]
+
+
+def start_node(node: Node, configs: dict[str, Path], archives: list[Path]) -> None:
+    for sub in ("run", "cni", "kubelet", "pod-logs"):
+        (node.dir / sub).mkdir(parents=True, exist_ok=True)
+    (node.dir / "containerd.toml").write_text(containerd_config(node))
+    (node.dir / "cni" / "10-kiln.conflist").write_text(json.dumps(cni_config(node), indent=2))
+    (node.dir / "kubelet.yaml").write_text(json.dumps(kubelet_config(node), indent=2))
+    for cgroup in _cgroup_roots(node):
+        cgroup.mkdir(exist_ok=True)
+        if cgroup.parent.name == "cpuset":  # a new cpuset starts empty: give it its parent's CPUs and memory
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                (cgroup / name).write_text((cgroup.parent / name).read_text())
+    containerd = build(CONTAINERD)
+    path = f"{containerd}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"  # its shim, found on PATH
+    start(f"containerd-{node.name}", [str(containerd / "containerd"), f"--config={node.dir / 'containerd.toml'}"],
+          env={"PATH": path})
+    ctr = [str(containerd / "ctr"), f"--address={node.socket}", "--namespace=k8s.io"]
+    wait_for(f"containerd of {node.name}",
+             lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0, 60, f"containerd-{node.name}")
+    for archive in archives:  # the node has these images without pulling from anywhere
+        subprocess.run([*ctr, "images", "import", "--platform=linux/amd64", str(archive)], check=True,
+                       capture_output=True)
+    kubelet = build(KUBERNETES, node.arch, ("cmd/kubelet",)) / "kubelet"
+    start(f"kubelet-{node.name}", [
+        str(kubelet), f"--config={node.dir / 'kubelet.yaml'}", f"--kubeconfig={configs[node.name]}",
+        f"--root-dir={node.dir / 'kubelet'}", f"--hostname-override={node.name}", f"--node-ip={GATEWAY}",
+    ])
+
+
+def node_ready(name: str) -> bool:
+    found = kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+    return found.stdout.strip() == "True"
+
+
+def up() -> Path:
+    """Start the cluster (building what the cache lacks); returns the admin kubeconfig."""
+    if (PIDS / "kube-apiserver.pid").exists() and running("kube-apiserver") and all(node_ready(n.name) for n in NODES):
+        log(f"already running; KUBECONFIG={KUBECONFIG}")
+        return KUBECONFIG
+    started = time.monotonic()
+    down(quiet=True)  # a half-started cluster is cleared first
+    build_all()
+    archives = [pause_image(), buildkit_image()]
+    ensure_binfmt()
+    STATE.mkdir(parents=True, exist_ok=True)
+    (STATE / "resolv.conf").write_text("# kiln's local cluster has no DNS service\n")
+    configs = make_pki()
+    start_control_plane(configs)
+    make_bridge()
+    for node in NODES:
+        start_node(node, configs, archives)
+    for node in NODES:
+        wait_for(f"node {node.name} Ready", lambda n=node: node_ready(n.name), 240, f"kubelet-{node.name}")
+    log(f"up in {time.monotonic() - started:.0f}s: nodes {', '.join(n.name for n in NODES)} with image {BUILDKIT_IMAGE}")
+    log(f"export KUBECONFIG={KUBECONFIG}")
+    return KUBECONFIG
+
+
+# -- cluster-down --
+
+def _stop(name: str, grace: float = 10.0) -> None:
+    pid_file = PIDS / f"{name}.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            continue
+        break
+    pid_file.unlink(missing_ok=True)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _remove_containers(node: Node) -> None:
+    """Every container the node's runc still runs, then the containerd shims that watched them."""
+    root = node.dir / "run" / "runc" / "k8s.io"
+    if root.exists():
+        listed = subprocess.run([RUNC, f"--root={root}", "list", "-q"], capture_output=True, text=True)
+        for container in listed.stdout.split():
+            subprocess.run([RUNC, f"--root={root}", "delete", "--force", container], capture_output=True)
+    for pid in _processes_mentioning(str(node.socket)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _unmount_below(*roots: Path) -> None:
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted(mounts, key=len, reverse=True):
+        point = mount.replace("\\040", " ")
+        if any(point == str(root) or point.startswith(f"{root}/") for root in roots):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def down(quiet: bool = False) -> None:
+    """Stop every process the cluster started, remove its containers, mounts, network and state."""
+    for node in NODES:
+        _stop(f"kubelet-{node.name}")
+    for node in NODES:
+        _remove_containers(node)
+        _stop(f"containerd-{node.name}")
+    for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        _stop(name)
+    _unmount_below(STATE)
+    for node in NODES:
+        for cgroup in _cgroup_roots(node):
+            for directory in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                                    reverse=True) + [cgroup]:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass
+    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
+        subprocess.run(["ip", "link", "delete", BRIDGE], check=True)
+    shutil.rmtree(STATE, ignore_errors=True)
+    if not quiet:
+        log("down: nothing of the cluster is running")

@@ -1,0 +1,225 @@
+"""Every user story, built for real: BuildKit pods on real nodes, pushing to real registries."""
+from __future__ import annotations
+
+import json
+import time
+
+from harness import GIT_TOKEN, IB, condition, diagnosis, eventually, host_volume, image_build, layer_files, registry_login, secret
+from registries import Client
+
+PLATFORMS = ["linux/amd64", "linux/arm64"]
+# A RUN step that leaves a different layer every time it really runs: a reused layer proves the cache.
+SEED_DOCKERFILE = """FROM {base}
+RUN echo "built on $(uname -m), run $(cat /proc/sys/kernel/random/uuid)" > /built
+COPY deploy.sh /deploy.sh
+COPY target/application.jar /app.jar
+"""
+
+
+def wait_ready(kubectl, namespace: str, name: str, timeout: int = 600) -> dict:
+    """Ready, or fail as soon as the build is Stalled; then `kubectl wait --for=condition=Ready` returns, as a
+    user or a pipeline waits. Returns the ImageBuild."""
+    def settled():
+        build = kubectl.get(IB, name, namespace)
+        generation = build["metadata"]["generation"]
+        done = [c for c in ("Ready", "Stalled") if condition(build, c).get("status") == "True"
+                and condition(build, c).get("observedGeneration") == generation]
+        return done and (done, build)
+
+    (done, build) = eventually(settled, timeout, f"ImageBuild {name} Ready or Stalled", lambda: diagnosis(kubectl, namespace))
+    assert done == ["Ready"], f"{name} stalled: {json.dumps(build['status'], indent=1)}\n{diagnosis(kubectl, namespace)}"
+    result = kubectl("wait", f"{IB}/{name}", "--for=condition=Ready", "--timeout=10s", f"--namespace={namespace}",
+                     check=False)
+    assert result.returncode == 0, result.stderr
+    return build
+
+
+def platform_images(client: Client, repository: str, reference: str) -> dict[str, dict]:
+    """platform -> (manifest digest, manifest) of an index, attestations left out."""
+    _, index, _ = client.manifest(repository, reference)
+    images = {}
+    for entry in index["manifests"]:
+        platform = entry["platform"]
+        if platform["os"] != "unknown":
+            images[f"{platform['os']}/{platform['architecture']}"] = {
+                "digest": entry["digest"], "manifest": client.manifest(repository, entry["digest"])[1]}
+    return images
+
+
+def workspace(tmp_path, dockerfile: str) -> dict:
+    """What the Java step leaves in the workspace volume."""
+    (tmp_path / "target").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    (tmp_path / "deploy.sh").write_text("#!/bin/sh\necho deploying\n")
+    (tmp_path / "target" / "application.jar").write_text("PK not really a jar\n")
+    tmp_path.chmod(0o755)
+    return {}
+
+
+def test_seed_story_from_a_private_registry_to_another_with_two_platforms_and_registry_cache(
+        kubectl, lab, namespace, tmp_path, record_property):
+    """FROM a private image in registry A (account A), pushed to registry B (account B): both logins in one
+    build, linux/amd64 natively and linux/arm64 under QEMU in one pod, cache at <image>:build-cache in B;
+    then the same spec rebuilt with fresh BuildKit state takes every layer from the registry cache."""
+    work = tmp_path / "workspace"
+    workspace(work / "spring-boot", SEED_DOCKERFILE.format(base=lab.base_image))
+    image = f"{lab.b.host}/yunxiao-demo/app1"
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  host_volume(kubectl, namespace, "workspace-app1", work), namespace=namespace)
+    started = time.monotonic()
+    kubectl.apply(image_build("app1", registryLogins=["account-a", "account-b"],
+                              source={"volume": {"claimName": "workspace-app1", "path": "spring-boot"}},
+                              output={"image": image, "tags": ["2024-09-19-12-24-56", "latest"]},
+                              platforms=PLATFORMS, multiArch={"strategy": "qemu"}), namespace=namespace)
+    first = wait_ready(kubectl, namespace, "app1")
+    cold = time.monotonic() - started
+
+    client = Client(lab.b, "carol")
+    status = first["status"]
+    _, _, pushed = client.manifest("yunxiao-demo/app1", "latest")
+    assert status["digest"] == pushed and status["image"] == f"{image}@{pushed}"
+    assert client.manifest("yunxiao-demo/app1", "2024-09-19-12-24-56")[2] == pushed  # every tag, one index
+    images = platform_images(client, "yunxiao-demo/app1", "latest")
+    assert sorted(images) == PLATFORMS
+    assert {p["platform"]: p["digest"] for p in status["platforms"]} == {p: i["digest"] for p, i in images.items()}
+    for platform, machine in (("linux/amd64", b"x86_64"), ("linux/arm64", b"aarch64")):
+        run_layer = images[platform]["manifest"]["layers"][1]["digest"]  # base, RUN, COPY, COPY
+        assert layer_files(client.blob("yunxiao-demo/app1", run_layer))["built"].startswith(b"built on " + machine)
+    client.manifest("yunxiao-demo/app1", "build-cache")  # the cache went where the story says
+    assert status["cache"]["exportRef"] == f"{image}:build-cache"
+    assert condition(first, "CredentialsReady")["status"] == "True"
+    assert kubectl.items("secrets", namespace, "kiln.dev/imagebuild=app1") == []  # credentials gone with the build
+
+    # The same spec again: a new pod, so a fresh BuildKit state; only the registry cache can give it the layers.
+    started = time.monotonic()
+    kubectl("annotate", f"{IB}/app1", "kiln.dev/rebuild=again", f"--namespace={namespace}")
+    eventually(lambda: kubectl.get(IB, "app1", namespace)["status"].get("buildID") != status["buildID"], 60,
+               "the rebuild starts", lambda: diagnosis(kubectl, namespace))
+    second = wait_ready(kubectl, namespace, "app1")
+    warm = time.monotonic() - started
+    again = platform_images(client, "yunxiao-demo/app1", "latest")
+    for platform in PLATFORMS:
+        assert [layer["digest"] for layer in again[platform]["manifest"]["layers"]] == \
+               [layer["digest"] for layer in images[platform]["manifest"]["layers"]], platform
+    cache = second["status"]["cache"]
+    assert cache["cachedSteps"] == cache["totalSteps"] > 0, cache
+    record_property("seed cold build seconds", round(cold))
+    record_property("seed rebuild seconds", round(warm))
+    print(f"\nseed story: cold build {cold:.0f}s, rebuild from registry cache {warm:.0f}s ({warm / cold:.2f}x); "
+          f"status: {json.dumps(second['status']['cache'])}")
+
+
+def test_cache_moved_to_another_registry_address_is_exported_there_and_reused(kubectl, lab, namespace, tmp_path):
+    """The in-VPC story: the cache lives in another registry (A), with its own login; a rebuild after a change
+    of the last COPY reuses every earlier layer from there."""
+    work = tmp_path / "workspace"
+    workspace(work, SEED_DOCKERFILE.format(base=lab.base_image))
+    cache_ref = f"{lab.a.host}/hub-mirrors/openjdk:app1-flow-cache"
+    kubectl.apply(*registry_login("account-a-vpc", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  host_volume(kubectl, namespace, "workspace", work), namespace=namespace)
+    kubectl.apply(image_build("app1", registryLogins=["account-a-vpc", "account-b"],
+                              source={"volume": {"claimName": "workspace"}},
+                              output={"image": f"{lab.b.host}/yunxiao-demo/app1-vpc", "tags": ["v1"]},
+                              cache={"type": "registry", "ref": cache_ref}), namespace=namespace)
+    first = wait_ready(kubectl, namespace, "app1")
+    cache_client, client = Client(lab.a, "alice"), Client(lab.b, "carol")
+    cache_client.manifest("hub-mirrors/openjdk", "app1-flow-cache")
+    assert client.request("GET", "/v2/yunxiao-demo/app1-vpc/manifests/build-cache")[0] == 404  # not beside the image
+    before = client.manifest("yunxiao-demo/app1-vpc", "v1")[1]["layers"]
+
+    (work / "target" / "application.jar").write_text("PK a new build of the jar\n")
+    kubectl("annotate", f"{IB}/app1", "kiln.dev/rebuild=new-jar", f"--namespace={namespace}")
+    eventually(lambda: kubectl.get(IB, "app1", namespace)["status"].get("buildID") != first["status"]["buildID"], 60,
+               "the rebuild starts")
+    second = wait_ready(kubectl, namespace, "app1")
+    after = client.manifest("yunxiao-demo/app1-vpc", "v1")[1]["layers"]
+    assert [layer["digest"] for layer in after[:3]] == [layer["digest"] for layer in before[:3]]  # base, RUN, COPY
+    assert after[3]["digest"] != before[3]["digest"]  # the new jar
+    assert (second["status"]["cache"]["cachedSteps"], second["status"]["cache"]["totalSteps"]) == (2, 3)
+
+
+def test_local_cache_keeps_buildkit_state_on_a_volume_with_no_registry_round_trip(kubectl, lab, namespace, tmp_path):
+    """A dedicated builder: BuildKit's state lives on a volume, so a second build finds every step there."""
+    work, state = tmp_path / "workspace", tmp_path / "buildkit-state"
+    workspace(work, SEED_DOCKERFILE.format(base=lab.base_image))
+    state.mkdir()
+    state.chmod(0o777)  # the rootless daemon (uid 1000) owns what it writes there
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  host_volume(kubectl, namespace, "workspace", work),
+                  host_volume(kubectl, namespace, "buildkit-state-app1", state), namespace=namespace)
+    kubectl.apply(image_build("app1", source={"volume": {"claimName": "workspace"}},
+                              output={"image": f"{lab.b.host}/yunxiao-demo/app1-local", "tags": ["v1"]},
+                              cache={"type": "local", "volume": {"claimName": "buildkit-state-app1"}}), namespace=namespace)
+    first = wait_ready(kubectl, namespace, "app1")
+    kubectl("annotate", f"{IB}/app1", "kiln.dev/rebuild=2", f"--namespace={namespace}")
+    eventually(lambda: kubectl.get(IB, "app1", namespace)["status"].get("buildID") != first["status"]["buildID"], 60,
+               "the rebuild starts")
+    second = wait_ready(kubectl, namespace, "app1")
+    assert second["status"]["digest"] == first["status"]["digest"]  # every layer the same: the RUN did not run again
+    assert second["status"]["cache"]["cachedSteps"] == second["status"]["cache"]["totalSteps"] == 3
+    client = Client(lab.b, "carol")
+    assert client.request("GET", "/v2/yunxiao-demo/app1-local/manifests/build-cache")[0] == 404
+    assert any(state.iterdir())  # the daemon's state is on the volume
+
+
+def test_context_from_a_private_git_repository_with_a_token(kubectl, lab, namespace):
+    from gitserver import make_repository
+
+    make_repository(lab.repositories / namespace, {
+        "services/api/Dockerfile": f"FROM {lab.base_image}\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
+        "services/api/hello.txt": "from git\n"})
+    authorized = lab.git.authorized
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  secret("git-token", "x-access-token", GIT_TOKEN), namespace=namespace)
+    url = lab.git.url.replace("/app.git", f"/{namespace}/app.git")
+    kubectl.apply(image_build("api", source={"git": {"url": url, "revision": "main", "secretRef": {"name": "git-token"}},
+                                             "contextDir": "services/api"},
+                              output={"image": f"{lab.b.host}/team/api", "tags": ["v1"]}), namespace=namespace)
+    build = wait_ready(kubectl, namespace, "api")
+    assert build["status"]["digest"] == Client(lab.b, "carol").manifest("team/api", "v1")[2]
+    assert lab.git.authorized > authorized  # BuildKit came with the token, as a build secret
+    job = kubectl.items("jobs", namespace)[0]
+    assert GIT_TOKEN not in json.dumps(job)  # never in the Job's arguments
+
+
+def test_context_from_a_config_map_with_auto_strategy_builds_native_where_nodes_exist(kubectl, lab, namespace):
+    """auto: linux/amd64 on the amd64 node, linux/riscv64 (no such node) emulated in one more pod; one index."""
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
+                   "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "from a ConfigMap\n"}},
+                  namespace=namespace)
+    kubectl.apply(image_build("small", source={"configMap": {"name": "context"}}, platforms=["linux/amd64", "linux/riscv64"],
+                              multiArch={"strategy": "auto"}, cache={"type": "none"},
+                              output={"image": f"{lab.b.host}/team/small", "tags": ["v1"]}), namespace=namespace)
+    build = wait_ready(kubectl, namespace, "small")
+    assert {p["platform"]: p["builtBy"] for p in build["status"]["platforms"]} == {
+        "linux/amd64": "native", "linux/riscv64": "qemu"}
+    nodes = {pod["metadata"]["labels"]["kiln.dev/unit"]: pod["spec"]["nodeName"] for pod in kubectl.items("pods", namespace)}
+    assert nodes["amd64"] == "kiln-amd64"
+    images = platform_images(Client(lab.b, "carol"), "team/small", "v1")
+    assert {p: i["digest"] for p, i in images.items()} == {p["platform"]: p["digest"] for p in build["status"]["platforms"]}
+
+
+def test_native_multiarch_runs_one_pod_on_each_architectures_node_and_assembles_one_index(kubectl, lab, namespace,
+                                                                                          tmp_path):
+    work = tmp_path / "workspace"
+    workspace(work, SEED_DOCKERFILE.format(base=lab.base_image))
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  host_volume(kubectl, namespace, "workspace", work), namespace=namespace)
+    kubectl.apply(image_build("app1", source={"volume": {"claimName": "workspace"}}, platforms=PLATFORMS,
+                              multiArch={"strategy": "native"},
+                              output={"image": f"{lab.b.host}/yunxiao-demo/app1-native", "tags": ["v1", "latest"]}),
+                  namespace=namespace)
+    build = wait_ready(kubectl, namespace, "app1")
+    pods = {pod["metadata"]["labels"]["kiln.dev/unit"]: pod for pod in kubectl.items("pods", namespace)}
+    assert {unit: pod["spec"]["nodeName"] for unit, pod in pods.items()} == {"amd64": "kiln-amd64", "arm64": "kiln-arm64"}
+    arm64_node = kubectl.get("node", "kiln-arm64")
+    assert arm64_node["status"]["nodeInfo"]["architecture"] == "arm64"  # the kubelet itself is arm64 (under QEMU)
+    client = Client(lab.b, "carol")
+    _, _, pushed = client.manifest("yunxiao-demo/app1-native", "v1")
+    assert build["status"]["digest"] == pushed == client.manifest("yunxiao-demo/app1-native", "latest")[2]
+    images = platform_images(client, "yunxiao-demo/app1-native", "v1")
+    assert {p["platform"]: (p["digest"], p["builtBy"]) for p in build["status"]["platforms"]} == {
+        p: (i["digest"], "native") for p, i in images.items()}
+    arm64_run = images["linux/arm64"]["manifest"]["layers"][1]["digest"]
+    assert layer_files(client.blob("yunxiao-demo/app1-native", arm64_run))["built"].startswith(b"built on aarch64")

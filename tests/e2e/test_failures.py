@@ -1,0 +1,89 @@
+"""What goes wrong is reported, on a real cluster: before any pod where kiln can tell, from the pod otherwise."""
+from __future__ import annotations
+
+from harness import IB, condition, diagnosis, eventually, image_build, registry_login
+
+
+def source(name: str, dockerfile: str) -> tuple[dict, dict]:
+    """A ConfigMap context holding one Dockerfile, and the spec.source naming it."""
+    return ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"Dockerfile": dockerfile}},
+            {"configMap": {"name": name}})
+
+
+def settled(kubectl, namespace: str, name: str, kind: str, timeout: float = 300) -> dict:
+    """The ImageBuild once condition `kind` is True for its current generation."""
+    def check():
+        build = kubectl.get(IB, name, namespace)
+        found = condition(build, kind)
+        return found.get("status") == "True" and found.get("observedGeneration") == build["metadata"]["generation"] and build
+
+    return eventually(check, timeout, f"{name} {kind}", lambda: diagnosis(kubectl, namespace))
+
+
+def test_a_wrong_password_stalls_the_build_before_any_pod_starts(kubectl, lab, namespace):
+    context, spec_source = source("context", f"FROM {lab.base_image}\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice", password="not-the-password"),
+                  *registry_login("account-b", lab.b, "carol"), context, namespace=namespace)
+    kubectl.apply(image_build("app", registryLogins=["account-a", "account-b"], source=spec_source,
+                              output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
+    build = settled(kubectl, namespace, "app", "Stalled")
+    login = kubectl.get("registrylogins.kiln.dev", "account-a", namespace)
+    assert (condition(login, "Ready")["status"], condition(login, "Ready")["reason"]) == ("False", "AuthenticationFailed")
+    credentials = condition(build, "CredentialsReady")
+    assert (credentials["status"], credentials["reason"]) == ("False", "RegistryLoginNotReady")
+    assert "account-a" in credentials["message"] and "not-the-password" not in str(build)
+    assert kubectl.items("jobs", namespace) == [] and kubectl.items("pods", namespace) == []
+
+
+def test_no_push_right_on_the_target_registry_stalls_the_build_before_any_pod(kubectl, lab, namespace):
+    context, spec_source = source("context", "FROM scratch\n")
+    kubectl.apply(*registry_login("account-b", lab.b, "reader"), context, namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
+    build = settled(kubectl, namespace, "app", "Stalled")
+    credentials = condition(build, "CredentialsReady")
+    assert (credentials["status"], credentials["reason"]) == ("False", "PushDenied")
+    assert f"{lab.b.host} denies push to team/app" in credentials["message"]
+    assert kubectl.items("jobs", namespace) == []
+
+
+def test_a_failing_run_step_is_a_dockerfile_error_with_the_log_and_the_command_to_see_it(kubectl, lab, namespace):
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN echo compiling the thing && exit 3\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
+                  namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
+    build = settled(kubectl, namespace, "app", "Stalled")
+    failure = build["status"]["failure"]
+    assert build["status"]["phase"] == "Failed" and failure["reason"] == "DockerfileError"
+    assert "exit code: 3" in failure["logExcerpt"] and condition(build, "Ready")["reason"] == "DockerfileError"
+    command = failure["logsCommand"].split()
+    assert command[:2] == ["kubectl", "logs"]
+    assert "compiling the thing" in kubectl(*command[1:]).stdout  # the command in status works as printed
+    assert len(kubectl.items("jobs", namespace)) == 1  # a Dockerfile error is not retried
+
+
+def test_suspend_cancels_the_running_build_and_removes_its_pod_and_credentials(kubectl, lab, namespace):
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
+                  namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
+    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
+               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    running = kubectl.get(IB, "app", namespace)
+    kubectl("patch", f"{IB}/app", "--type=merge", "-p", '{"spec": {"suspend": true}}', f"--namespace={namespace}")
+    cancelled = eventually(lambda: (b := kubectl.get(IB, "app", namespace))["status"].get("phase") == "Cancelled" and b,
+                           60, "phase Cancelled", lambda: diagnosis(kubectl, namespace))
+    assert cancelled["status"]["buildID"] == running["status"]["buildID"]
+    assert cancelled["status"]["history"][0]["phase"] == "Cancelled"
+    eventually(lambda: kubectl.items("pods", namespace) == [], 120, "the build pod is gone")
+    assert kubectl.items("jobs", namespace) == []
+    assert kubectl.items("secrets", namespace, "kiln.dev/imagebuild=app") == []
+
+
+def test_a_build_running_past_its_timeout_fails_timed_out(kubectl, lab, namespace):
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
+                  namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, timeout="20s", output={"image": f"{lab.b.host}/team/app"}),
+                  namespace=namespace)
+    build = settled(kubectl, namespace, "app", "Stalled", timeout=180)
+    assert (build["status"]["phase"], build["status"]["failure"]["reason"]) == ("Failed", "TimedOut")

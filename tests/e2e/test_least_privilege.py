@@ -1,0 +1,46 @@
+"""Runs last (by name): the operator's every request, as the API server's audit log recorded it.
+
+The operator ran as its ServiceAccount with the ClusterRole in manifests/20-rbac.yaml through the
+whole e2e session. The real authorizer refused nothing (sufficient), and every rule was used
+(necessary), by the user stories and failure paths the other e2e modules exercise.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import ROOT
+
+SERVICE_ACCOUNT = "system:serviceaccount:kiln-system:kiln-operator"
+
+
+def audit_events() -> list[dict]:
+    log = Path(os.environ.get("KILN_CLUSTER_DIR", "/var/lib/kiln-cluster")) / "logs" / "audit.log"
+    if not log.exists():
+        pytest.skip(f"no API server audit log at {log}: only the local cluster (make cluster) writes one")
+    return [event for line in log.read_text().splitlines() if line
+            for event in [json.loads(line)] if event.get("user", {}).get("username") == SERVICE_ACCOUNT]
+
+
+def _resource(event: dict) -> tuple[str, str, str]:
+    ref = event.get("objectRef") or {}
+    resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    return ref.get("apiGroup", ""), resource, event["verb"]
+
+
+def test_the_authorizer_refused_the_operator_nothing(operator):
+    refused = sorted({_resource(e) for e in audit_events() if (e.get("responseStatus") or {}).get("code") == 403})
+    assert refused == []
+
+
+def test_every_rule_the_operator_is_granted_was_used(operator):
+    used = {_resource(e) for e in audit_events() if (e.get("responseStatus") or {}).get("code", 200) < 400
+            or (e.get("responseStatus") or {}).get("code") in (404, 409)}
+    (role,) = [doc for doc in yaml.safe_load_all((ROOT / "manifests" / "20-rbac.yaml").read_text()) if doc["kind"] == "ClusterRole"]
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert sorted(granted - used) == []

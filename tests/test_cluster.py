@@ -1,0 +1,46 @@
+"""The local cluster's recipe (cluster/): pinned versions that agree, and a pod network that stays inside the machine."""
+import re
+import tomllib
+
+from cluster import up
+from cluster.versions import BUILDKIT, BUILDKIT_IMAGE, COMPONENTS, HERE
+
+from kiln.settings import DEFAULT_BUILDKIT_IMAGE
+
+from conftest import ROOT, load_yaml_docs
+
+
+def test_each_tools_go_mod_requires_the_pinned_version():
+    for component in (c for c in COMPONENTS if c.tools):
+        go_mod = (HERE / "tools" / component.tools / "go.mod").read_text()
+        assert re.search(rf"^(require |\t){re.escape(component.module)} {re.escape(component.version)}( // indirect)?$", go_mod, re.MULTILINE), \
+            component.name
+
+
+def test_kubernetes_staging_modules_are_the_same_release():
+    go_mod = (HERE / "tools" / "kubernetes" / "go.mod").read_text()
+    staging = re.findall(r"^\s+(k8s\.io/[\w-]+) => \1 (v\S+)$", go_mod, re.MULTILINE)
+    assert len(staging) > 30 and {version for _, version in staging} == {"v0.37.2"}
+
+
+def test_the_operator_deployment_and_local_cluster_run_the_same_buildkit():
+    (deployment,) = load_yaml_docs(ROOT / "manifests" / "30-deployment.yaml")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert DEFAULT_BUILDKIT_IMAGE == BUILDKIT_IMAGE == env["KILN_BUILDKIT_IMAGE"] == f"moby/buildkit:{BUILDKIT.version}-rootless"
+
+
+def test_pods_get_no_route_off_the_bridge_and_no_address_translation():
+    for node in up.NODES:
+        (bridge, loopback) = up.cni_config(node)["plugins"]
+        assert (bridge["isGateway"], bridge["ipMasq"], loopback["type"]) == (False, False, "loopback")
+        assert "routes" not in bridge["ipam"] and "gateway" not in bridge["ipam"]["ranges"][0][0]
+
+
+def test_the_nodes_have_their_own_containerd_and_kubelet_ports_and_no_overlapping_pod_addresses():
+    configs = [tomllib.loads(up.containerd_config(node)) for node in up.NODES]
+    sockets = [c["plugins"]["io.containerd.server.v1.grpc"]["address"] for c in configs]
+    assert len(set(sockets)) == len(up.NODES) and all(c["imports"] == [] for c in configs)
+    kubelets = [up.kubelet_config(node) for node in up.NODES]
+    assert len({(k["port"], k["healthzPort"]) for k in kubelets}) == len(up.NODES)
+    assert len({node.pods for node in up.NODES}) == len(up.NODES)
+    assert all(k["address"] == up.GATEWAY and k["authorization"]["mode"] == "Webhook" for k in kubelets)
