@@ -2,7 +2,7 @@
 # none reachable, a local cluster it starts); `make test` installs everything the tests need and runs them.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo --preserve-env=KILN_CACHE,KILN_CLUSTER_DIR)
 # Pinned upstream builds live here, outside the checkout (see cluster/versions.py).
 export KILN_CACHE ?= $(HOME)/.cache/kiln
 # The local cluster's state and its admin kubeconfig.
@@ -48,10 +48,10 @@ lint: install
 
 # A local cluster from pinned upstream releases (root: it runs node agents and makes a bridge).
 cluster: system-deps
-	$(SUDO) --preserve-env=KILN_CACHE,KILN_CLUSTER_DIR python3 -m cluster up
+	$(SUDO) python3 -m cluster up
 
 cluster-down:
-	$(SUDO) --preserve-env=KILN_CACHE,KILN_CLUSTER_DIR python3 -m cluster down
+	$(SUDO) python3 -m cluster down
 
 # Against KUBECONFIG when it is set, else the local cluster (started when it is not running).
 e2e: system-deps install

@@ -18,10 +18,9 @@ import time
 import pytest
 
 from kiln.credentials import Credentials, ResolvedLogin
-from kiln.handle_build import collect_images
-from kiln.observe import SUCCEEDED, UnitState, cache_stats
+from kiln.observe import cache_stats
 from kiln.parse import parse_image_build
-from kiln.registry import INDEX_MEDIA_TYPES, Registry, RegistryClient, push_index
+from kiln.registry import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Registry, RegistryClient, assemble_index
 from kiln.render import BUILD_SCRIPT, CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_docker_config_secret, render_job
 from kiln.resolve import BuildUnit, build_plan
 from kiln.settings import Settings
@@ -185,17 +184,18 @@ async def test_rendered_native_pods_push_by_digest_and_kiln_assembles_one_index(
     login = ResolvedLogin("account-b", registry.host, Credentials("carol", registry.users["carol"]))
     results = run_rendered(daemon, obj, [login], tmp_path, tmp_path)
     assert [unit.arch for unit, _, _ in results] == ["amd64", "arm64"]
-    states = [(unit, UnitState(SUCCEEDED, digest=metadata["containerimage.digest"],
-                               media_type=metadata["containerimage.descriptor"]["mediaType"])) for unit, metadata, _ in results]
+    children = [(unit.platforms[0], metadata["containerimage.digest"]) for unit, metadata, _ in results]
     async with RegistryClient(Registry(registry.host, insecure=True), login.credentials) as client:
-        images = await collect_images(client, "team/native", states)  # what the operator does once every pod is done
-        digest = await push_index(client, "team/native", [(p, d) for p, d, _ in images], ("v1", "latest"))
-    assert [(p, b) for p, _, b in images] == [("linux/amd64", "native"), ("linux/arm64", "native")]
+        # What the operator does once every pod is done.
+        digest, images = await assemble_index(client, "team/native", children, ("v1", "latest"))
+    assert [p for p, _ in images] == ["linux/amd64", "linux/arm64"]
     for tag in ("v1", "latest"):
-        _, index, tagged = await asyncio.to_thread(read_manifest, registry, "carol", "team/native", tag)
+        media_type, index, tagged = await asyncio.to_thread(read_manifest, registry, "carol", "team/native", tag)
         assert tagged == digest
+        # The index is of the kind its children are (BuildKit pushes OCI manifests by default).
+        assert media_type == index["mediaType"] and {m["mediaType"] for m in index["manifests"]} <= set(MANIFEST_MEDIA_TYPES)
         assert [(m["platform"]["architecture"], m["digest"]) for m in index["manifests"]] == \
-               [(p.split("/")[1], d) for p, d, _ in images]
+               [(p.split("/")[1], d) for p, d in images]
 
 
 @pytest.fixture

@@ -143,7 +143,7 @@ async def test_no_credential_reaches_logs_events_or_status(cluster, basic_regist
                       repr([obj.get("status") for obj in cluster.all(*LOGINS) + cluster.all("kiln.dev/v1alpha1", "imagebuilds")])])
     assert "Handler 'login_changed' is invoked" in caplog.text  # the operator's debug log was captured
     assert "RegistryLogin default/bad: Ready=False (AuthenticationFailed)" in caplog.text
-    assert "ImageBuild default/app: build" in caplog.text and "succeeded" in caplog.text
+    assert "ImageBuild default/app: BuildSucceeded: pushed" in caplog.text
     for secret in secrets:
         for form in (secret, b64(secret), b64(f"alice:{secret}"), b64(f"pusher:{secret}")):
             assert form not in seen

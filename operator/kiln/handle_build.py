@@ -1,73 +1,88 @@
-"""ImageBuild: start one build per identity, follow its pods to the end, report it in status.
+"""ImageBuild: observe what there is, decide (decide.py, pure), carry the decision out, report it in status.
 
-Level-triggered: every call reads the ImageBuild, its Jobs and their Pods and moves
-one step toward the spec. Re-running it at any point (an operator restart, two
-events at once) creates nothing twice: children have deterministic names.
+Level-triggered: every call looks at the ImageBuild, its Jobs, Pods and credentials and moves
+one step toward the spec. Re-running it at any point (an operator restart, two events at once)
+creates nothing twice: children have deterministic names and a 409 means "already there".
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 
-from kiln import API_VERSION, observe, reasons
+from kiln import API_VERSION, reasons
 from kiln.apply import Kube, KubeError, path
-from kiln.credentials import CredentialsProblem, ResolvedLogin, resolved_login, selected_logins
-from kiln.handle_login import login_path, read_ca_config_map, ready_condition
-from kiln.observe import ObservedUnit, UnitState, cache_stats, observe_unit, true_condition
-from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
-from kiln.references import registry_host, repository_path, split_tagged
-from kiln.registry import MANIFEST_MEDIA_TYPES, Registry, RegistryClient, RegistryError, platform_digests, push_index
-from kiln.render import (
-    buildkitd_config_name,
-    docker_secret_name,
-    job_name,
-    render_build,
-    short_name,
+from kiln.credentials import CredentialsProblem, ResolvedLogin, merged_docker_config, resolved_login, selected_logins
+from kiln.decide import (
+    AssembleIndex,
+    BuildLog,
+    Decision,
+    Event,
+    Facts,
+    ImageContents,
+    PushCheck,
+    Question,
+    RegistryProblem,
+    TagDigest,
+    active,
+    decide,
 )
-from kiln.resolve import BuildUnit, build_plan
+from kiln.handle_login import login_path, read_ca_config_map, ready_condition
+from kiln.observe import cache_stats, true_condition
+from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
+from kiln.references import registry_host, repository_path
+from kiln.registry import Registry, RegistryClient, RegistryError, assemble_index, image_platforms
+from kiln.render import credential_names, short_name
 from kiln.runtime import Runtime
 from kiln.settings import Settings
-from kiln.status import (
-    BUILDING,
-    CANCELLED,
-    FAILED,
-    PENDING,
-    SUCCEEDED,
-    BuildStatus,
-    build_record,
-    invalid_build_status,
-    now_iso,
-    status_patch,
-    with_history,
-)
+from kiln.status import now_iso, status_patch
 
-Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 _PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Job": "jobs"}
+# One decision may ask a registry about each unit (digest, log) and the index; more means something loops.
+MAX_QUESTIONS = 24
 
 
 def build_path(namespace: str | None, name: str | None = None) -> str:
     return path(API_VERSION, "imagebuilds", namespace, name)
 
 
-class Blocked(Exception):
-    """The build cannot start yet: credentials, push access, a busy cache volume or a refused child."""
+@dataclasses.dataclass
+class Outcome:
+    obj: dict | None
+    events: list[Event]
+    requeue_after: float | None = None  # seconds until this ImageBuild should be looked at again
 
-    def __init__(self, reason: str, message: str, credentials: bool = True, stalled: bool = True):
-        super().__init__(message)
-        self.reason, self.message, self.credentials, self.stalled = reason, message, credentials, stalled
 
-
-async def reconcile_build(runtime: Runtime, namespace: str, name: str,
-                          logger: logging.Logger) -> tuple[dict | None, list[Event]]:
-    """One step for one ImageBuild; returns (the object as read, events to post)."""
+async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: logging.Logger) -> Outcome:
+    """One step for one ImageBuild."""
     async with runtime.locks[(namespace, name)]:
         obj = await runtime.kube.get(build_path(namespace, name))
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             runtime.locks.pop((namespace, name), None)
-            return None, []
-        status, events = await _reconcile(runtime.kube, runtime.settings, obj, logger)
-        await write_status(runtime.kube, obj, status)
-        return obj, events
+            return Outcome(None, [])
+        facts = await observe(runtime.kube, runtime.settings, obj)
+        decision = await decided(runtime, facts)
+        if decision.ask is not None:
+            logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,
+                           MAX_QUESTIONS)
+            return Outcome(obj, [], 1.0)
+        refused = await carry_out(runtime.kube, namespace, name, decision)
+        if refused:  # decide again knowing it, and undo what was created before the refusal
+            decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
+            await carry_out(runtime.kube, namespace, name, decision)
+        await write_status(runtime.kube, obj, decision.status)
+        return Outcome(obj, decision.events, decision.requeue_after)
+
+
+async def decided(runtime: Runtime, facts: Facts) -> Decision:
+    """decide, answering the registry questions it asks, one at a time."""
+    decision = decide(facts)
+    for _ in range(MAX_QUESTIONS):
+        if decision.ask is None:
+            break
+        facts.answers[decision.ask] = await answer(runtime, facts, decision.ask)
+        decision = decide(facts)
+    return decision
 
 
 async def write_status(kube: Kube, obj: dict, new: dict) -> bool:
@@ -77,152 +92,40 @@ async def write_status(kube: Kube, obj: dict, new: dict) -> bool:
     return patch is not None and await kube.patch_status(build_path(meta["namespace"], meta["name"]), patch)
 
 
+# -- observe --
+
 def _owned(obj: dict, uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
 
 
-def _active(job: dict) -> bool:
-    return not (true_condition(job, "Complete") or true_condition(job, "Failed"))
-
-
-def _attempt(job: dict) -> int:
-    return int((job["metadata"].get("annotations") or {}).get("kiln.dev/attempt", "0"))
-
-
-def _unit_of(job: dict) -> BuildUnit:
-    annotations = job["metadata"].get("annotations") or {}
-    platforms = tuple(p for p in annotations.get("kiln.dev/platforms", "").split(",") if p)
-    key = job["metadata"]["labels"].get("kiln.dev/unit", "all")
-    arch = job["spec"]["template"]["spec"].get("nodeSelector", {}).get("kubernetes.io/arch") \
-        if annotations.get("kiln.dev/built-by") == "native" else None
-    return BuildUnit(platforms, arch, "" if key == "all" else key)
-
-
-def _job_path(namespace: str, name: str | None = None) -> str:
-    return path("batch/v1", "jobs", namespace, name)
-
-
-async def _reconcile(kube: Kube, settings: Settings, obj: dict, logger: logging.Logger) -> tuple[dict, list[Event]]:
+async def observe(kube: Kube, settings: Settings, obj: dict) -> Facts:
+    """Everything decide needs about one ImageBuild, read before anything is decided."""
     meta = obj["metadata"]
-    namespace, uid, generation = meta["namespace"], meta.get("uid", ""), meta.get("generation") or 1
-    old = obj.get("status") or {}
+    namespace, uid = meta["namespace"], meta.get("uid", "")
     try:
-        spec = parse_image_build(obj)
+        spec, problem = parse_image_build(obj), None
     except InvalidSpec as exc:
-        return invalid_build_status(generation, str(exc), old.get("history")), []
-    if old.get("specIdentity") == spec.identity and old.get("buildID"):
-        spec = dataclasses.replace(spec, build_id=old["buildID"])  # same image: same build, even at a new generation
-    same_build = old.get("buildID") == spec.build_id
-    history = old.get("history") or []
-    events: list[Event] = []
-    jobs = [j for j in await kube.list(_job_path(namespace), {"kiln.dev/imagebuild": short_name(spec.name)})
-            if _owned(j, uid) and not j["metadata"].get("deletionTimestamp")]
-
-    for job in jobs:  # a new build supersedes whatever still runs for an older one
-        other = job["metadata"]["labels"].get("kiln.dev/build-id")
-        if other != spec.build_id and _active(job):
-            await kube.delete(_job_path(namespace, job["metadata"]["name"]))
-            if old.get("buildID") == other and old.get("phase") in (PENDING, BUILDING):
-                history = with_history(history, build_record(old, CANCELLED, reasons.SUPERSEDED), spec.history_limit)
-                events.append(("Normal", "BuildSuperseded", f"build {other} superseded by {spec.build_id}"))
-    current = [j for j in jobs if j["metadata"]["labels"].get("kiln.dev/build-id") == spec.build_id]
-    carried = old if same_build else {}
-    status_of = BuildStatus(spec, generation, carried, history)
-
-    if spec.suspend:
-        running = [j for j in current if _active(j)]
-        for job in running:
-            await kube.delete(_job_path(namespace, job["metadata"]["name"]))
-        if running or old.get("phase") != CANCELLED:
-            await _remove_credentials(kube, spec)
-        if same_build and old.get("phase") in (SUCCEEDED, FAILED):
-            return status_of.keep(), events
-        if running:
-            events.append(("Normal", "BuildCancelled", f"build {spec.build_id} cancelled: spec.suspend is true"))
-            status_of.history = with_history(status_of.history, build_record({**carried, "buildID": spec.build_id},
-                                                                        CANCELLED, reasons.SUSPENDED), spec.history_limit)
-        return status_of.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false"), events
-
-    if same_build and old.get("phase") in (SUCCEEDED, FAILED):  # done; its credentials went when it ended
-        await _trim_history(kube, spec, jobs, status_of.history)
-        return status_of.keep(), events
-
-    attempt_base = carried.get("attempt", -1) + 1 if carried.get("phase") == CANCELLED else 0
-    units = await _observe(kube, spec, [j for j in current if _attempt(j) >= attempt_base])
-    try:
-        if not units:
-            plan = build_plan(spec, await _ready_archs(kube) if spec.strategy == "auto" else frozenset())
-            await _check_cache_volume(kube, spec, jobs)
-            await _start(kube, settings, spec, plan, attempt_base, first=True)
-            events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
-            return status_of.make(PENDING, reasons.BUILD_PENDING, "build Jobs created",
-                                  attempt=attempt_base, job_names=[job_name(spec, u, attempt_base) for u in plan]), events
-        retry = [u for u in units if u.state.phase == observe.FAILED and u.state.retryable and u.attempt < spec.retries]
-        for unit in retry:
-            if unit.job and _active(unit.job):
-                await kube.delete(_job_path(namespace, unit.job["metadata"]["name"]))
-            await _start(kube, settings, spec, (unit.unit,), unit.attempt + 1, first=False)
-            events.append(("Warning", "BuildRetried", f"{unit.state.reason}: {unit.state.message}; "
-                                                      f"attempt {unit.attempt + 2} of {spec.retries + 1}"))
-    except Blocked as blocked:
-        return status_of.blocked(blocked.reason, blocked.message, credentials=blocked.credentials,
-                                stalled=blocked.stalled), events
-    if retry:
-        return status_of.make(BUILDING, reasons.BUILDING, f"retrying after {retry[0].state.reason}",
-                              units=units, attempt=max(u.attempt for u in retry) + 1), events
-    return await _conclude(kube, settings, spec, units, status_of, jobs, events, logger)
-
-
-async def _conclude(kube: Kube, settings: Settings, spec: BuildSpec, units: list[ObservedUnit], status_of: BuildStatus,
-                    jobs: list[dict], events: list[Event], logger: logging.Logger) -> tuple[dict, list[Event]]:
-    failed = next((u for u in units if u.state.phase == observe.FAILED), None)
-    if failed:
-        for unit in units:  # one platform failed: the index cannot be made, stop the others
-            if unit.job and _active(unit.job):
-                await kube.delete(_job_path(spec.namespace, unit.job["metadata"]["name"]))
-        await _remove_credentials(kube, spec)
-        status = status_of.failed(failed, units)
-        events.append(("Warning", "BuildFailed", f"{failed.state.reason}: {failed.state.message}"))
-        await _trim_history(kube, spec, jobs, status["history"])
-        return status, events
-    if all(u.state.phase == observe.SUCCEEDED for u in units):
-        try:
-            digest, platforms = await _results(kube, settings, spec, units, logger)
-        except (RegistryError, CredentialsProblem) as exc:
-            if isinstance(exc, RegistryError) and exc.transient:  # tried again on the next resync
-                return status_of.make(BUILDING, exc.reason, f"the images are built; assembling the index: {exc.message}",
-                                      units=units), events
-            failed = dataclasses.replace(units[0], state=UnitState(observe.FAILED, exc.reason,
-                                                                   f"assembling the index: {exc.message}"))
-            return await _conclude(kube, settings, spec, [failed], status_of, jobs, events, logger)
-        cached, total = await _cache_stats(kube, spec, units)
-        await _remove_credentials(kube, spec)
-        status = status_of.succeeded(units, digest, platforms, cached, total)
-        events.append(("Normal", "BuildSucceeded", f"pushed {status.get('image') or spec.output.image}"))
-        await _trim_history(kube, spec, jobs, status["history"])
-        logger.info("ImageBuild %s/%s: build %s succeeded (%s)", spec.namespace, spec.name, spec.build_id, digest)
-        return status, events
-    phase = BUILDING if any(u.state.phase in (observe.RUNNING, observe.SUCCEEDED) for u in units) else PENDING
-    waiting = next((u.state for u in units if u.state.phase == observe.PENDING), units[0].state)
-    message = "building" if phase == BUILDING else waiting.message
-    return status_of.make(phase, reasons.BUILDING if phase == BUILDING else reasons.BUILD_PENDING, message,
-                          units=units), events
-
-
-async def _observe(kube: Kube, spec: BuildSpec, jobs: list[dict]) -> list[ObservedUnit]:
-    """The latest attempt of every unit, with its pod and state."""
-    latest: dict[str, dict] = {}
-    for job in jobs:
-        key = job["metadata"]["labels"].get("kiln.dev/unit", "all")
-        if key not in latest or _attempt(job) > _attempt(latest[key]):
-            latest[key] = job
-    units = []
-    for key in sorted(latest):
-        job = latest[key]
-        pods = await kube.list(path("v1", "pods", spec.namespace), {"job-name": job["metadata"]["name"]})
-        pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
-        units.append(ObservedUnit(_unit_of(job), job, pod, observe_unit(job, pod), _attempt(job)))
-    return units
+        spec, problem = None, str(exc)
+    mine = {"kiln.dev/imagebuild": short_name(meta["name"]), "app.kubernetes.io/managed-by": "kiln"}
+    jobs = tuple(j for j in await kube.list(path("batch/v1", "jobs", namespace), mine)
+                 if _owned(j, uid) and not j["metadata"].get("deletionTimestamp"))
+    pods: dict[str, dict] = {}
+    for pod in await kube.list(path("v1", "pods", namespace), mine):
+        job = (pod["metadata"].get("labels") or {}).get("job-name", "")
+        if job not in pods or pod["metadata"].get("creationTimestamp", "") > pods[job]["metadata"].get("creationTimestamp", ""):
+            pods[job] = pod
+    # The merged Secret stands for both credential objects: the ConfigMap is made after it and deleted before it.
+    credentials = frozenset((item["metadata"].get("labels") or {}).get("kiln.dev/build-id", "")
+                            for item in await kube.list(path("v1", "secrets", namespace), mine) if _owned(item, uid))
+    facts = Facts(obj=obj, spec=spec, problem=problem, jobs=jobs, pods=pods, credentials=credentials,
+                  logins=CredentialsProblem(reasons.LOGIN_NOT_FOUND, "not resolved"), logins_revision="",
+                  settings=settings, now=datetime.datetime.now(datetime.UTC))
+    if spec is None:
+        return facts
+    logins, revision = await resolve_logins(kube, spec)
+    return dataclasses.replace(facts, logins=logins, logins_revision=revision,
+                               ready_archs=await _ready_archs(kube) if spec.strategy == "auto" else frozenset(),
+                               volume_holder=await _volume_holder(kube, spec))
 
 
 async def _ready_archs(kube: Kube) -> frozenset[str]:
@@ -231,21 +134,28 @@ async def _ready_archs(kube: Kube) -> frozenset[str]:
                      for n in nodes if true_condition(n, "Ready")) - {""}
 
 
-async def _check_cache_volume(kube: Kube, spec: BuildSpec, own_jobs: list[dict]) -> None:
-    """BuildKit's state directory serves one daemon at a time: wait while another build holds the volume."""
+async def _volume_holder(kube: Kube, spec: BuildSpec) -> str | None:
+    """A pod (or a Job yet to make one) of another build on this cache volume: BuildKit's state serves one daemon.
+
+    Pods, not only Jobs: a Job deleted in the background is gone while its pod still stops."""
     if not spec.cache.volume:
-        return
-    label = short_name(spec.cache.volume)
-    holders = [j for j in await kube.list(_job_path(spec.namespace), {"kiln.dev/cache-volume": label})
-               if _active(j) and j not in own_jobs]
-    if holders:
-        raise Blocked(reasons.WAITING_FOR_CACHE_VOLUME,
-                      f"cache volume {spec.cache.volume} is in use by Job {holders[0]['metadata']['name']}",
-                      credentials=False, stalled=False)
+        return None
+    label = {"kiln.dev/cache-volume": short_name(spec.cache.volume)}
+    others = lambda item: (item["metadata"].get("labels") or {}).get("kiln.dev/build-id") != spec.build_id  # noqa: E731
+    for pod in await kube.list(path("v1", "pods", spec.namespace), label):
+        if others(pod) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            return f"pod {pod['metadata']['name']}"
+    for job in await kube.list(path("batch/v1", "jobs", spec.namespace), label):
+        if others(job) and active(job) and not job["metadata"].get("deletionTimestamp"):
+            return f"Job {job['metadata']['name']}"
+    return None
 
 
-async def resolve_logins(kube: Kube, spec: BuildSpec) -> list[ResolvedLogin]:
-    """The build's RegistryLogins, each Ready, with the credentials from their Secrets."""
+async def resolve_logins(kube: Kube, spec: BuildSpec, ready: bool = True) -> tuple[list[ResolvedLogin] | CredentialsProblem, str]:
+    """The build's RegistryLogins with the credentials from their Secrets, and a revision of all of them.
+
+    ready: each must be Ready (to start a build); otherwise their Secrets are enough (to read a result).
+    """
     objects = await kube.list(login_path(spec.namespace))
     parsed, by_name = [], {}
     for item in objects:
@@ -255,16 +165,29 @@ async def resolve_logins(kube: Kube, spec: BuildSpec) -> list[ResolvedLogin]:
             continue  # reported on the login itself; named ones show up as not found below
         parsed.append(login)
         by_name[login.name] = item
-    resolved = []
-    for login in selected_logins(spec, parsed):
-        ready = ready_condition(by_name[login.name])
-        if not ready or ready.get("status") != "True":
-            detail = f"{ready['reason']}: {ready['message']}" if ready else "not checked yet"
-            raise CredentialsProblem(reasons.LOGIN_NOT_READY, f"RegistryLogin {login.name!r} is not Ready ({detail})")
-        secret = await kube.get(path("v1", "secrets", login.namespace, login.secret))
-        resolved.append(resolved_login(login, secret, await read_ca_config_map(kube, login)))
-    return resolved
+    try:
+        selected = selected_logins(spec, parsed)
+    except CredentialsProblem as problem:
+        return problem, ""
+    # Every login and Secret the build uses, so that a change to any of them ends a backoff.
+    secrets = {login.name: await kube.get(path("v1", "secrets", login.namespace, login.secret)) for login in selected}
+    revision = ",".join(f"{by_name[login.name]['metadata'].get('resourceVersion')}:"
+                        f"{(secrets[login.name] or {}).get('metadata', {}).get('resourceVersion')}" for login in selected)
+    try:
+        resolved = []
+        for login in selected:
+            condition = ready_condition(by_name[login.name])
+            if ready and (not condition or condition.get("status") != "True"):
+                detail = f"{condition['reason']}: {condition['message']}" if condition else "not checked yet"
+                raise CredentialsProblem(reasons.LOGIN_NOT_READY, f"RegistryLogin {login.name!r} is not Ready ({detail})")
+            resolved.append(resolved_login(login, secrets[login.name], await read_ca_config_map(kube, login)))
+        merged_docker_config(resolved)  # two logins for one registry are a conflict, reported before anything runs
+    except CredentialsProblem as problem:
+        return problem, revision
+    return resolved, revision
 
+
+# -- answers from registries --
 
 def _client(settings: Settings, logins: list[ResolvedLogin], host: str) -> RegistryClient:
     login = next((item for item in logins if item.server == host), None)
@@ -273,109 +196,53 @@ def _client(settings: Settings, logins: list[ResolvedLogin], host: str) -> Regis
                           allow_link_local=settings.allow_link_local)
 
 
-async def _preflight(settings: Settings, spec: BuildSpec, logins: list[ResolvedLogin]) -> None:
-    """Every repository the build will push to (image, cache) accepts a push with these credentials."""
-    targets = [spec.output.image] if spec.output.push else []
-    if spec.cache.type == "registry" and spec.cache.ref:
-        targets.append(split_tagged(spec.cache.ref)[0])
-    for image in dict.fromkeys(targets):
-        async with _client(settings, logins, registry_host(image)) as client:
-            await client.check_push(repository_path(image))
-
-
-async def _start(kube: Kube, settings: Settings, spec: BuildSpec, plan: tuple[BuildUnit, ...], attempt: int,
-                 first: bool) -> None:
-    """Create the build's children. A first start checks push access first and, if refused, leaves no credentials."""
+async def answer(runtime: Runtime, facts: Facts, question: Question):
+    """The registry's (or the build log's) answer to a question decide asked; a RegistryProblem if it failed."""
+    if isinstance(question, BuildLog):
+        log = await runtime.kube.pod_log(facts.spec.namespace, question.pod, "buildkit")
+        return cache_stats(log)
+    if isinstance(question, PushCheck):
+        logins = facts.logins
+    else:  # reading what was pushed needs the credentials, not a login that is Ready right now
+        logins, _ = await resolve_logins(runtime.kube, facts.spec, ready=False)
+        if isinstance(logins, CredentialsProblem):
+            return RegistryProblem(logins.reason, logins.message, transient=True)
     try:
-        logins = await resolve_logins(kube, spec)
-        if first:
-            await _preflight(settings, spec, logins)
-        children = render_build(spec, logins, plan, settings, attempt)  # what `kiln render` prints, in creation order
-    except CredentialsProblem as exc:
-        raise Blocked(exc.reason, exc.message) from None
+        if isinstance(question, PushCheck):
+            for image in question.repositories:
+                async with _client(runtime.settings, logins, registry_host(image)) as client:
+                    await client.check_push(repository_path(image))
+            return None
+        async with _client(runtime.settings, logins, registry_host(question.image)) as client:
+            repository = repository_path(question.image)
+            if isinstance(question, TagDigest):
+                media_type, _, digest = await client.get_manifest(repository, question.tag)
+                return digest, media_type
+            if isinstance(question, ImageContents):
+                return await image_platforms(client, repository, question.digest, question.platforms)
+            assert isinstance(question, AssembleIndex)
+            return await assemble_index(client, repository, [(p, d) for p, d, _ in question.children], question.tags)
     except RegistryError as exc:
-        raise Blocked(exc.reason, f"push check: {exc.message}", stalled=not exc.transient) from None
-    try:
-        for child in children:
-            await _create(kube, path(child["apiVersion"], _PLURALS[child["kind"]], spec.namespace), child)
-    except Blocked:
-        if first:  # no pod of this build runs: its credentials need not wait
-            await _remove_credentials(kube, spec)
-        raise
+        return RegistryProblem(exc.reason, exc.message, exc.transient)
 
 
-async def _create(kube: Kube, url: str, obj: dict) -> None:
-    """Create a child; a refusal (validation, quota, admission) becomes the build's status, not a traceback."""
-    try:
-        await kube.create(url, obj)
-    except KubeError as exc:
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        # A Secret's refusal could quote its data: say only the status code.
-        detail = f"HTTP {exc.status}" if kind == "Secret" else exc.message
-        transient = exc.status >= 500 or exc.status == 429
-        raise Blocked(reasons.CREATE_REJECTED, f"the API server refused to create {kind} {name}: {detail}",
-                      credentials=False, stalled=not transient) from None
+# -- apply --
 
-
-async def _remove_credentials(kube: Kube, spec: BuildSpec) -> None:
-    """The merged Secret lives only while a build pod may need it."""
-    await kube.delete(path("v1", "secrets", spec.namespace, docker_secret_name(spec)))
-    await kube.delete(path("v1", "configmaps", spec.namespace, buildkitd_config_name(spec)))
-
-
-async def _trim_history(kube: Kube, spec: BuildSpec, jobs: list[dict], history: list[dict]) -> None:
-    keep = {spec.build_id} | {item.get("buildID") for item in history}
-    for job in jobs:
-        if job["metadata"]["labels"].get("kiln.dev/build-id") not in keep:
-            await kube.delete(_job_path(spec.namespace, job["metadata"]["name"]))
-
-
-async def _results(kube: Kube, settings: Settings, spec: BuildSpec, units: list[ObservedUnit],
-                   logger: logging.Logger) -> tuple[str | None, list[dict]]:
-    """The pushed digest and the digest of each platform, assembling the index when several pods built it."""
-    if not spec.output.push:
-        return units[0].state.digest, []
-    several = any(u.unit.by_digest for u in units)
-    logins = await resolve_logins(kube, spec)
-    repository = repository_path(spec.output.image)
-    async with _client(settings, logins, registry_host(spec.output.image)) as client:
+async def carry_out(kube: Kube, namespace: str, build: str, decision: Decision) -> tuple[str, str] | None:
+    """Delete, then create, in the decision's order. A create the API server refuses is returned as
+    (object, message); transient API errors raise, and the caller tries again later."""
+    for name in decision.delete_jobs:
+        await kube.delete(path("batch/v1", "jobs", namespace, name))
+    for build_id in decision.delete_credentials:
+        for plural, name in reversed(credential_names(build, build_id)):  # the Secret last: it marks them present
+            await kube.delete(path("v1", plural, namespace, name))
+    for child in decision.create:
         try:
-            images = await collect_images(client, repository, [(u.unit, u.state) for u in units])
-        except RegistryError as exc:
-            if several:
+            await kube.create(path(child["apiVersion"], _PLURALS[child["kind"]], namespace), child)
+        except KubeError as exc:
+            if exc.status >= 500 or exc.status == 429:
                 raise
-            # One pod pushed the result itself: its digest is BuildKit's word; the platform list is a courtesy.
-            logger.warning("could not read %s for its platforms: %s", spec.output.image, exc.message)
-            images = []
-        digest = await push_index(client, repository, [(p, d) for p, d, _ in images], spec.output.tags) \
-            if several else units[0].state.digest
-    return digest, [{"platform": p, "digest": d, "builtBy": b} for p, d, b in images]
-
-
-async def collect_images(client: RegistryClient, repository: str,
-                         results: list[tuple[BuildUnit, UnitState]]) -> list[tuple[str, str, str]]:
-    """(platform, manifest digest, built by) of every image the pods pushed; an index is looked into."""
-    images = []
-    for unit, state in results:
-        digest = state.digest or ""
-        if state.media_type in MANIFEST_MEDIA_TYPES and len(unit.platforms) == 1:
-            images.append((unit.platforms[0], digest, unit.built_by))
-            continue
-        media_type, body, _ = await client.get_manifest(repository, digest)
-        found = platform_digests(media_type, body)
-        if not found and len(unit.platforms) == 1:  # a plain manifest after all
-            found = [(unit.platforms[0], digest)]
-        images += [(platform, image, unit.built_by) for platform, image in found]
-    return images
-
-
-async def _cache_stats(kube: Kube, spec: BuildSpec, units: list[ObservedUnit]) -> tuple[int, int]:
-    cached = total = 0
-    for unit in units:
-        if unit.pod:
-            log = await kube.pod_log(spec.namespace, unit.pod["metadata"]["name"], "buildkit")
-            c, t = cache_stats(log)
-            cached, total = cached + c, total + t
-    return cached, total
-
-
+            # A Secret's refusal could quote its data: say only the status code.
+            detail = f"HTTP {exc.status}" if child["kind"] == "Secret" else exc.message
+            return f"{child['kind']} {child['metadata']['name']}", detail
+    return None

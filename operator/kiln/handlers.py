@@ -65,6 +65,7 @@ def login(**_) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_) -> None:
     memo.resync.cancel()
+    memo.runtime.cancel_timers()
     await memo.runtime.kube.close()
 
 
@@ -79,10 +80,25 @@ def builds_by_namespace(namespace: str, name: str, **_) -> dict:
 
 
 async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
-    obj, events = await handle_build.reconcile_build(memo.runtime, namespace, name, logger)
-    for kind, reason, message in events:
+    """Reconcile one ImageBuild; look at it again when the decision asks to, or with backoff when it failed."""
+    runtime: Runtime = memo.runtime
+    key = (namespace, name)
+    again = lambda: _build(memo, namespace, name, logger)  # noqa: E731
+    try:
+        outcome = await handle_build.reconcile_build(runtime, namespace, name, logger)
+    except Exception as exc:  # an API or network failure: this object tries again soon, not at the next resync
+        delay = runtime.retry_delay(key)
+        logger.warning("ImageBuild %s/%s: reconcile failed (%s: %s); trying again in %gs", namespace, name,
+                       type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (apply.KubeError, OSError)))
+        runtime.later(key, delay, again)
+        return
+    runtime.failures.pop(key, None)
+    if outcome.requeue_after is not None:
+        runtime.later(key, outcome.requeue_after, again)
+    for kind, reason, message in outcome.events:
+        logger.info("ImageBuild %s/%s: %s: %s", namespace, name, reason, message)
         try:
-            await memo.runtime.kube.post_event(obj, kind, reason, message)
+            await runtime.kube.post_event(outcome.obj, kind, reason, message)
         except apply.KubeError as exc:  # an event is a courtesy: the status already says it
             logger.warning("event %s for ImageBuild %s/%s not posted: %s", reason, namespace, name, exc)
 
@@ -90,8 +106,9 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
 async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger, builds_by_namespace: kopf.Index) -> None:
     if await handle_login.reconcile_login(memo.runtime, body, logger) is None:
         return
-    for build in builds_by_namespace.get(body["metadata"]["namespace"], []):  # builds may wait for this login
-        await _build(memo, body["metadata"]["namespace"], build, logger)
+    namespace = body["metadata"]["namespace"]
+    for build in list(builds_by_namespace.get(namespace, [])):  # a copy: the index changes while builds run
+        await _build(memo, namespace, build, logger)
 
 
 @kopf.on.event(*IMAGEBUILDS)
@@ -124,7 +141,7 @@ async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: log
 @kopf.on.event("", "v1", "secrets")
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
                          logins_by_secret: kopf.Index, builds_by_namespace: kopf.Index, **_) -> None:
-    for login in logins_by_secret.get((namespace, name), []):  # rotation: re-verify without a restart
+    for login in list(logins_by_secret.get((namespace, name), [])):  # rotation: re-verify without a restart
         obj = await memo.runtime.kube.get(handle_login.login_path(namespace, login))
         if obj:
             await _login(memo, obj, logger, builds_by_namespace)

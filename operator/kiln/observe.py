@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 
 from kiln import reasons
-from kiln.resolve import BuildUnit
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -50,16 +49,8 @@ class UnitState:
     log_excerpt: str = ""
     start_time: str | None = None
     completion_time: str | None = None
-
-
-@dataclass
-class ObservedUnit:
-    """One build pod's latest Job, its Pod and what they say."""
-    unit: BuildUnit
-    job: dict | None
-    pod: dict | None
-    state: UnitState
-    attempt: int
+    cached_steps: int | None = None  # Dockerfile steps BuildKit took from a cache (from the build log)
+    total_steps: int | None = None
 
 
 def excerpt(text: str, lines: int = 15, limit: int = 1500) -> str:

@@ -167,6 +167,9 @@ def parse_image_build(obj: dict) -> BuildSpec:
     if multi_arch and not platforms:
         raise InvalidSpec("spec.multiArch", "multiArch needs spec.platforms")
     strategy = _choice(multi_arch.get("strategy", "qemu"), STRATEGIES, "spec.multiArch.strategy")
+    if strategy != "qemu" and (spec.get("cache") or {}).get("type") == "local":
+        raise InvalidSpec("spec.cache.type", "cache.type local keeps one builder's state, and native or auto builds run "
+                                             "several builders; use multiArch.strategy qemu or a registry cache")
     logins = spec.get("registryLogins")
     if logins is not None:
         logins = tuple(_strings(logins, "spec.registryLogins"))

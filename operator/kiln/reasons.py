@@ -7,7 +7,9 @@ SECRET_NOT_FOUND = "SecretNotFound"
 INVALID_SECRET = "InvalidSecret"
 AUTHENTICATION_FAILED = "AuthenticationFailed"
 REGISTRY_UNREACHABLE = "RegistryUnreachable"
-REGISTRY_ERROR = "RegistryError"
+REGISTRY_ERROR = "RegistryError"  # 5xx, 429, a token service in trouble: worth asking again
+REGISTRY_REJECTED = "RegistryRejected"  # another answer kiln did not expect: asking again will not help
+IMAGE_NOT_FOUND = "ImageNotFound"
 ADDRESS_NOT_ALLOWED = "AddressNotAllowed"
 CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
 
@@ -35,3 +37,5 @@ EVICTED = "Evicted"
 BUILDER_IMAGE_PULL_FAILED = "BuilderImagePullFailed"
 REGISTRY_TRANSIENT = "RegistryTransientError"
 BUILD_FAILED = "BuildFailed"
+JOB_LOST = "JobDeleted"
+DIGEST_NOT_REPORTED = "DigestNotReported"

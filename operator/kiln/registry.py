@@ -39,7 +39,7 @@ class RegistryError(Exception):
 
     @property
     def transient(self) -> bool:
-        """Worth trying again later as it is (no answer, or an answer kiln did not expect)."""
+        """Worth trying again later as it is: no answer, a 5xx or 429, or a token service in trouble."""
         return self.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
 
 
@@ -188,9 +188,12 @@ class RegistryClient:
         path = f"/v2/{repository}/manifests/{reference}"
         status, headers, body = await self._call("GET", f"{base}{path}", scope=f"repository:{repository}:pull",
                                                  headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        if status == 404:
+            raise RegistryError(reasons.IMAGE_NOT_FOUND, f"{self.registry.host} has no {repository}@{reference}")
         if status != 200:
             raise self._unexpected(status, path)
-        return _header(headers, "content-type") or "", body, _header(headers, "docker-content-digest") or ""
+        digest = _header(headers, "docker-content-digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+        return _header(headers, "content-type") or "", body, digest
 
     async def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> None:
         """Push a manifest or index under a tag or digest (its digest is the sha256 of body)."""
@@ -263,12 +266,18 @@ class RegistryClient:
         self._authorization[scope] = ("Bearer", token)
 
     def _unexpected(self, status: int, path: str) -> RegistryError:
-        return RegistryError(reasons.REGISTRY_ERROR, f"{self.registry.host} answered HTTP {status} to {path}")
+        """5xx and 429 may pass; any other answer kiln did not expect will not change by asking again."""
+        reason = reasons.REGISTRY_ERROR if status >= 500 or status == 429 else reasons.REGISTRY_REJECTED
+        return RegistryError(reason, f"{self.registry.host} answered HTTP {status} to {path}")
 
 
 def _header(headers: dict, name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == name), None)
 
+
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def platform_of(platform: str) -> dict[str, str]:
@@ -277,8 +286,10 @@ def platform_of(platform: str) -> dict[str, str]:
 
 
 def image_index(manifests: list[dict]) -> dict:
-    """An OCI index of per-platform manifests: [{mediaType, digest, size, platform: os/arch[/variant]}]."""
-    return {"schemaVersion": 2, "mediaType": OCI_INDEX,
+    """An index of per-platform manifests [{mediaType, digest, size, platform: os/arch[/variant]}]: a Docker
+    manifest list when every child is a Docker manifest (clients that know one kind read it), else an OCI index."""
+    media_type = DOCKER_MANIFEST_LIST if all(m["mediaType"] == DOCKER_MANIFEST for m in manifests) else OCI_INDEX
+    return {"schemaVersion": 2, "mediaType": media_type,
             "manifests": [{**m, "platform": platform_of(m["platform"])} for m in manifests]}
 
 
@@ -296,13 +307,34 @@ def platform_digests(media_type: str, body: bytes) -> list[tuple[str, str]]:
     return out
 
 
-async def push_index(client: RegistryClient, repository: str, images: list[tuple[str, str]], tags: tuple[str, ...]) -> str:
-    """Assemble one index from per-platform images pushed by digest, tag it with every tag; returns its digest."""
-    manifests = []
-    for platform, digest in images:
+async def image_platforms(client: RegistryClient, repository: str, digest: str,
+                          platforms: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(platform, manifest digest) of what one pod pushed under digest: an index is looked into."""
+    media_type, body, _ = await client.get_manifest(repository, digest)
+    found = platform_digests(media_type, body)
+    return found or ([(platforms[0], digest)] if len(platforms) == 1 else [])
+
+
+async def assemble_index(client: RegistryClient, repository: str, children: list[tuple[str, str]],
+                         tags: tuple[str, ...]) -> tuple[str, list[tuple[str, str]]]:
+    """One index of per-platform images pushed by digest, tagged with every tag: (its digest, (platform, child)).
+
+    Every child is read back first: one that is missing fails the assembly and nothing is tagged. A pod that
+    pushed an index (BuildKit adds attestations) contributes the manifest of its platform from inside it.
+    """
+    manifests, images = [], []
+    for platform, digest in children:
         media_type, body, _ = await client.get_manifest(repository, digest)
+        if media_type in INDEX_MEDIA_TYPES:
+            inner = dict(platform_digests(media_type, body))
+            if platform not in inner:
+                raise RegistryError(reasons.IMAGE_NOT_FOUND, f"{repository}@{digest} has no {platform} image")
+            digest = inner[platform]
+            media_type, body, _ = await client.get_manifest(repository, digest)
         manifests.append({"mediaType": media_type, "digest": digest, "size": len(body), "platform": platform})
-    body = json.dumps(image_index(manifests), separators=(",", ":")).encode()
+        images.append((platform, digest))
+    index = image_index(manifests)
+    body = json.dumps(index, separators=(",", ":")).encode()
     for tag in tags:
-        await client.put_manifest(repository, tag, OCI_INDEX, body)
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+        await client.put_manifest(repository, tag, index["mediaType"], body)
+    return "sha256:" + hashlib.sha256(body).hexdigest(), images

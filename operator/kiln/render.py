@@ -61,6 +61,11 @@ def buildkitd_config_name(spec: BuildSpec) -> str:
     return short_name(spec.name, spec.build_id, "buildkitd")
 
 
+def credential_names(name: str, build_id: str) -> list[tuple[str, str]]:
+    """(plural, name) of what one build of ImageBuild `name` holds credentials and registry settings in."""
+    return [("secrets", short_name(name, build_id, "docker")), ("configmaps", short_name(name, build_id, "buildkitd"))]
+
+
 def owner_reference(spec: BuildSpec) -> dict:
     return {"apiVersion": API_VERSION, "kind": "ImageBuild", "name": spec.name, "uid": spec.uid,
             "controller": True, "blockOwnerDeletion": True}

@@ -17,6 +17,8 @@ class Settings:
     resync_interval: float = 30.0
     # Verification may not reach link-local or cloud metadata addresses unless allowed.
     allow_link_local: bool = False
+    # How long a build pod may fail to pull the BuildKit image (the kubelet keeps trying) before the build fails.
+    image_pull_grace: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -27,4 +29,5 @@ class Settings:
             registry_timeout=float(env.get("KILN_REGISTRY_TIMEOUT", cls.registry_timeout)),
             resync_interval=float(env.get("KILN_RESYNC_INTERVAL", cls.resync_interval)),
             allow_link_local=env.get("KILN_ALLOW_LINK_LOCAL", "").lower() in ("1", "true", "yes"),
+            image_pull_grace=float(env.get("KILN_IMAGE_PULL_GRACE", cls.image_pull_grace)),
         )

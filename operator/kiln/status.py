@@ -1,4 +1,4 @@
-"""status: what observe found -> the ImageBuild's status, with conditions in the API conventions and kstatus (pure).
+"""status: the ImageBuild's status as decide makes it, with conditions in the API conventions and kstatus (pure).
 
 Ready is the summary `kubectl wait --for=condition=Ready` and Argo CD read;
 Reconciling is True while kiln works toward the spec; Stalled is True when it
@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime
 
 from kiln import reasons
-from kiln.observe import ObservedUnit
 from kiln.parse import BuildSpec
 from kiln.render import cache_ref
 from kiln.resolve import BuildUnit
 
 PENDING, BUILDING, SUCCEEDED, FAILED, CANCELLED = "Pending", "Building", "Succeeded", "Failed", "Cancelled"
+DEFAULT_HISTORY_LIMIT = 5  # spec.historyLimit's default, for a spec too broken to read one from
 
 
 def now_iso() -> str:
@@ -84,10 +84,10 @@ def with_history(history: list[dict] | None, record: dict, limit: int) -> list[d
     return [record, *older][:limit]
 
 
-def build_record(status: dict, phase: str, reason: str) -> dict:
+def build_record(status: dict, phase: str, reason: str, now: str) -> dict:
     record = {"buildID": status.get("buildID"), "generation": status.get("observedGeneration"),
               "jobName": status.get("jobName"), "phase": phase, "reason": reason, "digest": status.get("digest"),
-              "startTime": status.get("startTime"), "completionTime": status.get("completionTime") or now_iso()}
+              "startTime": status.get("startTime"), "completionTime": status.get("completionTime") or now}
     return {k: v for k, v in record.items() if v is not None}
 
 
@@ -96,7 +96,7 @@ def logs_command(spec: BuildSpec, job_name: str) -> str:
 
 
 class BuildStatus:
-    """Builds the status dict of the current build from what was observed."""
+    """Builds the status dict of the current build."""
 
     def __init__(self, spec: BuildSpec, generation: int, carried: dict, history: list[dict]):
         self.spec, self.generation, self.carried, self.history = spec, generation, carried, history
@@ -113,7 +113,7 @@ class BuildStatus:
         status = {"observedGeneration": self.generation, "specIdentity": spec.identity, "buildID": spec.build_id,
                   "phase": phase, "cache": cache, "history": self.history,
                   "conditions": [*phase_conditions(phase, reason, message, self.generation), credentials]}
-        for key in ("startTime", "jobName", "attempt"):
+        for key in ("startTime", "jobName", "attempt", "units"):
             if key in self.carried:
                 status[key] = self.carried[key]
         return status
@@ -127,19 +127,13 @@ class BuildStatus:
         conditions = [{**c, "observedGeneration": self.generation} for c in self.carried.get("conditions", [])]
         return {**self.carried, "observedGeneration": self.generation, "history": self.history, "conditions": conditions}
 
-    def make(self, phase: str, reason: str, message: str, *, units: list[ObservedUnit] | None = None,
-             attempt: int | None = None, job_names: list[str] | None = None) -> dict:
+    def make(self, phase: str, reason: str, message: str, *, attempt: int | None = None,
+             job_names: list[str] | None = None) -> dict:
         status = self._base(phase, reason, message, self._credentials_ok())
         if phase == CANCELLED:
             status["conditions"][-1] = condition("CredentialsReady", True, reasons.SUSPENDED, "not needed while suspended",
                                                  self.generation)
-        if units:
-            job_names = [u.job["metadata"]["name"] for u in units if u.job]
-            starts = [u.state.start_time for u in units if u.state.start_time]
-            if starts:
-                status["startTime"] = min(starts)
-            status["attempt"] = max(u.attempt for u in units) if attempt is None else attempt
-        elif attempt is not None:
+        if attempt is not None:
             status["attempt"] = attempt
         if job_names:
             status["jobName"] = ",".join(job_names)
@@ -156,23 +150,21 @@ class BuildStatus:
         status["conditions"] = [ready, reconciling, stalled_condition, credentials_condition]
         return status
 
-    def failed(self, unit: ObservedUnit, units: list[ObservedUnit]) -> dict:
-        job_name = unit.job["metadata"]["name"] if unit.job else ""
+    def failed(self, job_name: str, reason: str, message: str, log_excerpt: str, job_names: list[str], attempt: int,
+               completion: str, now: str) -> dict:
         command = logs_command(self.spec, job_name)
-        message = f"{unit.state.message}. See the build log: {command}"
-        status = self.make(FAILED, unit.state.reason, message, units=units)
-        status["completionTime"] = unit.state.completion_time or now_iso()
-        status["duration"] = duration(status.get("startTime"), status["completionTime"])
-        status["failure"] = {"reason": unit.state.reason, "message": unit.state.message,
-                             "logExcerpt": unit.state.log_excerpt, "logsCommand": command}
-        status["history"] = with_history(self.history, build_record(status, FAILED, unit.state.reason), self.spec.history_limit)
+        status = self.make(FAILED, reason, f"{message}. See the build log: {command}", attempt=attempt, job_names=job_names)
+        status["completionTime"] = completion
+        status["duration"] = duration(status.get("startTime"), completion)
+        status["failure"] = {"reason": reason, "message": message, "logExcerpt": log_excerpt, "logsCommand": command}
+        status["history"] = with_history(self.history, build_record(status, FAILED, reason, now), self.spec.history_limit)
         return {k: v for k, v in status.items() if v is not None}
 
-    def succeeded(self, units: list[ObservedUnit], digest: str | None, platforms: list[dict], cached: int, total: int) -> dict:
-        status = self.make(SUCCEEDED, reasons.SUCCEEDED, "", units=units)
-        completions = [u.state.completion_time for u in units if u.state.completion_time]
-        status["completionTime"] = max(completions) if completions else now_iso()
-        status["duration"] = duration(status.get("startTime"), status["completionTime"])
+    def succeeded(self, job_names: list[str], attempt: int, completion: str, digest: str | None, platforms: list[dict],
+                  cached: int, total: int, now: str) -> dict:
+        status = self.make(SUCCEEDED, reasons.SUCCEEDED, "", attempt=attempt, job_names=job_names)
+        status["completionTime"] = completion
+        status["duration"] = duration(status.get("startTime"), completion)
         if digest:
             status.update(digest=digest, shortDigest=short_digest(digest))
             if self.spec.output.push:
@@ -183,7 +175,7 @@ class BuildStatus:
             status["platforms"] = platforms
         if total:
             status["cache"].update(cachedSteps=cached, totalSteps=total)
-        status["history"] = with_history(self.history, build_record(status, SUCCEEDED, reasons.SUCCEEDED),
+        status["history"] = with_history(self.history, build_record(status, SUCCEEDED, reasons.SUCCEEDED, now),
                                          self.spec.history_limit)
         return {k: v for k, v in status.items() if v is not None}
 

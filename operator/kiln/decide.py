@@ -1,0 +1,523 @@
+"""decide: everything known about one ImageBuild -> what to do next and the status to report (pure).
+
+observe gathers the inputs (Facts); apply carries out the Decision. Nothing here reads a clock,
+a cluster or a registry: when a decision needs a registry's answer (may we push? which digest
+does the tag have? the assembled index), it asks a Question, and the caller decides again with
+the answer in Facts.answers.
+
+The plan of a build (its units: which pod builds which platforms) is written into status when
+the build starts, and the build concludes against that plan, never against whatever Jobs exist.
+A unit's result is recorded in status as soon as it is seen, so a Job deleted later loses nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass, field
+
+from kiln import reasons
+from kiln import status as statuses
+from kiln.credentials import CredentialsProblem, ResolvedLogin
+from kiln.observe import FAILED, PENDING, RUNNING, SUCCEEDED, UnitState, observe_unit, true_condition
+from kiln.parse import BuildSpec, InvalidSpec
+from kiln.references import split_tagged
+from kiln.registry import MANIFEST_MEDIA_TYPES
+from kiln.render import job_name, render_build, render_job
+from kiln.resolve import BuildUnit, build_plan
+from kiln.settings import Settings
+from kiln.status import BUILDING, CANCELLED
+from kiln.status import FAILED as BUILD_FAILED
+from kiln.status import PENDING as BUILD_PENDING
+from kiln.status import SUCCEEDED as BUILD_SUCCEEDED
+
+Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
+# Blocked and stalled builds look again after 10s, 20s, 40s ... at most every 10 minutes, and at once
+# when their spec or a login they use changes.
+BACKOFF_BASE, BACKOFF_CAP = 10.0, 600.0
+WAIT_FOR_VOLUME = 15.0
+
+
+# -- questions decide asks a registry, and their answers --
+
+@dataclass(frozen=True)
+class PushCheck:
+    """Do these repositories accept a push with the build's credentials?"""
+    repositories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TagDigest:
+    """Which digest and media type does this tag have (a build that pushed but reported no digest)?"""
+    image: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class ImageContents:
+    """(platform, manifest digest) of each image in what was pushed under this digest."""
+    image: str
+    digest: str
+    platforms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AssembleIndex:
+    """Verify every child is in the registry, push one index of them under every tag; answer its digest."""
+    image: str
+    children: tuple[tuple[str, str, str], ...]  # (platform, digest, media type)
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BuildLog:
+    """The build pod's log, for what BuildKit took from a cache."""
+    pod: str
+
+
+Question = PushCheck | TagDigest | ImageContents | AssembleIndex | BuildLog
+
+
+@dataclass(frozen=True)
+class RegistryProblem:
+    """A registry's answer that was not the fact asked for."""
+    reason: str
+    message: str
+    transient: bool
+
+
+# -- inputs and outputs --
+
+@dataclass(frozen=True)
+class Facts:
+    obj: dict  # the ImageBuild as the watch delivered it
+    spec: BuildSpec | None  # None when the spec is invalid
+    problem: str | None  # why the spec is invalid
+    jobs: tuple[dict, ...]  # Jobs this ImageBuild owns (every build), not being deleted
+    pods: dict[str, dict]  # Job name -> its latest pod
+    credentials: frozenset[str]  # build IDs whose merged Secret or buildkitd ConfigMap exists
+    logins: list[ResolvedLogin] | CredentialsProblem  # the build's logins, each Ready, with credentials
+    logins_revision: str  # changes when a login or its Secret changes
+    settings: Settings
+    now: datetime.datetime
+    ready_archs: frozenset[str] = frozenset()
+    volume_holder: str | None = None  # a running pod of another build on the local cache volume
+    answers: dict = field(default_factory=dict)  # Question -> answer (or RegistryProblem)
+    refused: tuple[str, str] | None = None  # (object, message) the API server refused to create
+
+
+@dataclass
+class Decision:
+    status: dict
+    create: list[dict] = field(default_factory=list)  # in this order
+    delete_jobs: list[str] = field(default_factory=list)
+    delete_credentials: list[str] = field(default_factory=list)  # build IDs
+    events: list[Event] = field(default_factory=list)
+    ask: Question | None = None  # decide again with its answer before carrying anything out
+    requeue_after: float | None = None  # look again then, even if nothing changes
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(stamp: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _build_of(job: dict) -> str:
+    return (job["metadata"].get("labels") or {}).get("kiln.dev/build-id", "")
+
+
+def active(job: dict) -> bool:
+    """May this Job's pod still run (and need the build's credentials)?"""
+    return not (true_condition(job, "Complete") or true_condition(job, "Failed"))
+
+
+# -- units in status --
+
+def unit_record(unit: BuildUnit, spec: BuildSpec, attempt: int) -> dict:
+    return {"key": unit.key, "platforms": list(unit.platforms), **({"arch": unit.arch} if unit.arch else {}),
+            "builtBy": unit.built_by, "attempt": attempt, "job": job_name(spec, unit, attempt), "phase": PENDING}
+
+
+def unit_of(record: dict) -> BuildUnit:
+    return BuildUnit(tuple(record.get("platforms") or ()), record.get("arch"), record.get("key") or "")
+
+
+def _named(record: dict, several: bool) -> str:
+    """How a message names a unit: by its platforms when the build has several units."""
+    return f"{', '.join(record['platforms'])}: " if several and record.get("platforms") else ""
+
+
+# -- the decision --
+
+def decide(facts: Facts) -> Decision:
+    meta = facts.obj["metadata"]
+    old = facts.obj.get("status") or {}
+    generation = meta.get("generation") or 1
+    if facts.spec is None:
+        return _invalid(facts, old, generation)
+    spec = facts.spec
+    if old.get("specIdentity") == spec.identity and old.get("buildID"):
+        spec = dataclasses.replace(spec, build_id=old["buildID"])  # same image: same build, even at a new generation
+    same = old.get("buildID") == spec.build_id
+    decision = Decision(status={})
+    history = list(old.get("history") or [])
+
+    for job in facts.jobs:  # a new build supersedes whatever still runs for an older one
+        other = _build_of(job)
+        if other != spec.build_id and active(job):
+            decision.delete_jobs.append(job["metadata"]["name"])
+            if old.get("buildID") == other and old.get("phase") in (BUILD_PENDING, BUILDING) and \
+                    all(item.get("buildID") != other for item in history):
+                history = statuses.with_history(history, statuses.build_record(
+                    old, CANCELLED, reasons.SUPERSEDED, _iso(facts.now)), spec.history_limit)
+                decision.events.append(("Normal", "BuildSuperseded", f"build {other} superseded by {spec.build_id}"))
+    carried = old if same else {}
+    view = statuses.BuildStatus(spec, generation, carried, history)
+
+    if spec.suspend:
+        _suspend(facts, spec, old, same, view, decision)
+    elif same and old.get("phase") in (BUILD_SUCCEEDED, BUILD_FAILED):
+        decision.status = view.keep()
+    elif not same or not old.get("units") or old.get("phase") == CANCELLED:
+        _start(facts, spec, carried, view, decision)
+    else:
+        _follow(facts, spec, old, view, decision)
+    _credentials_rule(facts, spec, decision)
+    _trim_history(facts, spec, decision)
+    return decision
+
+
+def _invalid(facts: Facts, old: dict, generation: int) -> Decision:
+    """Nothing can be built: stop whatever runs (it could still push) and remove its credentials."""
+    decision = Decision(status=statuses.invalid_build_status(generation, facts.problem or "", old.get("history")))
+    running = [job for job in facts.jobs if active(job)]
+    decision.delete_jobs = [job["metadata"]["name"] for job in running]
+    decision.delete_credentials = sorted(facts.credentials)
+    if running and old.get("phase") in (BUILD_PENDING, BUILDING):
+        history = statuses.with_history(old.get("history"), statuses.build_record(
+            old, CANCELLED, reasons.INVALID_SPEC, _iso(facts.now)), statuses.DEFAULT_HISTORY_LIMIT)
+        decision.status["history"] = history
+        decision.events.append(("Warning", "BuildCancelled", f"build {old.get('buildID')} cancelled: the spec is invalid"))
+    return decision
+
+
+def _suspend(facts: Facts, spec: BuildSpec, old: dict, same: bool, view: statuses.BuildStatus,
+             decision: Decision) -> None:
+    running = [j["metadata"]["name"] for j in facts.jobs if _build_of(j) == spec.build_id and active(j)]
+    decision.delete_jobs += running
+    if same and old.get("phase") in (BUILD_SUCCEEDED, BUILD_FAILED):
+        decision.status = view.keep()
+        return
+    if running or (same and old.get("phase") in (BUILD_PENDING, BUILDING)):
+        decision.events.append(("Normal", "BuildCancelled", f"build {spec.build_id} cancelled: spec.suspend is true"))
+        view.history = statuses.with_history(view.history, statuses.build_record(
+            {**view.carried, "buildID": spec.build_id}, CANCELLED, reasons.SUSPENDED, _iso(facts.now)), spec.history_limit)
+    decision.status = view.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false")
+    decision.status.pop("retry", None)
+
+
+def _backoff_key(facts: Facts, spec: BuildSpec) -> str:
+    return f"{spec.identity}/{facts.logins_revision}"
+
+
+def _waiting(facts: Facts, spec: BuildSpec, carried: dict) -> float | None:
+    """Seconds until a blocked build may look again; None when it may look now (or its cause changed)."""
+    retry = carried.get("retry") or {}
+    if retry.get("key") != _backoff_key(facts, spec) or not retry.get("after"):
+        return None
+    left = (_parse(retry["after"]) - facts.now).total_seconds()
+    return left if left > 0 else None
+
+
+def _blocked(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision,
+             reason: str, message: str, *, credentials: bool, stalled: bool) -> None:
+    """Pending and blocked: report why, and when kiln looks again (exponential backoff)."""
+    retry = carried.get("retry") or {}
+    key = _backoff_key(facts, spec)
+    count = retry.get("count", 0) + 1 if retry.get("key") == key and retry.get("reason") == reason else 1
+    delay = min(BACKOFF_BASE * 2 ** (count - 1), BACKOFF_CAP)
+    after = _iso(facts.now + datetime.timedelta(seconds=delay))
+    decision.status = view.blocked(reason, f"{message}; kiln looks again at {after}", credentials=credentials,
+                                   stalled=stalled)
+    decision.status["retry"] = {"reason": reason, "count": count, "after": after, "key": key}
+    decision.requeue_after = delay
+
+
+def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision) -> None:
+    """A build that has no units in status yet: check what it needs, then create its children."""
+    attempt = max((u.get("attempt", 0) for u in carried.get("units") or []), default=carried.get("attempt", -1)) + 1 \
+        if carried.get("phase") == CANCELLED else 0
+    wait = _waiting(facts, spec, carried)
+    if wait is not None and facts.refused is None:  # blocked a moment ago and nothing changed since
+        decision.status = {**carried, "observedGeneration": view.generation, "history": view.history}
+        decision.requeue_after = wait
+        return
+    if isinstance(facts.logins, CredentialsProblem):
+        _blocked(facts, spec, carried, view, decision, facts.logins.reason, facts.logins.message,
+                 credentials=True, stalled=True)
+        return
+    if facts.volume_holder:
+        decision.status = view.blocked(reasons.WAITING_FOR_CACHE_VOLUME, f"cache volume {spec.cache.volume} is in use by "
+                                       f"{facts.volume_holder}", credentials=False, stalled=False)
+        decision.requeue_after = WAIT_FOR_VOLUME
+        return
+    try:
+        plan = build_plan(spec, facts.ready_archs)
+    except InvalidSpec as exc:
+        decision.status = statuses.invalid_build_status(view.generation, str(exc), view.history)
+        return
+    check = PushCheck(_push_targets(spec))
+    if check.repositories and check not in facts.answers:
+        decision.ask = check
+        return
+    answer = facts.answers.get(check)
+    if isinstance(answer, RegistryProblem):
+        _blocked(facts, spec, carried, view, decision, answer.reason, f"push check: {answer.message}",
+                 credentials=not answer.transient, stalled=not answer.transient)
+        return
+    if facts.refused:  # the children created before the refusal go again: a partial build can only mislead
+        what, message = facts.refused
+        _blocked(facts, spec, carried, view, decision, reasons.CREATE_REJECTED,
+                 f"the API server refused to create {what}: {message}", credentials=False, stalled=True)
+        decision.delete_jobs += [job_name(spec, unit, attempt) for unit in plan]
+        decision.delete_credentials.append(spec.build_id)
+        return
+    units = [unit_record(unit, spec, attempt) for unit in plan]
+    decision.create = render_build(spec, facts.logins, plan, facts.settings, attempt)
+    decision.events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
+    decision.status = view.make(BUILD_PENDING, reasons.BUILD_PENDING, "build Jobs created", attempt=attempt,
+                                job_names=[u["job"] for u in units])
+    decision.status["units"] = units
+
+
+def _push_targets(spec: BuildSpec) -> tuple[str, ...]:
+    targets = [spec.output.image] if spec.output.push else []
+    if spec.cache.type == "registry" and spec.cache.ref:
+        targets.append(split_tagged(spec.cache.ref)[0])
+    return tuple(dict.fromkeys(targets))
+
+
+# -- following a running build --
+
+def _done(record: dict) -> bool:
+    return record["phase"] in (SUCCEEDED, FAILED)
+
+
+def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus, decision: Decision) -> None:
+    jobs = {job["metadata"]["name"]: job for job in facts.jobs}
+    records = [dict(r) for r in old["units"]]
+    several = len(records) > 1
+    retries: list[dict] = []
+    for record in records:
+        if _done(record):  # recorded once seen: a Job deleted since loses nothing
+            continue
+        job = jobs.get(record["job"])
+        state = observe_unit(job, facts.pods.get(record["job"])) if job else \
+            UnitState(FAILED, reasons.JOB_LOST, "its Job was deleted before the build finished", retryable=True)
+        state = _image_pull_patience(state, facts, record)
+        if state.phase == SUCCEEDED:
+            state = _with_digest(facts, spec, record, state, decision)
+            if decision.ask:
+                return
+        record.update(_recorded(state, record))
+        if state.phase == FAILED and state.retryable and record["attempt"] < spec.retries:
+            retries.append(record)
+    retrying = {id(r) for r in retries}
+    failed = next((r for r in records if r["phase"] == FAILED and id(r) not in retrying), None)
+    if failed:
+        _fail(facts, spec, records, failed, several, view, decision)
+    elif retries:
+        _retry(facts, spec, records, retries, several, view, decision)
+    elif all(r["phase"] == SUCCEEDED for r in records):
+        _conclude(facts, spec, records, view, decision)
+    else:
+        running = any(r["phase"] in (RUNNING, SUCCEEDED) for r in records)
+        waiting = next((r for r in records if r["phase"] == PENDING), records[0])
+        message = "building" if running else f"{_named(waiting, several)}{waiting.get('message') or 'waiting'}"
+        reason = reasons.BUILDING if running else waiting.get("reason") or reasons.BUILD_PENDING
+        decision.status = _progress(view, BUILDING if running else BUILD_PENDING, reason, message, records)
+        pulls = [_parse(r["pullFailingSince"]) for r in records if r.get("pullFailingSince")]
+        if pulls:  # nothing else may happen when the patience runs out
+            grace = datetime.timedelta(seconds=facts.settings.image_pull_grace)
+            decision.requeue_after = max((min(pulls) + grace - facts.now).total_seconds(), 1.0)
+
+
+def _progress(view: statuses.BuildStatus, phase: str, reason: str, message: str, records: list[dict]) -> dict:
+    status = view.make(phase, reason, message, attempt=max(r["attempt"] for r in records),
+                       job_names=[r["job"] for r in records])
+    starts = [r["startTime"] for r in records if r.get("startTime")]
+    if starts:
+        status["startTime"] = min(starts)
+    status["units"] = records
+    return status
+
+
+def _image_pull_patience(state: UnitState, facts: Facts, record: dict) -> UnitState:
+    """The kubelet keeps retrying a pull by itself: kiln reports it, recreates nothing, and gives up after a while."""
+    if state.reason != reasons.BUILDER_IMAGE_PULL_FAILED or state.phase != FAILED or not state.retryable:
+        record.pop("pullFailingSince", None)
+        return state
+    since = record.setdefault("pullFailingSince", _iso(facts.now))
+    if (facts.now - _parse(since)).total_seconds() < facts.settings.image_pull_grace:
+        return dataclasses.replace(state, phase=PENDING, retryable=False)
+    return dataclasses.replace(state, retryable=False,
+                               message=f"{state.message}; still failing after {facts.settings.image_pull_grace:g}s")
+
+
+def _with_digest(facts: Facts, spec: BuildSpec, record: dict, state: UnitState, decision: Decision) -> UnitState:
+    """A unit's digest, from its termination message, else (one pod that pushed tags) from the registry."""
+    if not state.digest and spec.output.push:
+        if unit_of(record).by_digest:  # nothing else names what it pushed
+            return dataclasses.replace(state, phase=FAILED, reason=reasons.DIGEST_NOT_REPORTED, retryable=True,
+                                       message="the image was pushed by digest, but its digest did not reach kiln")
+        question = TagDigest(spec.output.image, spec.output.tags[0])
+        answer = facts.answers.get(question)
+        if answer is None:
+            decision.ask = question
+            return state
+        if isinstance(answer, RegistryProblem):
+            return dataclasses.replace(state, phase=FAILED, reason=reasons.DIGEST_NOT_REPORTED, retryable=answer.transient,
+                                       message=f"the build reported no digest, and {answer.message}")
+        state = dataclasses.replace(state, digest=answer[0], media_type=answer[1])
+    pod = facts.pods.get(record["job"])
+    if pod is None:
+        return state
+    log = BuildLog(pod["metadata"]["name"])
+    if log not in facts.answers:
+        decision.ask = log
+        return state
+    cached, total = facts.answers[log]
+    return dataclasses.replace(state, cached_steps=cached, total_steps=total)
+
+
+def _recorded(state: UnitState, record: dict) -> dict:
+    found = {"phase": state.phase, "reason": state.reason, "message": state.message, "digest": state.digest,
+             "mediaType": state.media_type, "logExcerpt": state.log_excerpt, "startTime": state.start_time or
+             record.get("startTime"), "completionTime": state.completion_time, "cachedSteps": state.cached_steps,
+             "totalSteps": state.total_steps}
+    return {k: v for k, v in found.items() if v not in (None, "")}
+
+
+_RESULT_FIELDS = ("reason", "message", "digest", "mediaType", "logExcerpt", "completionTime", "pullFailingSince",
+                  "cachedSteps", "totalSteps")
+
+
+def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: list[dict], several: bool,
+           view: statuses.BuildStatus, decision: Decision) -> None:
+    """Transient failures run again as a new attempt, with the build's credentials made again."""
+    if isinstance(facts.logins, CredentialsProblem):
+        _blocked(facts, spec, view.carried, view, decision, facts.logins.reason, f"a retry waits: {facts.logins.message}",
+                 credentials=True, stalled=False)
+        decision.status["units"] = records
+        decision.status["phase"] = BUILDING
+        return
+    credentials = [obj for obj in render_build(spec, facts.logins, (), facts.settings)]
+    decision.create += credentials
+    running = {j["metadata"]["name"] for j in facts.jobs if active(j)}
+    for record in retries:
+        unit = unit_of(record)
+        if record["job"] in running:
+            decision.delete_jobs.append(record["job"])
+        decision.events.append(("Warning", "BuildRetried", f"{_named(record, several)}{record['reason']}: "
+                                f"{record['message']}; attempt {record['attempt'] + 2} of {spec.retries + 1}"))
+        reason = record["reason"]
+        for key in _RESULT_FIELDS:
+            record.pop(key, None)
+        record.update(attempt=record["attempt"] + 1, phase=PENDING, job=job_name(spec, unit, record["attempt"] + 1))
+        decision.create.append(render_job(spec, unit, facts.settings, attempt=record["attempt"],
+                                          buildkitd_config=any(o["kind"] == "ConfigMap" for o in credentials)))
+    decision.status = _progress(view, BUILDING, reasons.BUILDING, f"retrying after {reason}", records)
+
+
+def _fail(facts: Facts, spec: BuildSpec, records: list[dict], failed: dict, several: bool,
+          view: statuses.BuildStatus, decision: Decision) -> None:
+    """One unit failed for good: the others stop (no index can be made) and the build fails, naming it."""
+    decision.delete_jobs += [j["metadata"]["name"] for j in facts.jobs if _build_of(j) == spec.build_id and active(j)]
+    reason = failed.get("reason") or reasons.BUILD_FAILED
+    message = f"{_named(failed, several)}{failed.get('message') or 'the build failed'}"
+    completion = failed.get("completionTime") or _iso(facts.now)
+    status = _progress(view, BUILD_FAILED, reason, message, records)
+    view.carried = {**view.carried, "startTime": status.get("startTime")}
+    decision.status = {**view.failed(failed["job"], reason, message, failed.get("logExcerpt", ""),
+                                     [r["job"] for r in records], max(r["attempt"] for r in records), completion,
+                                     _iso(facts.now)), "units": records}
+    decision.events.append(("Warning", "BuildFailed", f"{reason}: {message}"))
+
+
+def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus,
+              decision: Decision) -> None:
+    """Every unit pushed: the image (one pod), or the index kiln assembles from several."""
+    platforms: list[tuple[str, str, str]] = []
+    digest = records[0].get("digest")
+    if any(unit_of(r).by_digest for r in records):
+        question: Question | None = AssembleIndex(spec.output.image, tuple(
+            (r["platforms"][0], r["digest"], r.get("mediaType") or "") for r in records), spec.output.tags)
+    elif spec.output.push and digest and records[0].get("mediaType") not in MANIFEST_MEDIA_TYPES:
+        question = ImageContents(spec.output.image, digest, tuple(records[0]["platforms"]))  # an index: look inside
+    elif spec.output.push and digest:  # one manifest: its platform is the unit's, if the spec named one
+        question = None
+        if len(records[0]["platforms"]) == 1:
+            platforms = [(records[0]["platforms"][0], digest, records[0]["builtBy"])]
+    else:
+        question = None
+    if question is not None:
+        wait = _waiting(facts, spec, view.carried)
+        if wait is not None:  # the registry failed a moment ago
+            decision.status = {**view.carried, "observedGeneration": view.generation, "history": view.history}
+            decision.requeue_after = wait
+            return
+        answer = facts.answers.get(question)
+        if answer is None:
+            decision.ask = question
+            return
+        if isinstance(answer, RegistryProblem) and isinstance(question, AssembleIndex):
+            if answer.transient:
+                _blocked(facts, spec, view.carried, view, decision, answer.reason,
+                         f"the images are built; assembling the index: {answer.message}", credentials=False,
+                         stalled=False)
+                decision.status.update(phase=BUILDING, units=records)
+            else:
+                _fail(facts, spec, records, {**records[0], "reason": answer.reason,
+                                             "message": f"assembling the index: {answer.message}"}, False, view, decision)
+            return
+        if isinstance(question, AssembleIndex):
+            digest, images = answer
+            built_by = {r["platforms"][0]: r["builtBy"] for r in records}
+            platforms = [(p, d, built_by[p]) for p, d in images]
+        elif not isinstance(answer, RegistryProblem):  # a failed look inside is no failure: BuildKit pushed it
+            platforms = [(p, d, records[0]["builtBy"]) for p, d in answer]
+    status = _progress(view, BUILD_SUCCEEDED, reasons.SUCCEEDED, "", records)
+    view.carried = {**view.carried, "startTime": status.get("startTime")}
+    completion = max((r["completionTime"] for r in records if r.get("completionTime")), default=_iso(facts.now))
+    decision.status = {**view.succeeded(
+        [r["job"] for r in records], max(r["attempt"] for r in records), completion, digest,
+        [{"platform": p, "digest": d, "builtBy": b} for p, d, b in platforms],
+        sum(r.get("cachedSteps", 0) for r in records), sum(r.get("totalSteps", 0) for r in records), _iso(facts.now)),
+        "units": records}
+    decision.status.pop("retry", None)
+    decision.events.append(("Normal", "BuildSucceeded", f"pushed {decision.status.get('image') or spec.output.image}"))
+
+
+# -- rules that hold whatever was decided --
+
+def _credentials_rule(facts: Facts, spec: BuildSpec, decision: Decision) -> None:
+    """A build's merged Secret and buildkitd ConfigMap exist exactly while one of its Jobs may still run."""
+    deleted = set(decision.delete_jobs)
+    running = {_build_of(j) for j in facts.jobs if active(j) and j["metadata"]["name"] not in deleted}
+    units = decision.status.get("units") or []
+    # A unit recorded as created and not finished may run even if the watch has not shown its Job yet.
+    if any(obj["kind"] == "Job" for obj in decision.create) or (
+            decision.status.get("buildID") == spec.build_id and any(not _done(u) for u in units)
+            and decision.status.get("phase") in (BUILD_PENDING, BUILDING)):
+        running.add(spec.build_id)
+    decision.delete_credentials = sorted(set(decision.delete_credentials) | (facts.credentials - running))
+    decision.create = [obj for obj in decision.create if obj["kind"] == "Job" or spec.build_id in running]
+
+
+def _trim_history(facts: Facts, spec: BuildSpec, decision: Decision) -> None:
+    """Jobs of builds that fell out of the history (and are not the current one) are deleted."""
+    keep = {spec.build_id} | {item.get("buildID") for item in decision.status.get("history") or []}
+    decision.delete_jobs += [j["metadata"]["name"] for j in facts.jobs
+                             if _build_of(j) not in keep and j["metadata"]["name"] not in decision.delete_jobs]

@@ -1,0 +1,463 @@
+"""decide, the pure heart of the build lifecycle, as tables of (phase x event order) -> actions and status.
+
+A small World holds what the cluster would: the ImageBuild and its status, Jobs, Pods and
+credentials. Each row is a sequence of events (a Job completes, a Job is deleted by hand, a login
+flips, the spec changes, the operator crashes half-way through a decision) followed by what decide
+must then do. The operator carries out decisions the same way (handle_build.carry_out); the
+operator tier runs the same stories through kopf and the emulator.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from kiln import reasons
+from kiln.credentials import Credentials, CredentialsProblem, ResolvedLogin
+from kiln.decide import (
+    AssembleIndex,
+    BuildLog,
+    Decision,
+    Facts,
+    ImageContents,
+    PushCheck,
+    RegistryProblem,
+    TagDigest,
+    decide,
+)
+from kiln.parse import InvalidSpec, parse_image_build
+from kiln.settings import Settings
+
+T0 = datetime.datetime(2026, 11, 29, 10, 0, 0, tzinfo=datetime.UTC)
+LOGINS = [ResolvedLogin("reg", "r.example", Credentials("alice", "alice-pw"))]
+PLATFORMS = ["linux/amd64", "linux/arm64"]
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def digest(n: int) -> str:
+    return "sha256:" + f"{n:x}" * 64 if n < 16 else "sha256:" + f"{n:064x}"
+
+
+def metadata(value: str, media_type: str = OCI_MANIFEST) -> str:
+    return json.dumps({"containerimage.descriptor": {"mediaType": media_type, "digest": value},
+                       "containerimage.digest": value}, indent=2)
+
+
+@dataclass
+class World:
+    """What the API server and the registry hold, changed by decisions and by the events of a row."""
+    obj: dict
+    jobs: dict[str, dict] = field(default_factory=dict)
+    pods: dict[str, dict] = field(default_factory=dict)
+    credentials: set[str] = field(default_factory=set)
+    logins: list | CredentialsProblem = field(default_factory=lambda: list(LOGINS))
+    logins_revision: str = "1"
+    answers: dict = field(default_factory=dict)  # what the registry answers, by question
+    now: datetime.datetime = T0
+    ready_archs: frozenset = frozenset()
+    volume_holder: str | None = None
+    created: list[str] = field(default_factory=list)  # every Job ever created, in order
+    events: list[str] = field(default_factory=list)
+
+    def facts(self, refused=None) -> Facts:
+        try:
+            spec, problem = parse_image_build(self.obj), None
+        except InvalidSpec as exc:
+            spec, problem = None, str(exc)
+        return Facts(obj=copy.deepcopy(self.obj), spec=spec, problem=problem, jobs=tuple(self.jobs.values()),
+                     pods=dict(self.pods), credentials=frozenset(self.credentials), logins=self.logins,
+                     logins_revision=self.logins_revision, settings=Settings(image_pull_grace=60), now=self.now,
+                     ready_archs=self.ready_archs, volume_holder=self.volume_holder, answers=dict(self.answers),
+                     refused=refused)
+
+    def decide(self, crash_after: int | None = None, refuse: str | None = None) -> Decision:
+        """decide, answering its questions from self.answers, and carry the decision out as the operator does.
+
+        crash_after: the operator dies after this many creates (the status is then not written either).
+        refuse: the API server refuses to create the object of this name.
+        """
+        facts = self.facts()
+        decision = decide(facts)
+        while decision.ask is not None:
+            assert decision.ask in self.answers, f"unanswered question {decision.ask}"
+            facts.answers[decision.ask] = self.answers[decision.ask]
+            decision = decide(facts)
+        for name in decision.delete_jobs:
+            self.jobs.pop(name, None)
+            self.pods.pop(name, None)
+        self.credentials -= set(decision.delete_credentials)
+        for i, child in enumerate(decision.create):
+            if crash_after is not None and i >= crash_after:
+                return decision
+            name = child["metadata"]["name"]
+            if name == refuse:
+                again = decide(dataclasses.replace(facts, refused=(f"{child['kind']} {name}",
+                                                                    "admission webhook denied the request")))
+                for job in again.delete_jobs:
+                    self.jobs.pop(job, None)
+                self.credentials -= set(again.delete_credentials)
+                self.obj["status"] = again.status
+                return again
+            if child["kind"] == "Job" and name not in self.jobs:
+                self.jobs[name] = {**copy.deepcopy(child), "status": {}}
+                self.created.append(name)
+            elif child["kind"] == "Secret":
+                self.credentials.add(child["metadata"]["labels"]["kiln.dev/build-id"])
+        self.obj["status"] = decision.status
+        self.events += [reason for _, reason, _ in decision.events]
+        return decision
+
+    # -- what the Job controller and the kubelet do --
+
+    def job(self, unit: str) -> str:
+        (name,) = [n for n, j in self.jobs.items() if j["metadata"]["labels"]["kiln.dev/unit"] == unit
+                   and not _finished(j)] or [max(n for n, j in self.jobs.items()
+                                                 if j["metadata"]["labels"]["kiln.dev/unit"] == unit)]
+        return name
+
+    def run(self, name: str) -> None:
+        self.jobs[name]["status"] = {"startTime": _iso(self.now), "active": 1}
+        self.pods[name] = {"metadata": {"name": f"{name}-pod"}, "status": {"phase": "Running", "containerStatuses": [
+            {"name": "buildkit", "state": {"running": {}}}]}}
+
+    def finish(self, name: str, message: str = "", exit_code: int = 0, job_reason: str | None = None,
+               pod_status: dict | None = None) -> None:
+        kind = "Complete" if exit_code == 0 else "Failed"
+        self.jobs[name]["status"] = {"startTime": _iso(self.now), "completionTime": _iso(self.now),
+                                     "conditions": [{"type": kind, "status": "True", "reason": job_reason,
+                                                     "lastTransitionTime": _iso(self.now)}]}
+        self.pods[name] = {"metadata": {"name": f"{name}-pod"}, "status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed", **(pod_status or {}),
+            "containerStatuses": [{"name": "buildkit", "state": {"terminated": {"exitCode": exit_code, "message": message}}}]}}
+        self.answers.setdefault(BuildLog(f"{name}-pod"), (1, 2))
+
+    def pull_fails(self, name: str) -> None:
+        self.pods[name] = {"metadata": {"name": f"{name}-pod"}, "status": {"phase": "Pending", "containerStatuses": [
+            {"name": "buildkit", "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}}
+
+    def edit(self, **spec) -> None:
+        self.obj["spec"].update(spec)
+        self.obj["metadata"]["generation"] += 1
+
+    @property
+    def status(self) -> dict:
+        return self.obj.get("status") or {}
+
+    def condition(self, kind: str) -> dict:
+        return next((c for c in self.status.get("conditions", []) if c["type"] == kind), {})
+
+
+def _finished(job: dict) -> bool:
+    return any(c.get("status") == "True" for c in (job.get("status") or {}).get("conditions", []))
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def world(**spec) -> World:
+    base = {"source": {"git": {"url": "https://git.example/app.git", "revision": "main"}},
+            "output": {"image": "r.example/team/app", "tags": ["v1"]}, "registryLogins": ["reg"], **spec}
+    obj = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+           "metadata": {"name": "app", "namespace": "default", "uid": "uid-1", "generation": 1}, "spec": base}
+    w = World(obj)
+    targets = ["r.example/team/app"] if spec.get("cache", {}).get("type") in ("none", "local", "inline") \
+        else ["r.example/team/app"]
+    w.answers[PushCheck(tuple(targets))] = None
+    return w
+
+
+def native() -> World:
+    w = world(platforms=PLATFORMS, multiArch={"strategy": "native"})
+    return w
+
+
+def index_answer(w: World, amd64: str, arm64: str, result: str = digest(9)) -> None:
+    question = AssembleIndex("r.example/team/app", (("linux/amd64", amd64, OCI_MANIFEST), ("linux/arm64", arm64, OCI_MANIFEST)),
+                             ("v1",))
+    w.answers[question] = (result, [("linux/amd64", amd64), ("linux/arm64", arm64)])
+
+
+# -- starting --
+
+def test_a_new_build_creates_credentials_then_one_job_per_unit_and_records_the_plan():
+    w = native()
+    decision = w.decide()
+    assert [o["kind"] for o in decision.create] == ["Secret", "Job", "Job"]
+    assert [u["key"] for u in w.status["units"]] == ["amd64", "arm64"] and w.status["phase"] == "Pending"
+    assert w.events == ["BuildStarted"] and len(w.jobs) == 2 and w.credentials == {w.status["buildID"]}
+
+
+def test_an_operator_crash_between_two_job_creates_is_completed_on_the_next_decision():
+    w = native()
+    w.decide(crash_after=2)  # the Secret and the amd64 Job exist; no status was written
+    assert len(w.jobs) == 1 and "units" not in w.status
+    w.decide()
+    assert sorted(j["metadata"]["labels"]["kiln.dev/unit"] for j in w.jobs.values()) == ["amd64", "arm64"]
+    assert len(w.created) == 2  # nothing twice
+
+
+@pytest.mark.parametrize(("problem", "stalled"), [
+    (CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)"), True),
+    (CredentialsProblem(reasons.LOGIN_CONFLICT, "RegistryLogins 'a' and 'b' both log in to r.example"), True),
+])
+def test_a_credentials_problem_blocks_the_start_with_backoff_and_creates_nothing(problem, stalled):
+    w = world()
+    w.logins = problem
+    decision = w.decide()
+    assert decision.create == [] and w.jobs == {}
+    assert (w.condition("CredentialsReady")["reason"], w.condition("Stalled")["status"]) == (problem.reason, "True")
+    assert decision.requeue_after == 10 and "kiln looks again at 2026-11-29T10:00:10Z" in w.condition("Stalled")["message"]
+
+
+def test_a_blocked_build_asks_the_registry_again_only_after_its_backoff_or_a_change():
+    w = world()
+    check = PushCheck(("r.example/team/app",))
+    w.answers[check] = RegistryProblem(reasons.PUSH_DENIED, "r.example denies push to team/app", transient=False)
+    assert w.decide().requeue_after == 10
+    w.answers.pop(check)  # asking now would fail the test: decide must not ask within the backoff
+    w.now += datetime.timedelta(seconds=5)
+    assert w.decide().requeue_after == pytest.approx(5)
+    w.now += datetime.timedelta(seconds=6)
+    w.answers[check] = RegistryProblem(reasons.PUSH_DENIED, "r.example denies push to team/app", transient=False)
+    assert w.decide().requeue_after == 20  # the second time: twice as long
+    assert w.status["retry"]["count"] == 2
+    w.logins_revision = "2"  # the login's Secret changed: look at once, and the backoff starts over
+    w.answers[check] = None
+    decision = w.decide()
+    assert [o["kind"] for o in decision.create] == ["Secret", "Job"] and "retry" not in w.status
+
+
+def test_a_busy_cache_volume_waits_without_stalling_and_looks_again():
+    w = world(cache={"type": "local", "volume": {"claimName": "state"}})
+    w.volume_holder = "pod other-g1-abc-xyz"
+    decision = w.decide()
+    assert decision.create == [] and decision.requeue_after == 15
+    assert (w.condition("Reconciling")["reason"], w.condition("Stalled")["status"]) == (reasons.WAITING_FOR_CACHE_VOLUME, "False")
+    assert "in use by pod other-g1-abc-xyz" in w.condition("Reconciling")["message"]
+
+
+def test_auto_with_local_cache_and_nodes_of_both_architectures_is_an_invalid_spec_not_a_crash():
+    w = world(platforms=PLATFORMS, cache={"type": "local", "volume": {"claimName": "state"}})
+    w.obj["spec"]["multiArch"] = {"strategy": "auto"}  # what an old CRD or a file lets through
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.condition("Ready")["reason"] == reasons.INVALID_SPEC
+
+
+def test_a_refused_job_stops_the_build_and_leaves_no_credentials():
+    w = native()
+    w.decide(refuse="app-" + parse_image_build(w.obj).build_id + "-arm64")
+    assert w.jobs == {} and w.credentials == set()
+    assert (w.condition("Stalled")["reason"], w.condition("Stalled")["status"]) == (reasons.CREATE_REJECTED, "True")
+    assert "admission webhook denied the request" in w.condition("Stalled")["message"]
+
+
+# -- following a build --
+
+def test_native_build_succeeds_only_when_every_planned_unit_pushed_and_the_index_is_assembled():
+    w = native()
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    w.decide()
+    assert w.status["phase"] == "Building"
+    w.finish(w.job("arm64"), metadata(digest(2)))
+    index_answer(w, digest(1), digest(2))
+    w.decide()
+    assert (w.status["phase"], w.status["digest"]) == ("Succeeded", digest(9))
+    assert [p["platform"] for p in w.status["platforms"]] == PLATFORMS
+    assert w.credentials == set() and w.events[-1] == "BuildSucceeded"
+
+
+def test_a_unit_job_deleted_by_hand_mid_build_is_run_again_never_left_out_of_the_index():
+    w = native()
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    del w.jobs[w.job("arm64")]
+    w.decide()
+    assert w.status["phase"] == "Building" and w.job("arm64").endswith("-arm64-r1")
+    assert w.events[-1] == "BuildRetried" and w.credentials  # the new pod needs them
+
+
+def test_a_unit_job_deleted_by_hand_with_no_retries_left_fails_the_build_naming_its_platform():
+    w = world(platforms=PLATFORMS, multiArch={"strategy": "native"}, retries=0)
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    del w.jobs[w.job("arm64")]
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.JOB_LOST
+    assert w.status["failure"]["message"].startswith("linux/arm64: its Job was deleted")
+    assert not any(isinstance(q, AssembleIndex) for q in w.answers)  # no index of one platform
+
+
+def test_a_finished_job_deleted_later_loses_nothing():
+    w = native()
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    w.decide()
+    del w.jobs[w.job("amd64")]  # a TTL, or a person
+    w.finish(w.job("arm64"), metadata(digest(2)))
+    index_answer(w, digest(1), digest(2))
+    w.decide()
+    assert w.status["phase"] == "Succeeded" and len(w.created) == 2
+
+
+def test_a_login_that_stops_being_ready_after_the_pods_finished_does_not_fail_a_pushed_build():
+    w = world()
+    w.decide()
+    w.finish(w.job("all"), metadata(digest(1)))
+    w.logins = CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (SecretNotFound: gone)")
+    w.decide()
+    assert (w.status["phase"], w.status["digest"]) == ("Succeeded", digest(1))
+
+
+def test_a_native_unit_that_reports_no_digest_is_built_again_and_then_fails_naming_it():
+    w = native()
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    w.finish(w.job("arm64"), "")  # the pod was collected, or its message was lost
+    w.decide()
+    assert w.job("arm64").endswith("-r1") and w.status["phase"] == "Building"
+    w.finish(w.job("arm64"), "")
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.DIGEST_NOT_REPORTED
+    assert w.status["failure"]["message"].startswith("linux/arm64: the image was pushed by digest")
+
+
+def test_one_pod_that_reports_no_digest_takes_the_digest_its_tag_has_in_the_registry():
+    w = world()
+    w.decide()
+    w.finish(w.job("all"), "")
+    w.answers[TagDigest("r.example/team/app", "v1")] = (digest(3), OCI_MANIFEST)
+    w.decide()
+    assert (w.status["phase"], w.status["digest"]) == ("Succeeded", digest(3))
+
+
+def test_one_pod_that_reports_no_digest_for_a_tag_the_registry_lacks_fails():
+    w = world()
+    w.decide()
+    w.finish(w.job("all"), "")
+    w.answers[TagDigest("r.example/team/app", "v1")] = RegistryProblem(reasons.IMAGE_NOT_FOUND, "r.example has no "
+                                                                       "team/app@v1", transient=False)
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.DIGEST_NOT_REPORTED
+
+
+def test_a_single_pod_index_is_looked_into_for_the_digest_of_each_platform():
+    w = world(platforms=PLATFORMS)
+    w.decide()
+    w.finish(w.job("all"), metadata(digest(5), OCI_INDEX))
+    w.answers[ImageContents("r.example/team/app", digest(5), tuple(PLATFORMS))] = [("linux/amd64", digest(1)),
+                                                                                   ("linux/arm64", digest(2))]
+    w.decide()
+    assert w.status["digest"] == digest(5)
+    assert w.status["platforms"] == [{"platform": "linux/amd64", "digest": digest(1), "builtBy": "qemu"},
+                                     {"platform": "linux/arm64", "digest": digest(2), "builtBy": "qemu"}]
+
+
+@pytest.mark.parametrize(("transient", "phase"), [(True, "Building"), (False, "Failed")])
+def test_an_index_the_registry_will_not_take_retries_with_backoff_or_fails(transient, phase):
+    w = native()
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    w.finish(w.job("arm64"), metadata(digest(2)))
+    question = AssembleIndex("r.example/team/app", (("linux/amd64", digest(1), OCI_MANIFEST),
+                                                    ("linux/arm64", digest(2), OCI_MANIFEST)), ("v1",))
+    w.answers[question] = RegistryProblem(reasons.REGISTRY_ERROR if transient else reasons.IMAGE_NOT_FOUND, "no", transient)
+    decision = w.decide()
+    assert w.status["phase"] == phase
+    assert (decision.requeue_after == 10) is transient
+
+
+def test_an_evicted_pod_is_retried_and_a_dockerfile_error_is_not():
+    w = world(retries=1)
+    w.decide()
+    w.finish(w.job("all"), exit_code=137, pod_status={"reason": "Evicted", "message": "low memory"})
+    w.decide()
+    assert w.job("all").endswith("-r1") and w.status["phase"] == "Building"
+    w.finish(w.job("all"), "#7 ERROR: process did not complete successfully: exit code: 2", exit_code=1)
+    w.decide()
+    assert w.status["failure"]["reason"] == reasons.DOCKERFILE_ERROR and len(w.created) == 2
+
+
+def test_an_image_pull_failure_waits_for_the_kubelet_then_fails_without_a_new_job():
+    w = world()
+    w.decide()
+    w.pull_fails(w.job("all"))
+    decision = w.decide()
+    assert w.status["phase"] == "Pending" and w.condition("Reconciling")["reason"] == reasons.BUILDER_IMAGE_PULL_FAILED
+    assert decision.requeue_after == 60 and len(w.created) == 1
+    w.now += datetime.timedelta(seconds=61)
+    w.decide()
+    assert w.status["failure"]["reason"] == reasons.BUILDER_IMAGE_PULL_FAILED and len(w.created) == 1
+    assert w.jobs == {} and w.credentials == set()
+
+
+# -- changes of mind --
+
+def test_a_spec_edited_to_invalid_mid_build_stops_the_job_and_removes_its_credentials():
+    w = world()
+    w.decide()
+    w.run(w.job("all"))
+    w.edit(source={"git": {"url": "https://git.example/app.git"}, "url": "https://e.example/c.tgz"})
+    w.decide()
+    assert w.jobs == {} and w.credentials == set()
+    assert w.status["phase"] == "Failed" and w.status["history"][0]["phase"] == "Cancelled"
+
+
+def test_a_superseded_build_leaves_no_job_and_no_credentials_behind():
+    w = world()
+    w.decide()
+    old = w.status["buildID"]
+    w.run(w.job("all"))
+    w.edit(source={"git": {"url": "https://git.example/app.git", "revision": "next"}})
+    w.decide()
+    assert [j["metadata"]["labels"]["kiln.dev/build-id"] for j in w.jobs.values()] == [w.status["buildID"]]
+    assert w.credentials == {w.status["buildID"]} and old not in w.credentials
+    assert w.status["history"][0] | {"completionTime": None} == {
+        "buildID": old, "generation": 1, "jobName": f"app-{old}", "phase": "Cancelled", "reason": reasons.SUPERSEDED,
+        "completionTime": None}
+    assert "BuildSuperseded" in w.events
+
+
+def test_suspend_cancels_the_running_build_and_resume_runs_it_as_a_new_attempt():
+    w = world()
+    w.decide()
+    first = w.job("all")
+    w.run(first)
+    w.edit(suspend=True)
+    w.decide()
+    assert w.jobs == {} and w.credentials == set() and w.status["phase"] == "Cancelled"
+    assert w.status["history"][0]["reason"] == reasons.SUSPENDED
+    w.edit(suspend=False)
+    w.decide()
+    assert list(w.jobs) == [f"{first}-r1"]
+
+
+def test_a_restart_at_any_point_of_a_native_build_never_creates_a_job_twice():
+    """The operator may die after any create of any decision: every prefix, then a clean run to the end."""
+    for crash in range(4):
+        w = native()
+        w.decide(crash_after=crash)
+        w.decide()
+        w.finish(w.job("amd64"), metadata(digest(1)))
+        w.finish(w.job("arm64"), metadata(digest(2)))
+        index_answer(w, digest(1), digest(2))
+        w.decide()
+        assert w.status["phase"] == "Succeeded" and len(w.created) == 2, crash
+
+
+def test_history_keeps_the_limit_and_older_jobs_are_deleted():
+    w = world(historyLimit=1)
+    w.decide()
+    w.finish(w.job("all"), metadata(digest(1)))
+    w.decide()
+    w.obj["metadata"]["annotations"] = {"kiln.dev/rebuild": "again"}
+    w.decide()
+    w.finish(w.job("all"), metadata(digest(2)))
+    w.decide()
+    assert list(w.jobs) == [w.job("all")] and len(w.status["history"]) == 1
