@@ -44,7 +44,21 @@ def now() -> str:
 
 @attrs.define(kw_only=True)
 class KubeFake(kmock.KubernetesEmulator):
+    # Requests to fail on purpose: [method, path fragment, status, how many more times, how many to let pass first].
+    faults: list = attrs.field(factory=list)
+
+    def fail(self, method: str, fragment: str, status: int = 500, times: int = 1, after: int = 0) -> None:
+        """Of the requests whose path contains `fragment`, let `after` pass, then fail `times` with `status`."""
+        self.faults.append([method.upper(), fragment, status, times, after])
+
     async def _handle(self, request):
+        for fault in self.faults:
+            if fault[3] > 0 and str(request.method).upper().endswith(fault[0]) and fault[1] in request.url.path:
+                if fault[4] > 0:
+                    fault[4] -= 1
+                    continue
+                fault[3] -= 1
+                raise kmock.KubernetesError(status=fault[2], reason="InternalError", message="injected by the test")
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             if isinstance(request.data, dict):
                 real = self._as_real_server(request)

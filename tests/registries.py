@@ -321,11 +321,20 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+DOCKER_TYPES = {"manifest": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": "application/vnd.docker.container.image.v1+json",
+                "layer": "application/vnd.docker.image.rootfs.diff.tar"}
+OCI_TYPES = {"manifest": "application/vnd.oci.image.manifest.v1+json", "config": "application/vnd.oci.image.config.v1+json",
+             "layer": "application/vnd.oci.image.layer.v1.tar"}
+
+
 def push_image(registry: RunningRegistry, user: str, repository: str, platforms: list[str],
-               tag: str | None = None, layers: dict[str, bytes] | None = None) -> tuple[str | None, dict[str, str]]:
+               tag: str | None = None, layers: dict[str, bytes] | None = None,
+               types: dict[str, str] = OCI_TYPES) -> tuple[str | None, dict[str, str]]:
     """Push an image per platform by digest, plus an index under `tag` when given.
 
     `layers` gives each platform's one layer (a tar); by default a few bytes that no runtime could use.
+    `types`: OCI media types (BuildKit's default), or DOCKER_TYPES.
     Returns (index digest or None, {platform: manifest digest}): what BuildKit leaves in a registry.
     """
     client = Client(registry, user)
@@ -338,14 +347,12 @@ def push_image(registry: RunningRegistry, user: str, repository: str, platforms:
         for blob in (layer, config):
             client.push_blob(repository, blob)
         manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest_of(layer),
-                        "size": len(layer)}],
+            "schemaVersion": 2, "mediaType": types["manifest"],
+            "config": {"mediaType": types["config"], "digest": digest_of(config), "size": len(config)},
+            "layers": [{"mediaType": types["layer"], "digest": digest_of(layer), "size": len(layer)}],
         }).encode()
-        digests[platform] = client.push_manifest(repository, digest_of(manifest), "application/vnd.oci.image.manifest.v1+json",
-                                                 manifest)
-        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest_of(manifest),
+        digests[platform] = client.push_manifest(repository, digest_of(manifest), types["manifest"], manifest)
+        entries.append({"mediaType": types["manifest"], "digest": digest_of(manifest),
                         "size": len(manifest), "platform": {"os": os_name, "architecture": arch}})
     if tag is None:
         return None, digests

@@ -1,12 +1,22 @@
-"""The registry client against real registries on 127.0.0.1: Basic and Bearer-token auth."""
+"""The registry client against real registries on 127.0.0.1: Basic and Bearer-token auth, index assembly."""
+import asyncio
+
 import pytest
 
 from kiln import reasons
 from kiln.credentials import Credentials
-from kiln.registry import Registry, RegistryClient, RegistryError, forbidden_address
+from kiln.registry import (
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    Registry,
+    RegistryClient,
+    RegistryError,
+    assemble_index,
+    forbidden_address,
+)
 
 from conftest import BASIC_USERS, TOKEN_USERS
-from registries import silent_server
+from registries import DOCKER_TYPES, Client, push_image, silent_server
 
 pytestmark = pytest.mark.registry
 
@@ -136,3 +146,36 @@ async def test_a_name_that_resolves_to_a_metadata_address_is_refused(monkeypatch
     error = await refusal("registry.example.internal:5000", "alice", "pw")
     assert error.reason == reasons.ADDRESS_NOT_ALLOWED
     assert error.message == "registry.example.internal resolves to a link-local or metadata address"
+
+
+PLATFORMS = ["linux/amd64", "linux/arm64"]
+
+
+@pytest.mark.parametrize(("types", "index_type"), [({}, OCI_INDEX), (DOCKER_TYPES, DOCKER_MANIFEST_LIST)],
+                         ids=["oci-children-oci-index", "docker-children-docker-manifest-list"])
+async def test_an_assembled_index_is_of_the_kind_of_its_children_and_tags_every_tag_through_bearer_tokens(
+        token_registry, types, index_type):
+    password = TOKEN_USERS["pusher"][0]
+    _, digests = await asyncio.to_thread(push_image, token_registry, "pusher", "team/multi", PLATFORMS,
+                                         **({"types": types} if types else {}))
+    async with client(token_registry.host, "pusher", password) as registry:
+        digest, images = await assemble_index(registry, "team/multi", [(p, digests[p]) for p in PLATFORMS], ("v1", "latest"))
+    assert images == [(p, digests[p]) for p in PLATFORMS]
+    reader = Client(token_registry, "pusher")
+    for tag in ("v1", "latest"):
+        media_type, index, tagged = await asyncio.to_thread(reader.manifest, "team/multi", tag)
+        assert (media_type, index["mediaType"], tagged) == (index_type, index_type, digest)
+        assert [(m["platform"]["architecture"], m["digest"]) for m in index["manifests"]] == \
+               [(p.split("/")[1], digests[p]) for p in PLATFORMS]
+
+
+async def test_an_index_with_a_child_missing_from_the_registry_is_not_pushed(token_registry):
+    _, digests = await asyncio.to_thread(push_image, token_registry, "pusher", "team/partial", ["linux/amd64"])
+    missing = "sha256:" + "0" * 64
+    async with client(token_registry.host, "pusher", TOKEN_USERS["pusher"][0]) as registry:
+        with pytest.raises(RegistryError) as caught:
+            await assemble_index(registry, "team/partial", [("linux/amd64", digests["linux/amd64"]),
+                                                            ("linux/arm64", missing)], ("v1",))
+    assert caught.value.reason == reasons.IMAGE_NOT_FOUND and not caught.value.transient
+    status, _, _ = await asyncio.to_thread(Client(token_registry, "pusher").request, "GET", "/v2/team/partial/manifests/v1")
+    assert status == 404  # nothing tagged

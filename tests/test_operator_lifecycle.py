@@ -1,0 +1,192 @@
+"""The build lifecycle in event orders that once made status untrue: the real operator against the emulator.
+
+Each of these failed on the operator before decide.py (commit c49453b); see tests/test_decide.py for the
+same stories as a table of the pure decision.
+"""
+import asyncio
+import dataclasses
+import types
+
+import pytest
+
+from kiln import reasons
+from kiln.parse import parse_image_build
+from kiln.render import docker_secret_name
+from test_operator_builds import (
+    DIGEST,
+    IB,
+    cond,
+    first_job,
+    image_build,
+    jobs,
+    metadata,
+    phase,
+    ready_login,
+    status,
+)
+
+from conftest import TOKEN_USERS, b64, ready_of
+from kubefake import KubeFake, eventually, operator
+from registries import push_image
+
+pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
+PLATFORMS = ["linux/amd64", "linux/arm64"]
+
+
+async def native_jobs(cluster, registry, **spec) -> dict[str, dict]:
+    await ready_login(cluster, registry)
+    await cluster.apply(image_build(registry.host, platforms=PLATFORMS, multiArch={"strategy": "native"}, **spec))
+    return {j["metadata"]["labels"]["kiln.dev/unit"]: j for j in await jobs(cluster, 2)}
+
+
+async def test_a_native_unit_whose_job_is_deleted_by_hand_is_built_again_not_left_out_of_the_index(cluster, basic_registry):
+    _, digests = await asyncio.to_thread(push_image, basic_registry, "alice", "team/app", PLATFORMS)
+    async with operator():
+        built = await native_jobs(cluster, basic_registry)
+        await cluster.finish(built["amd64"], await cluster.start_pod(built["amd64"]), exit_code=0,
+                             message=metadata(digests["linux/amd64"]))
+        await cluster.delete("batch/v1", "jobs", built["arm64"]["metadata"]["name"])
+        again = await eventually(lambda: [j for j in cluster.jobs() if j["metadata"]["name"].endswith("-arm64-r1")],
+                                 message="the arm64 unit runs again")
+        assert status(cluster)["phase"] == "Building"
+        await cluster.finish(again[0], await cluster.start_pod(again[0]), exit_code=0,
+                             message=metadata(digests["linux/arm64"]))
+        done = await phase(cluster, "Succeeded")
+    assert [p["platform"] for p in done["platforms"]] == PLATFORMS
+
+
+async def test_a_native_unit_job_the_api_server_fails_to_create_once_is_created_on_the_retry(cluster, basic_registry,
+                                                                                               monkeypatch):
+    monkeypatch.setenv("KILN_RESYNC_INTERVAL", "3600")  # no resync to rescue it
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        cluster.fake.fail("post", "/jobs", status=500, after=1)  # the amd64 Job is created, the arm64 one fails once
+        await cluster.apply(image_build(basic_registry.host, platforms=PLATFORMS, multiArch={"strategy": "native"}))
+        built = await jobs(cluster, 2)
+    assert sorted(j["metadata"]["labels"]["kiln.dev/unit"] for j in built) == ["amd64", "arm64"]
+    assert len(cluster.ever_created("batch/v1", "jobs")) == 2
+
+
+async def test_a_login_that_stops_being_ready_mid_build_does_not_fail_the_pushed_image(cluster, basic_registry):
+    async with operator():
+        job = await first_job(cluster, basic_registry)
+        pod = await cluster.start_pod(job)
+        await cluster.patch("v1", "secrets", "reg-creds", {"data": {"password": b64("rotated-but-wrong")}})
+        await eventually(lambda: ready_of(cluster.get("kiln.dev/v1alpha1", "registrylogins", "reg")).get("status") == "False",
+                         message="the login is not Ready")
+        await cluster.finish(job, pod, exit_code=0, message=metadata(DIGEST))
+        done = await phase(cluster, "Succeeded")
+    assert done["digest"] == DIGEST
+
+
+async def test_a_native_unit_that_reports_no_digest_fails_instead_of_building_forever(cluster, basic_registry):
+    async with operator():
+        built = await native_jobs(cluster, basic_registry, retries=0)
+        await cluster.finish(built["amd64"], await cluster.start_pod(built["amd64"]), exit_code=0, message="")
+        failed = await phase(cluster, "Failed")
+        await jobs(cluster, 1)  # the arm64 unit is stopped: no index can be made without amd64
+    assert failed["failure"]["reason"] == reasons.DIGEST_NOT_REPORTED
+    assert failed["failure"]["message"].startswith("linux/amd64: the image was pushed by digest")
+
+
+async def test_one_pod_that_reports_no_digest_takes_the_digest_of_its_tag_from_the_registry(cluster, basic_registry):
+    index, _ = await asyncio.to_thread(push_image, basic_registry, "alice", "team/app", ["linux/amd64"], "v1")
+    async with operator():
+        job = await first_job(cluster, basic_registry)
+        await cluster.finish(job, await cluster.start_pod(job), exit_code=0, message="")
+        done = await phase(cluster, "Succeeded")
+    assert done["digest"] == index and done["image"] == f"{basic_registry.host}/team/app@{index}"
+
+
+async def test_superseding_a_running_build_leaves_no_credentials_of_it_behind(cluster, basic_registry):
+    async with operator():
+        old = await first_job(cluster, basic_registry)
+        old_secret = docker_secret_name(parse_image_build(cluster.build("app")))
+        await cluster.run_pod(await cluster.start_pod(old))
+        await cluster.patch(*IB, "app", {"spec": {"source": {"git": {"revision": "next"}}}})
+        await eventually(lambda: status(cluster).get("observedGeneration") == 2, message="the new build started")
+        await eventually(lambda: cluster.get("v1", "secrets", old_secret) is None, message="the old build's Secret is gone")
+        new_secret = docker_secret_name(_current_spec(cluster))
+    assert new_secret != old_secret and cluster.get("v1", "secrets", new_secret) is not None
+    assert [j["metadata"]["labels"]["kiln.dev/generation"] for j in cluster.jobs()] == ["2"]
+
+
+def _current_spec(cluster):
+    """The spec of the build status names (the build ID survives changes that keep the image)."""
+    build = cluster.build("app")
+    return dataclasses.replace(parse_image_build(build), build_id=build["status"]["buildID"])
+
+
+async def test_an_edit_that_makes_a_running_build_invalid_stops_it_and_removes_its_credentials(cluster, basic_registry):
+    async with operator():
+        job = await first_job(cluster, basic_registry)
+        secret = docker_secret_name(parse_image_build(cluster.build("app")))
+        await cluster.run_pod(await cluster.start_pod(job))
+        await cluster.patch(*IB, "app", {"spec": {"source": {"url": "https://example.com/context.tgz"}}})  # two sources
+        await phase(cluster, "Failed")
+        await jobs(cluster, 0)
+        await eventually(lambda: cluster.get("v1", "secrets", secret) is None, message="the Secret is gone")
+    assert cond(cluster, "Ready")["reason"] == reasons.INVALID_SPEC
+    assert status(cluster)["history"][0]["phase"] == "Cancelled"
+
+
+async def test_an_api_error_in_a_reconcile_is_retried_for_that_object_not_at_the_next_resync(cluster, basic_registry,
+                                                                                             monkeypatch):
+    monkeypatch.setenv("KILN_RESYNC_INTERVAL", "3600")
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        cluster.fake.fail("get", "/imagebuilds/app", status=500, times=2)  # the reconcile the creation triggers fails
+        await cluster.apply(image_build(basic_registry.host))
+        await jobs(cluster, 1)
+        await eventually(lambda: status(cluster).get("phase") == "Pending", timeout=10, message="the build started")
+
+
+async def test_a_stalled_build_asks_the_registry_again_only_after_its_backoff(cluster, token_registry):
+    async with operator():
+        await ready_login(cluster, token_registry, user="reader", password=TOKEN_USERS["reader"][0])
+        await cluster.apply(image_build(token_registry.host))
+        await eventually(lambda: cond(cluster, "CredentialsReady").get("reason") == reasons.PUSH_DENIED)
+        asked = len([r for r in token_registry.issuer.requests if "push" in ",".join(r["scope"])])
+        await asyncio.sleep(4)  # four resync rounds (KILN_RESYNC_INTERVAL=1), within the 10s backoff
+        again = len([r for r in token_registry.issuer.requests if "push" in ",".join(r["scope"])])
+    assert again == asked
+    assert "kiln looks again at" in cond(cluster, "Stalled")["message"]
+    assert status(cluster)["retry"]["reason"] == reasons.PUSH_DENIED
+
+
+async def test_the_cache_volume_stays_busy_while_a_deleted_jobs_pod_still_runs(cluster, basic_registry):
+    cache = {"type": "local", "volume": {"claimName": "buildkit-state"}}
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await cluster.apply(image_build(basic_registry.host, name="one", cache=cache))
+        (first,) = await jobs(cluster, 1)
+        pod = await cluster.start_pod(first)
+        await cluster.run_pod(pod)
+        await cluster.patch("v1", "pods", pod["metadata"]["name"], {"metadata": {"ownerReferences": None}})
+        await cluster.delete("batch/v1", "jobs", first["metadata"]["name"])  # the pod is still stopping
+        await cluster.apply(image_build(basic_registry.host, name="two", cache=cache))
+        await eventually(lambda: cond(cluster, "Reconciling", "two").get("reason") == reasons.WAITING_FOR_CACHE_VOLUME)
+    assert f"in use by pod {pod['metadata']['name']}" in cond(cluster, "Reconciling", "two")["message"]
+    assert not [j for j in cluster.jobs() if j["metadata"]["name"].startswith("two-")]
+
+
+async def test_a_login_event_while_builds_are_being_created_reaches_every_build_without_crashing(monkeypatch):
+    """The index of builds grows while the handler walks it (kopf's indexer runs between awaits)."""
+    from kiln import handlers
+
+    store = {"app-1": "app-1"}
+    started = []
+
+    async def build(memo, namespace, name, logger):
+        started.append(name)
+        store[f"app-{len(store) + 1}"] = f"app-{len(store) + 1}"  # another ImageBuild arrives meanwhile
+
+    async def verified(runtime, body, logger):
+        return {"conditions": []}
+
+    monkeypatch.setattr(handlers, "_build", build)
+    monkeypatch.setattr(handlers.handle_login, "reconcile_login", verified)
+    body = {"metadata": {"namespace": "default", "name": "reg"}}
+    await handlers._login(memo=types.SimpleNamespace(runtime=None), body=body, logger=None,
+                          builds_by_namespace={"default": store})
+    assert started == ["app-1"]
