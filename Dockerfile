@@ -4,6 +4,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
+COPY crds ./crds
 RUN pip install --no-cache-dir . && rm -rf /src
 USER 65532:65532
 ENTRYPOINT ["kiln"]

@@ -438,10 +438,11 @@ async def test_a_change_that_does_not_alter_the_image_keeps_the_build_and_its_re
 async def test_a_child_the_api_server_refuses_is_reported_in_status(cluster, basic_registry):
     async with operator():
         await ready_login(cluster, basic_registry)
-        # The CRD would refuse this toleration; an object that skipped that check reaches the Job.
-        await cluster.apply(image_build(basic_registry.host, builder={"tolerations": [{"key": "a", "tolerationSeconds": "soon"}]}))
+        cluster.fake.fail("post", "/jobs", status=403, times=100)  # a quota, or an admission webhook, says no
+        await cluster.apply(image_build(basic_registry.host))
         await eventually(lambda: cond(cluster, "Stalled").get("reason") == reasons.CREATE_REJECTED,
                          message=f"Stalled CreateRejected; have {cond(cluster, 'Stalled')}")
     assert cond(cluster, "Stalled")["message"].startswith("the API server refused to create Job app-g1-")
+    assert "injected by the test" in cond(cluster, "Stalled")["message"]
     assert cond(cluster, "CredentialsReady")["status"] == "True" and cluster.jobs() == []
     assert [s["metadata"]["name"] for s in cluster.all("v1", "secrets")] == ["reg-creds"]  # no credentials left behind

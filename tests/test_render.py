@@ -146,7 +146,6 @@ def test_private_git_token_reaches_buildkit_as_a_secret_never_in_the_url():
 @pytest.mark.parametrize(("url", "secret_id"), [
     ("https://git.corp.example/team/app.git", "GIT_AUTH_TOKEN.git.corp.example"),
     ("https://gitea.corp.example:3000/team/app.git", "GIT_AUTH_TOKEN.gitea.corp.example:3000"),
-    ("https://ci@git.corp.example/team/app.git", "GIT_AUTH_TOKEN.git.corp.example"),
 ])
 def test_git_token_secret_is_named_for_the_host_and_port_buildkit_looks_up(url, secret_id):
     doc = _fixture_build()

@@ -12,7 +12,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from kiln.references import IMAGE_PATTERN, PLATFORM_PATTERN, TAG_PATTERN, TAGGED_REF_PATTERN, normalize_server
+from kiln.references import (
+    CREDENTIALS_IN_URL,
+    IMAGE_PATTERN,
+    PLATFORM_PATTERN,
+    SERVER_PATTERN,
+    TAG_PATTERN,
+    TAGGED_REF_PATTERN,
+    normalize_server,
+)
+from kiln.schema import go_pattern, structural_errors
 
 REBUILD_ANNOTATION = "kiln.dev/rebuild"
 CACHE_TYPES = ("registry", "local", "inline", "none")
@@ -184,6 +193,7 @@ def parse_image_build(obj: dict) -> BuildSpec:
     target = spec.get("target")
     if target is not None:
         _match(target, _TARGET.pattern, "spec.target", "must be a Dockerfile stage name")
+    _schema("ImageBuild", obj)
     return BuildSpec(
         namespace=meta.get("namespace") or "default",
         name=_name(meta.get("name"), "metadata.name"),
@@ -215,14 +225,17 @@ def parse_registry_login(obj: dict) -> LoginSpec:
     server = spec.get("server")
     if not isinstance(server, str) or not server.strip():
         raise InvalidSpec("spec.server", "required: the registry host, e.g. registry.example.com:5000")
+    if "@" in server.split("://", 1)[-1].split("/", 1)[0]:
+        raise InvalidSpec("spec.server", "must not carry credentials (user:password@); "
+                                         "put them in the Secret that spec.secretRef names")
+    _match(server, SERVER_PATTERN, "spec.server", "is not a registry host[:port] (port 1-65535)")
     host = normalize_server(server)
-    if not host or any(c.isspace() for c in host):
-        raise InvalidSpec("spec.server", f"{server!r} is not a registry host")
     secret_ref = _mapping(spec.get("secretRef"), "spec.secretRef", required=True)
     ca = _mapping(spec.get("caBundle", {}), "spec.caBundle")
     insecure = _boolean(spec.get("insecure", False), "spec.insecure")
     if insecure and ca:
         raise InvalidSpec("spec.caBundle", "caBundle has no effect with insecure=true; set one or the other")
+    _schema("RegistryLogin", obj)
     return LoginSpec(
         namespace=meta.get("namespace") or "default",
         name=_name(meta.get("name"), "metadata.name"),
@@ -234,6 +247,15 @@ def parse_registry_login(obj: dict) -> LoginSpec:
         ca_config_map=_name(ca["name"], "spec.caBundle.name") if ca else None,
         ca_key=ca.get("key", "ca.crt"),
     )
+
+
+def _schema(kind: str, obj: dict) -> None:
+    """The CRD's own schema (bounds, enums, patterns, unknown fields): what the API server would refuse is
+    refused here too, whatever the checks above let through."""
+    found = structural_errors(kind, {"spec": obj.get("spec")})
+    if found:
+        where, _, message = found[0].partition(": ")
+        raise InvalidSpec(where.removeprefix('unknown field "').rstrip('"'), message or found[0])
 
 
 def parse_duration(value, where: str) -> int:
@@ -257,6 +279,9 @@ def _parse_source(source: dict) -> Source:
         git = _mapping(source["git"], "spec.source.git")
         url = _match(git.get("url"), _GIT_URL.pattern, "spec.source.git.url",
                      "must be an https://, ssh://, git:// or git@host:path URL without spaces or '#'")
+        if any(re.search(pattern, url) for pattern in CREDENTIALS_IN_URL):
+            raise InvalidSpec("spec.source.git.url", "source.git.url must not carry credentials; put the token or key "
+                                                     "in the Secret that source.git.secretRef names")
         revision = git.get("revision")
         if revision is not None:
             _match(revision, _REVISION.pattern, "spec.source.git.revision", "must be a branch, tag or commit name")
@@ -272,6 +297,9 @@ def _parse_source(source: dict) -> Source:
                                        "spec.source.configMap.name"))
     else:
         origin = UrlSource(_match(source["url"], _TARBALL_URL.pattern, "spec.source.url", "must be an http(s) URL"))
+        if re.search(CREDENTIALS_IN_URL[0], origin.url):
+            raise InvalidSpec("spec.source.url", "source.url must not carry credentials; the URL is written into the "
+                                                 "build Job, where whoever may read Jobs sees it")
     context_dir = _relative(source.get("contextDir", "."), "spec.source.contextDir")
     if isinstance(origin, (UrlSource, ConfigMapSource)) and context_dir != ".":
         raise InvalidSpec("spec.source.contextDir", "source.contextDir is only supported with source.git and source.volume")
@@ -297,7 +325,7 @@ def _parse_cache(cache: dict, output: Output) -> Cache:
             raise InvalidSpec(f"spec.cache.{key}", f"cache.{key} is only used when cache.type is {allowed}")
     if kind == "local" and "volume" not in cache:
         raise InvalidSpec("spec.cache.volume", "cache.volume is required when cache.type is local")
-    if kind == "none" and cache.get("importRefs"):
+    if kind == "none" and "importRefs" in cache:
         raise InvalidSpec("spec.cache.importRefs", "cache.importRefs cannot be used when cache.type is none")
     imports = tuple(_strings(cache.get("importRefs", []), "spec.cache.importRefs"))
     for i, ref in enumerate(imports):
@@ -362,7 +390,7 @@ def _strings(value, where: str) -> list[str]:
 
 
 def _match(value, pattern: str, where: str, explain: str) -> str:
-    if not isinstance(value, str) or not re.search(pattern, value):
+    if not isinstance(value, str) or not go_pattern(pattern).search(value):
         raise InvalidSpec(where, f"{value!r} {explain}" if value is not None else f"required: {explain}")
     return value
 

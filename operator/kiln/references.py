@@ -7,13 +7,19 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-_HOST = r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?"
+_PORT = r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"  # 1-65535
+_HOST = rf"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?{_PORT}"
 _PATH = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 IMAGE_PATTERN = rf"^({_HOST}/)?{_PATH}$"
 TAG_PATTERN = rf"^{_TAG}$"
 TAGGED_REF_PATTERN = rf"^({_HOST}/)?{_PATH}:{_TAG}$"
 PLATFORM_PATTERN = r"^[a-z0-9]+/[a-z0-9_]+(/v[0-9]+)?$"
+# A registry as docker login takes it: host[:port], with a scheme and a path that are ignored; never user:password@.
+SERVER_PATTERN = rf"^(https?://)?{_HOST}(/[^\s]*)?$"
+# URLs that carry credentials (user:password@, or a token as the user): for http(s) and git:// any user info,
+# for ssh:// a password (a user such as git@ is how SSH names the account).
+CREDENTIALS_IN_URL = (r"^(https?|git)://[^/]*@", r"^ssh://[^/@]*:[^/@]*@")
 
 DOCKER_HUB = "docker.io"
 # What the docker CLI and BuildKit use as Docker Hub's key in config.json.

@@ -191,9 +191,9 @@ def _git_auth_item(origin: GitSource) -> dict:
 def _git_auth_args(origin: GitSource) -> list[str]:
     mounted = f"{GIT_AUTH_DIR}/{_git_auth_item(origin)['path']}"
     if mounted.endswith("/token"):
-        # BuildKit's git source reads a token for this host from this build secret; never from the URL.
-        # Its "host" is Go's url.Host: with the port, without any user info.
-        host = urlsplit(origin.url).netloc.rpartition("@")[2]
+        # BuildKit's git source reads a token for this host from this build secret; never from the URL (the
+        # parser refuses user info there). Its "host" is Go's url.Host: with the port.
+        host = urlsplit(origin.url).netloc
         return [f"--secret=id=GIT_AUTH_TOKEN.{host},src={mounted}"]
     return [f"--ssh=default={mounted}"]
 
