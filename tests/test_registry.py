@@ -108,16 +108,30 @@ async def test_push_preflight_without_credentials_is_denied(basic_registry):
     assert error.reason in (reasons.PUSH_DENIED, reasons.AUTHENTICATION_FAILED)
 
 
-@pytest.mark.parametrize("host", ["169.254.169.254", "169.254.169.254:80", "100.100.100.200", "[fe80::1]:5000"])
+@pytest.mark.parametrize("host", ["169.254.169.254", "169.254.169.254:80", "100.100.100.200", "[fe80::1]:5000",
+                                  "[::ffff:169.254.169.254]:5000", "[::ffff:a9fe:a9fe]", "[64:ff9b::a9fe:a9fe]",
+                                  "[2002:a9fe:a9fe::1]:443"])
 async def test_link_local_and_metadata_addresses_are_refused_without_a_connection(host):
     error = await refusal(host, "alice", "pw")
     assert error.reason == reasons.ADDRESS_NOT_ALLOWED
     assert "KILN_ALLOW_LINK_LOCAL" in error.message
 
 
-def test_forbidden_addresses_are_link_local_and_metadata_only():
-    assert forbidden_address("169.254.1.1") and forbidden_address("fe80::1") and forbidden_address("100.100.100.200")
-    assert not forbidden_address("127.0.0.1") and not forbidden_address("10.0.0.5")
+@pytest.mark.parametrize(("address", "forbidden"), [
+    ("169.254.169.254", True), ("169.254.1.1", True), ("fe80::1", True), ("100.100.100.200", True), ("fd00:ec2::254", True),
+    ("127.0.0.1", False), ("10.0.0.5", False), ("::1", False), ("2001:db8::1", False),
+    # IPv6 forms that carry an IPv4 address, each holding the metadata address
+    ("::ffff:169.254.169.254", True), ("::ffff:a9fe:a9fe", True),  # IPv4-mapped, both spellings
+    ("::169.254.169.254", True),  # IPv4-compatible (deprecated, still parsed)
+    ("2002:a9fe:a9fe::1", True),  # 6to4
+    ("2001:0:4136:e378:8000:63bf:5601:5601", True),  # Teredo, client 169.254.169.254 (obfuscated)
+    ("64:ff9b::a9fe:a9fe", True), ("64:ff9b:1::a9fe:a9fe", True),  # NAT64, well-known and local-use prefixes
+    ("::ffff:100.100.100.200", True), ("64:ff9b::6464:64c8", True),  # Alibaba's metadata address, mapped
+    ("::ffff:127.0.0.1", False), ("2002:0a00:0005::1", False), ("64:ff9b::a00:5", False),  # not link-local inside
+    ("[::ffff:169.254.169.254]", True), ("fe80::1%eth0", True),
+], ids=lambda v: str(v))
+def test_forbidden_addresses_are_link_local_and_metadata_in_any_form(address, forbidden):
+    assert forbidden_address(address) is forbidden
 
 
 async def test_private_ca_registry_verifies_with_its_ca_bundle(tls_registry):
@@ -179,3 +193,27 @@ async def test_an_index_with_a_child_missing_from_the_registry_is_not_pushed(tok
     assert caught.value.reason == reasons.IMAGE_NOT_FOUND and not caught.value.transient
     status, _, _ = await asyncio.to_thread(Client(token_registry, "pusher").request, "GET", "/v2/team/partial/manifests/v1")
     assert status == 404  # nothing tagged
+
+
+async def test_a_bearer_realm_at_a_metadata_address_is_not_followed_and_gets_no_credentials():
+    """A registry (here a bare HTTP handler on loopback) may name any realm; kiln checks it before connecting."""
+    import http.server
+    import threading
+
+    class Challenge(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="http://[::ffff:169.254.169.254]:80/token",service="x"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Challenge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        error = await refusal(f"127.0.0.1:{server.server_address[1]}", "alice", "pw-for-the-registry-only")
+    finally:
+        server.shutdown()
+    assert error.reason == reasons.ADDRESS_NOT_ALLOWED and "::ffff:a9fe:a9fe" in error.message

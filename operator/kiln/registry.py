@@ -43,9 +43,32 @@ class RegistryError(Exception):
         return self.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for: IPv4-mapped and -compatible, 6to4, Teredo
+    (server and client) and NAT64 (RFC 6052 well-known and local-use prefixes)."""
+    found = []
+    if ip.ipv4_mapped:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour:
+        found.append(ip.sixtofour)
+    if ip.teredo:
+        found += list(ip.teredo)
+    packed = ip.packed
+    if packed[:12] == bytes(12) and int.from_bytes(packed[12:], "big") > 1:  # ::a.b.c.d, but not :: and ::1
+        found.append(ipaddress.IPv4Address(packed[12:]))
+    if any(ip in prefix for prefix in _NAT64):
+        found.append(ipaddress.IPv4Address(packed[12:]))
+    return found
+
+
 def forbidden_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    return ip.is_link_local or ip in _METADATA_ADDRESSES
+    """Link-local or a cloud metadata address, directly or inside any IPv6 form that carries an IPv4 one."""
+    ip = ipaddress.ip_address(address.split("%")[0].strip("[]"))
+    candidates = [ip, *(embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else [])]
+    return any(c.is_link_local or c in _METADATA_ADDRESSES for c in candidates)
 
 
 class _GuardedResolver(AbstractResolver):
