@@ -265,7 +265,7 @@ def start_control_plane(configs: dict[str, Path]) -> None:
         "--kubelet-preferred-address-types=InternalIP",  # never a DNS lookup of a node name
         f"--service-account-key-file={PKI / 'sa.pub'}", f"--service-account-signing-key-file={PKI / 'sa.key'}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
         "--allow-privileged=true", "--profiling=false",
         f"--audit-policy-file={STATE / 'audit-policy.json'}", f"--audit-log-path={AUDIT_LOG}",
     ])

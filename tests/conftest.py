@@ -69,7 +69,8 @@ def b64(text: str) -> str:
 
 def login_objects(name: str, host: str, user: str, password: str, **spec) -> list[dict]:
     """A basic-auth Secret and a RegistryLogin using it."""
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-creds"},
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": f"{name}-creds", "labels": {"kiln.dev/registry-login": "true"}},
               "type": "kubernetes.io/basic-auth", "data": {"username": b64(user), "password": b64(password)}}
     login = {"apiVersion": "kiln.dev/v1alpha1", "kind": "RegistryLogin", "metadata": {"name": name},
              "spec": {"server": host, "secretRef": {"name": f"{name}-creds"}, "insecure": True, **spec}}

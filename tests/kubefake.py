@@ -262,22 +262,6 @@ class Cluster:
                                      "active": None, **counts}}, "status")
 
 
-_VERBS = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.action.FETCH: "get",
-          kmock.action.CREATE: "create", kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
-
-
-def operator_requests(fake: KubeFake) -> set[tuple[str, str, str]]:
-    """(API group, resource[/subresource], verb) of every request the operator made (not the test's own)."""
-    found = set()
-    for request in fake._requests:
-        if request.resource is None or request.resource.plural is None or request.action is None \
-                or request.headers.get("User-Agent", "").startswith("kmock/"):  # discovery needs no RBAC
-            continue
-        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        found.add((request.resource.group or "", resource, _VERBS[request.action]))
-    return found
-
-
 def _resource_id(resource) -> str:
     return f"{resource.group + '/' if resource.group else ''}{resource.version}/{resource.plural}"
 

@@ -24,7 +24,7 @@ def test_kubernetes_staging_modules_are_the_same_release():
 
 
 def test_the_operator_deployment_and_local_cluster_run_the_same_buildkit():
-    (deployment,) = load_yaml_docs(ROOT / "manifests" / "30-deployment.yaml")
+    (deployment,) = load_yaml_docs(ROOT / "manifests" / "base" / "30-deployment.yaml")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert DEFAULT_BUILDKIT_IMAGE == BUILDKIT_IMAGE == env["KILN_BUILDKIT_IMAGE"] == f"moby/buildkit:{BUILDKIT.version}-rootless"
 

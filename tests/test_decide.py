@@ -24,6 +24,7 @@ from kiln.decide import (
     Decision,
     Facts,
     ImageContents,
+    JobEvents,
     PushCheck,
     RegistryProblem,
     TagDigest,
@@ -105,6 +106,7 @@ class World:
                 return again
             if child["kind"] == "Job" and name not in self.jobs:
                 self.jobs[name] = {**copy.deepcopy(child), "status": {}}
+                self.jobs[name]["metadata"]["creationTimestamp"] = _iso(self.now)
                 self.created.append(name)
             elif child["kind"] == "Secret":
                 self.credentials.add(child["metadata"]["labels"]["kiln.dev/build-id"])
@@ -395,6 +397,27 @@ def test_an_image_pull_failure_waits_for_the_kubelet_then_fails_without_a_new_jo
     w.decide()
     assert w.status["failure"]["reason"] == reasons.BUILDER_IMAGE_PULL_FAILED and len(w.created) == 1
     assert w.jobs == {} and w.credentials == set()
+
+
+def test_a_job_whose_pods_pod_security_admission_refuses_fails_the_build_at_once():
+    w = world()
+    w.decide()
+    w.now += datetime.timedelta(seconds=11)
+    w.answers[JobEvents(w.job("all"))] = [("FailedCreate", 'Error creating: pods "app-g1-x" is forbidden: violates '
+                                                           'PodSecurity "baseline:latest": seccompProfile')]
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.POD_SECURITY_REJECTED
+    assert "violates PodSecurity" in w.status["failure"]["message"] and w.jobs == {} and w.credentials == set()
+
+
+def test_a_job_that_cannot_make_its_pod_for_another_reason_says_why_while_kiln_waits():
+    w = world()
+    assert w.decide().requeue_after == 10  # kiln asks why only once the Job had time to make a pod
+    w.now += datetime.timedelta(seconds=11)
+    w.answers[JobEvents(w.job("all"))] = [("FailedCreate", 'pods "app-g1-x" is forbidden: exceeded quota: builds')]
+    decision = w.decide()
+    assert w.status["phase"] == "Pending" and w.condition("Reconciling")["reason"] == reasons.POD_CREATE_FAILED
+    assert "exceeded quota" in w.condition("Reconciling")["message"] and decision.requeue_after == 10
 
 
 # -- changes of mind --

@@ -9,7 +9,7 @@ import yaml
 from conftest import ROOT, load_yaml_docs
 
 K8S_VERSION = "1.33"
-BASE_FILES = sorted((ROOT / "manifests").glob("[0-9]*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml")) \
+BASE_FILES = sorted((ROOT / "manifests" / "base").glob("[0-9]*.yaml")) + sorted((ROOT / "manifests" / "namespaced").glob("*-*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml")) \
     + sorted((ROOT / "manifests" / "argocd").glob("*.yaml"))
 SAMPLE_K8S_OBJECTS = [
     doc for path in sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
@@ -43,7 +43,7 @@ def test_kustomize_build_renders_a_complete_deployable_set():
 
 
 def _rules():
-    for obj in load_yaml_docs(ROOT / "manifests" / "20-rbac.yaml"):
+    for obj in load_yaml_docs(ROOT / "manifests" / "base" / "20-rbac.yaml"):
         yield from obj.get("rules", [])
 
 
@@ -54,7 +54,7 @@ def test_rbac_has_no_wildcards():
 
 
 def test_operator_pod_runs_restricted_with_health_probes():
-    (deployment,) = load_yaml_docs(ROOT / "manifests" / "30-deployment.yaml")
+    (deployment,) = load_yaml_docs(ROOT / "manifests" / "base" / "30-deployment.yaml")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -69,7 +69,7 @@ def test_operator_pod_runs_restricted_with_health_probes():
 def test_the_deployment_pins_the_buildkit_image_the_operator_defaults_to():
     from kiln.settings import DEFAULT_BUILDKIT_IMAGE
 
-    (deployment,) = load_yaml_docs(ROOT / "manifests" / "30-deployment.yaml")
+    (deployment,) = load_yaml_docs(ROOT / "manifests" / "base" / "30-deployment.yaml")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KILN_BUILDKIT_IMAGE"] == DEFAULT_BUILDKIT_IMAGE
     assert DEFAULT_BUILDKIT_IMAGE in (ROOT / "README.md").read_text()

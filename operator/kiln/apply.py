@@ -185,6 +185,14 @@ class Kube:
         }
         await self.request("POST", path("v1", "events", meta["namespace"]), body=event)
 
+    async def events_of(self, namespace: str, kind: str, name: str) -> list[dict]:
+        """The events about one object, oldest first."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        answer = await self.request("GET", path("v1", "events", namespace), params={"fieldSelector": selector})
+        found = [e for e in answer.get("items", [])  # filtered here too: not every server honours field selectors
+                 if (e.get("involvedObject") or {}).get("kind") == kind and (e.get("involvedObject") or {}).get("name") == name]
+        return sorted(found, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
     async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int = 2000) -> str:
         try:
             return await self.request("GET", path("v1", "pods", namespace, pod, "log"), text=True,

@@ -35,6 +35,8 @@ Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 # when their spec or a login they use changes.
 BACKOFF_BASE, BACKOFF_CAP = 10.0, 600.0
 WAIT_FOR_VOLUME = 15.0
+# A Job with no pod after this long is asked why (Pod Security admission, a quota); then every this long again.
+POD_PATIENCE = 10.0
 
 
 # -- questions decide asks a registry, and their answers --
@@ -69,12 +71,18 @@ class AssembleIndex:
 
 
 @dataclass(frozen=True)
+class JobEvents:
+    """What the Job controller said about a Job that has made no pod: (reason, message) of its events."""
+    job: str
+
+
+@dataclass(frozen=True)
 class BuildLog:
     """The build pod's log, for what BuildKit took from a cache."""
     pod: str
 
 
-Question = PushCheck | TagDigest | ImageContents | AssembleIndex | BuildLog
+Question = PushCheck | TagDigest | ImageContents | AssembleIndex | BuildLog | JobEvents
 
 
 @dataclass(frozen=True)
@@ -290,6 +298,7 @@ def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildSta
     decision.status = view.make(BUILD_PENDING, reasons.BUILD_PENDING, "build Jobs created", attempt=attempt,
                                 job_names=[u["job"] for u in units])
     decision.status["units"] = units
+    _look_again(decision, POD_PATIENCE)  # if no pod comes, the Job's events say why
 
 
 def _push_targets(spec: BuildSpec) -> tuple[str, ...]:
@@ -317,6 +326,10 @@ def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus
         state = observe_unit(job, facts.pods.get(record["job"])) if job else \
             UnitState(FAILED, reasons.JOB_LOST, "its Job was deleted before the build finished", retryable=True)
         state = _image_pull_patience(state, facts, record)
+        if job and record["job"] not in facts.pods and state.phase == PENDING:
+            state = _why_no_pod(facts, job, state, decision)
+            if decision.ask:
+                return
         if state.phase == SUCCEEDED:
             state = _with_digest(facts, spec, record, state, decision)
             if decision.ask:
@@ -341,7 +354,7 @@ def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus
         pulls = [_parse(r["pullFailingSince"]) for r in records if r.get("pullFailingSince")]
         if pulls:  # nothing else may happen when the patience runs out
             grace = datetime.timedelta(seconds=facts.settings.image_pull_grace)
-            decision.requeue_after = max((min(pulls) + grace - facts.now).total_seconds(), 1.0)
+            _look_again(decision, max((min(pulls) + grace - facts.now).total_seconds(), 1.0))
 
 
 def _progress(view: statuses.BuildStatus, phase: str, reason: str, message: str, records: list[dict]) -> dict:
@@ -364,6 +377,33 @@ def _image_pull_patience(state: UnitState, facts: Facts, record: dict) -> UnitSt
         return dataclasses.replace(state, phase=PENDING, retryable=False)
     return dataclasses.replace(state, retryable=False,
                                message=f"{state.message}; still failing after {facts.settings.image_pull_grace:g}s")
+
+
+def _look_again(decision: Decision, seconds: float) -> None:
+    """Look at this build again within `seconds`, or sooner if something else asked for sooner."""
+    decision.requeue_after = seconds if decision.requeue_after is None else min(decision.requeue_after, seconds)
+
+
+def _why_no_pod(facts: Facts, job: dict, state: UnitState, decision: Decision) -> UnitState:
+    """A Job that makes no pod: Pod Security admission refusing it fails the build at once (it will not pass
+    by waiting); anything else the Job controller reports (a quota, say) is shown while kiln waits."""
+    created = job["metadata"].get("creationTimestamp")
+    if not created or (facts.now - _parse(created)).total_seconds() < POD_PATIENCE:
+        _look_again(decision, POD_PATIENCE)
+        return state
+    question = JobEvents(job["metadata"]["name"])
+    if question not in facts.answers:
+        decision.ask = question
+        return state
+    refusals = [message for reason, message in facts.answers[question] if reason == "FailedCreate"]
+    _look_again(decision, POD_PATIENCE)
+    if any("violates PodSecurity" in message for message in refusals):
+        return UnitState(FAILED, reasons.POD_SECURITY_REJECTED, "the namespace's Pod Security admission refuses the "
+                         f"build pod ({refusals[-1][-300:]}); rootless BuildKit needs the privileged level, see the README")
+    if refusals:
+        return dataclasses.replace(state, reason=reasons.POD_CREATE_FAILED,
+                                   message=f"the Job cannot create its pod: {refusals[-1][-300:]}")
+    return state
 
 
 def _with_digest(facts: Facts, spec: BuildSpec, record: dict, state: UnitState, decision: Decision) -> UnitState:

@@ -20,6 +20,7 @@ from kiln.decide import (
     Event,
     Facts,
     ImageContents,
+    JobEvents,
     PushCheck,
     Question,
     RegistryProblem,
@@ -201,6 +202,9 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
     if isinstance(question, BuildLog):
         log = await runtime.kube.pod_log(facts.spec.namespace, question.pod, "buildkit")
         return cache_stats(log)
+    if isinstance(question, JobEvents):
+        events = await runtime.kube.events_of(facts.spec.namespace, "Job", question.job)
+        return [(event.get("reason", ""), event.get("message", "")) for event in events]
     if isinstance(question, PushCheck):
         logins = facts.logins
     else:  # reading what was pushed needs the credentials, not a login that is Ready right now

@@ -15,6 +15,21 @@ from kiln.status import condition, now_iso, status_patch
 
 # Logins that are not Ready are checked again at least this often (seconds), for registries that come back.
 RETRY_INTERVAL = 60.0
+# The operator watches only Secrets with this label (least privilege): a change to one is seen at once;
+# a change to an unlabelled one at the next resync.
+WATCHED_LABEL = "kiln.dev/registry-login"
+
+
+def secret_watched(secret: dict | None, login: LoginSpec, settings: Settings, generation: int) -> dict:
+    """The SecretWatched condition: whether kiln sees changes to the login's Secret at once."""
+    labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
+    if labels.get(WATCHED_LABEL) == "true":
+        return condition("SecretWatched", True, reasons.SECRET_WATCHED, f"changes to Secret {login.secret!r} are seen at once",
+                         generation)
+    return condition("SecretWatched", False, reasons.SECRET_NOT_LABELLED,
+                     f"kiln watches only Secrets labelled {WATCHED_LABEL}=true, so it sees a change to Secret "
+                     f"{login.secret!r} within {settings.resync_interval:g}s; to see it at once: "
+                     f"kubectl label secret {login.secret} {WATCHED_LABEL}=true", generation)
 
 
 def login_path(namespace: str | None, name: str | None = None) -> str:
@@ -84,7 +99,7 @@ async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -
         if isinstance(exc, RegistryError):
             new["lastVerifiedTime"] = now_iso()
         ready = condition("Ready", False, exc.reason, exc.message, generation)
-    new["conditions"] = [ready]
+    new["conditions"] = [ready, secret_watched(secret, login, settings, generation)]
     written = await _write(kube, obj, new)
     if written is not None:
         logger.info("RegistryLogin %s/%s: Ready=%s (%s)", login.namespace, login.name, ready["status"], ready["reason"])

@@ -18,6 +18,7 @@ from kiln.settings import Settings
 IMAGEBUILDS = ("kiln.dev", "v1alpha1", "imagebuilds")
 LOGINS = ("kiln.dev", "v1alpha1", "registrylogins")
 MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
+LOGIN_SECRETS = {handle_login.WATCHED_LABEL: "true"}
 
 
 @kopf.on.startup()
@@ -26,6 +27,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev")
     settings.posting.level = logging.INFO
+    # Only what is kiln's streams in: the API server filters Jobs, Pods and Secrets for the operator,
+    # so its memory and work follow kiln's objects, not the cluster's size.
+    settings.watching.label_selectors["batch/jobs"] = "app.kubernetes.io/managed-by=kiln"
+    settings.watching.label_selectors["pods"] = "app.kubernetes.io/managed-by=kiln"
+    settings.watching.label_selectors["secrets"] = f"{handle_login.WATCHED_LABEL}=true"
     apply.load_config()
     memo.runtime = Runtime(apply.Kube(), Settings.from_env())
     memo.resync = asyncio.create_task(_resync(memo, logging.getLogger("kiln.resync")))
@@ -138,7 +144,7 @@ async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: log
         await _login(memo, dict(body), logger, builds_by_namespace)
 
 
-@kopf.on.event("", "v1", "secrets")
+@kopf.on.event("", "v1", "secrets", labels=LOGIN_SECRETS)
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
                          logins_by_secret: kopf.Index, builds_by_namespace: kopf.Index, **_) -> None:
     for login in list(logins_by_secret.get((namespace, name), [])):  # rotation: re-verify without a restart

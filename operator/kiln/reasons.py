@@ -12,6 +12,9 @@ REGISTRY_REJECTED = "RegistryRejected"  # another answer kiln did not expect: as
 IMAGE_NOT_FOUND = "ImageNotFound"
 ADDRESS_NOT_ALLOWED = "AddressNotAllowed"
 CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
+# RegistryLogin SecretWatched
+SECRET_WATCHED = "Labelled"
+SECRET_NOT_LABELLED = "SecretNotLabelled"
 
 # ImageBuild CredentialsReady
 CREDENTIALS_RESOLVED = "CredentialsResolved"
@@ -38,4 +41,6 @@ BUILDER_IMAGE_PULL_FAILED = "BuilderImagePullFailed"
 REGISTRY_TRANSIENT = "RegistryTransientError"
 BUILD_FAILED = "BuildFailed"
 JOB_LOST = "JobDeleted"
+POD_SECURITY_REJECTED = "PodSecurityRejected"
+POD_CREATE_FAILED = "PodCreateFailed"
 DIGEST_NOT_REPORTED = "DigestNotReported"

@@ -77,8 +77,9 @@ def diagnosis(kubectl: Kubectl, namespace: str) -> str:
 
 
 def secret(name: str, user: str, password: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "kubernetes.io/basic-auth",
-            "stringData": {"username": user, "password": password}}
+    """A basic-auth Secret, labelled so that kiln sees changes to it at once."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": {"kiln.dev/registry-login": "true"}},
+            "type": "kubernetes.io/basic-auth", "stringData": {"username": user, "password": password}}
 
 
 def registry_login(name: str, registry, user: str, password: str | None = None) -> list[dict]:

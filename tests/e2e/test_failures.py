@@ -87,3 +87,15 @@ def test_a_build_running_past_its_timeout_fails_timed_out(kubectl, lab, namespac
                   namespace=namespace)
     build = settled(kubectl, namespace, "app", "Stalled", timeout=180)
     assert (build["status"]["phase"], build["status"]["failure"]["reason"]) == ("Failed", "TimedOut")
+
+
+def test_a_namespace_whose_pod_security_refuses_the_build_pod_fails_the_build_at_once(kubectl, lab, namespace):
+    """Rootless BuildKit needs seccomp and AppArmor Unconfined, which the baseline level refuses."""
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=baseline", "--overwrite")
+    context, spec_source = source("context", "FROM scratch\n")
+    kubectl.apply(*registry_login("account-b", lab.b, "carol"), context, namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
+    build = settled(kubectl, namespace, "app", "Stalled", timeout=90)
+    assert build["status"]["failure"]["reason"] == "PodSecurityRejected"
+    assert "violates PodSecurity" in build["status"]["failure"]["message"]
+    assert kubectl.items("jobs", namespace) == [] and kubectl.items("secrets", namespace, "kiln.dev/imagebuild=app") == []

@@ -1,6 +1,6 @@
 """Runs last (by name): the operator's every request, as the API server's audit log recorded it.
 
-The operator ran as its ServiceAccount with the ClusterRole in manifests/20-rbac.yaml through the
+The operator ran as its ServiceAccount with the ClusterRole in manifests/base/20-rbac.yaml through the
 whole e2e session. The real authorizer refused nothing (sufficient), and every rule was used
 (necessary), by the user stories and failure paths the other e2e modules exercise.
 """
@@ -16,6 +16,10 @@ import yaml
 from harness import ROOT
 
 SERVICE_ACCOUNT = "system:serviceaccount:kiln-system:kiln-operator"
+# Checked inside admission, not asked for: the local API server runs OwnerReferencesPermissionEnforcement, which
+# refuses a child with blockOwnerDeletion unless its creator may update the owner's finalizers. Every build
+# in this session created such children, so without this rule none would have started.
+USED_BY_ADMISSION = {("kiln.dev", "imagebuilds/finalizers", "update")}
 
 
 def audit_events() -> list[dict]:
@@ -40,7 +44,7 @@ def test_the_authorizer_refused_the_operator_nothing(operator):
 def test_every_rule_the_operator_is_granted_was_used(operator):
     used = {_resource(e) for e in audit_events() if (e.get("responseStatus") or {}).get("code", 200) < 400
             or (e.get("responseStatus") or {}).get("code") in (404, 409)}
-    (role,) = [doc for doc in yaml.safe_load_all((ROOT / "manifests" / "20-rbac.yaml").read_text()) if doc["kind"] == "ClusterRole"]
+    (role,) = [doc for doc in yaml.safe_load_all((ROOT / "manifests" / "base" / "20-rbac.yaml").read_text()) if doc["kind"] == "ClusterRole"]
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
-    assert sorted(granted - used) == []
+    assert sorted(granted - used - USED_BY_ADMISSION) == []
