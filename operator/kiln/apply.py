@@ -151,14 +151,13 @@ class Kube:
     async def patch(self, url: str, patch: dict) -> dict:
         return await self.request("PATCH", url, body=patch, content_type="application/merge-patch+json")
 
-    async def patch_status(self, url: str, patch: dict) -> bool:
-        """Merge-patch the status subresource; False if the object is gone (deleted while we looked)."""
+    async def patch_status(self, url: str, patch: dict) -> dict | None:
+        """Merge-patch the status subresource: the object as written, or None if it is gone (deleted while we looked)."""
         try:
-            await self.patch(f"{url}/status", {"status": patch})
-            return True
+            return await self.patch(f"{url}/status", {"status": patch})
         except KubeError as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
 
     async def delete(self, url: str) -> bool:

@@ -36,7 +36,7 @@ from kiln.registry import Registry, RegistryClient, RegistryError, assemble_inde
 from kiln.render import credential_names, short_name
 from kiln.runtime import Runtime
 from kiln.settings import Settings
-from kiln.status import now_iso, status_patch
+from kiln.status import CANCELLED, FAILED, SUCCEEDED, now_iso, status_patch
 
 _PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Job": "jobs"}
 # One decision may ask a registry about each unit (digest, log) and the index; more means something loops.
@@ -71,7 +71,9 @@ async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: l
         if refused:  # decide again knowing it, and undo what was created before the refusal
             decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
             await carry_out(runtime.kube, namespace, name, decision)
-        await write_status(runtime.kube, obj, decision.status)
+        written = await write_status(runtime.kube, obj, decision.status)
+        if written is not None:  # the watch will echo this write: nothing in it needs a look
+            runtime.own_writes[(namespace, name)] = written["metadata"].get("resourceVersion")
         return Outcome(obj, decision.events, decision.requeue_after)
 
 
@@ -86,11 +88,18 @@ async def decided(runtime: Runtime, facts: Facts) -> Decision:
     return decision
 
 
-async def write_status(kube: Kube, obj: dict, new: dict) -> bool:
-    """Write the status when it changed: no write, no watch event, no reconcile storm otherwise."""
+def settled(obj: dict) -> bool:
+    """A finished build of the current spec: only a change to the ImageBuild can give it work again."""
+    status, meta = obj.get("status") or {}, obj["metadata"]
+    return status.get("phase") in (SUCCEEDED, FAILED, CANCELLED) and status.get("observedGeneration") == meta.get("generation") \
+        and meta.get("resourceVersion") is not None
+
+
+async def write_status(kube: Kube, obj: dict, new: dict) -> dict | None:
+    """Write the status when it changed (no write, no watch event, no reconcile storm otherwise); the object as written."""
     patch = status_patch(obj.get("status"), new, now_iso())
     meta = obj["metadata"]
-    return patch is not None and await kube.patch_status(build_path(meta["namespace"], meta["name"]), patch)
+    return None if patch is None else await kube.patch_status(build_path(meta["namespace"], meta["name"]), patch)
 
 
 # -- observe --

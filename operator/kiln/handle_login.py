@@ -110,6 +110,6 @@ async def _write(kube: Kube, obj: dict, new: dict) -> dict | None:
     """Patch status when it changed; returns what was written, or None."""
     patch = status_patch(obj.get("status"), new, now_iso())
     meta = obj["metadata"]
-    if patch is None or not await kube.patch_status(login_path(meta["namespace"], meta["name"]), patch):
+    if patch is None or await kube.patch_status(login_path(meta["namespace"], meta["name"]), patch) is None:
         return None
     return new

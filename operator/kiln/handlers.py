@@ -54,6 +54,8 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
                 continue
             for obj in objects:
                 namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+                if kind == "ImageBuild" and handle_build.settled(obj):
+                    continue  # a finished build waits for a change of its own, which its watch delivers
                 try:
                     if kind == "RegistryLogin":
                         await handle_login.reconcile_login(runtime, obj, logger)
@@ -118,9 +120,14 @@ async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger, builds_by_
 
 
 @kopf.on.event(*IMAGEBUILDS)
-async def imagebuild_changed(type: str, namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
-    if type != "DELETED":  # on deletion, the children go with their owner reference
-        await _build(memo, namespace, name, logger)
+async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
+                             logger: logging.Logger, **_) -> None:
+    if type == "DELETED":  # the children go with their owner reference
+        memo.runtime.forget((namespace, name))
+        return
+    if memo.runtime.own_writes.get((namespace, name)) == body.metadata.get("resourceVersion"):
+        return  # the echo of kiln's own status write: nothing changed that kiln did not know
+    await _build(memo, namespace, name, logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)

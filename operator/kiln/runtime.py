@@ -22,6 +22,8 @@ class Runtime:
     # One reconcile at a time per ImageBuild, whichever watch (its own, its Jobs', its Pods') triggered it.
     locks: dict[Key, asyncio.Lock] = field(default_factory=lambda: collections.defaultdict(asyncio.Lock))
     failures: dict[Key, int] = field(default_factory=dict)
+    # The resourceVersion of each ImageBuild as kiln's own last status write left it.
+    own_writes: dict[Key, str] = field(default_factory=dict)
     _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
 
     def retry_delay(self, key: Key) -> float:
@@ -44,6 +46,15 @@ class Runtime:
             loop.create_task(run())
 
         self._timers[key] = (when, loop.call_later(delay, fire))
+
+    def forget(self, key: Key) -> None:
+        """An ImageBuild is gone: nothing of it is kept."""
+        self.own_writes.pop(key, None)
+        self.failures.pop(key, None)
+        self.locks.pop(key, None)
+        pending = self._timers.pop(key, None)
+        if pending:
+            pending[1].cancel()
 
     def cancel_timers(self) -> None:
         for _, handle in self._timers.values():
