@@ -62,7 +62,7 @@ e2e: system-deps install
 # The current kube context when its API server answers; otherwise the local cluster.
 run: install
 	@if ! $(VENV)/bin/python -c 'import sys; from kiln.apply import cluster_problem; sys.exit(bool(cluster_problem()))'; then \
-	  echo "make run: no reachable cluster; starting the local one (the first time builds it: about 25 minutes)" >&2; \
+	  echo "make run: no reachable cluster; starting the local one (the first time builds it: about 20 minutes)" >&2; \
 	  $(MAKE) --no-print-directory cluster && export KUBECONFIG=$(LOCAL_KUBECONFIG); fi; \
 	PATH="$(KUBE_BIN):$$PATH" kubectl apply -k crds/ && $(VENV)/bin/kiln run $(KOPF_ARGS)
 
