@@ -25,3 +25,10 @@ def test_run_without_any_kube_context_says_so(tmp_path):
     assert result.returncode == 2
     assert "no kube context" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_namespaces_kiln_run_serves_are_read_from_every_spelling_kopf_accepts():
+    from kiln.cli import served_namespaces
+
+    assert served_namespaces(["-n", "a", "--namespace", "b", "--namespace=c", "-nd", "--verbose"]) == ["a", "b", "c", "d"]
+    assert served_namespaces(["--all-namespaces", "--standalone"]) == []

@@ -45,6 +45,19 @@ def kopf_argv(extra: list[str]) -> list[str]:
     return ["run", "-m", "kiln.handlers", *([] if scoped else ["--all-namespaces"]), *extra]
 
 
+def served_namespaces(extra: list[str]) -> list[str]:
+    """The namespaces `-n NS`, `--namespace NS` or `--namespace=NS` name (none: every namespace)."""
+    found = []
+    for i, arg in enumerate(extra):
+        if arg in ("-n", "--namespace") and i + 1 < len(extra):
+            found.append(extra[i + 1])
+        elif arg.startswith("--namespace="):
+            found.append(arg.split("=", 1)[1])
+        elif arg.startswith("-n") and len(arg) > 2:
+            found.append(arg[2:])
+    return found
+
+
 def run_operator(kopf_args: list[str], check: bool = True) -> int:
     if check:
         from kiln.apply import cluster_problem
@@ -53,8 +66,13 @@ def run_operator(kopf_args: list[str], check: bool = True) -> int:
         if problem:
             sys.stderr.write(NO_CLUSTER_HELP.format(problem=problem))
             return 2
+    import os
+
     import kopf.cli
 
+    namespaces = served_namespaces(kopf_args)
+    if namespaces:  # the handlers serve only these (the resync too), and kopf scans for nothing more
+        os.environ["KILN_NAMESPACES"] = ",".join(namespaces)
     try:
         kopf.cli.main.main(args=kopf_argv(kopf_args), prog_name="kiln run", standalone_mode=False)
     except SystemExit as exc:

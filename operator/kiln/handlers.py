@@ -34,6 +34,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     settings.watching.label_selectors["secrets"] = f"{handle_login.WATCHED_LABEL}=true"
     apply.load_config()
     memo.runtime = Runtime(apply.Kube(), Settings.from_env())
+    if memo.runtime.settings.namespaces:
+        # Serving named namespaces: nothing to discover, so no namespace or CRD scanning (and no RBAC for it).
+        settings.scanning.disabled = True
     memo.resync = asyncio.create_task(_resync(memo, logging.getLogger("kiln.resync")))
 
 
@@ -44,9 +47,11 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
     object and block its deletion whenever the operator is down.
     """
     runtime: Runtime = memo.runtime
+    scopes = runtime.settings.namespaces or (None,)  # None: every namespace
     while True:
         await asyncio.sleep(runtime.settings.resync_interval)
-        for kind, url in (("RegistryLogin", handle_login.login_path(None)), ("ImageBuild", handle_build.build_path(None))):
+        for kind, scope in ((kind, scope) for kind in ("RegistryLogin", "ImageBuild") for scope in scopes):
+            url = handle_login.login_path(scope) if kind == "RegistryLogin" else handle_build.build_path(scope)
             try:
                 objects = await runtime.kube.list(url)
             except Exception as exc:  # the next round tries again

@@ -19,6 +19,8 @@ class Settings:
     allow_link_local: bool = False
     # How long a build pod may fail to pull the BuildKit image (the kubelet keeps trying) before the build fails.
     image_pull_grace: float = 300.0
+    # The namespaces served (`kiln run -n NS`); empty: every namespace.
+    namespaces: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -30,4 +32,5 @@ class Settings:
             resync_interval=float(env.get("KILN_RESYNC_INTERVAL", cls.resync_interval)),
             allow_link_local=env.get("KILN_ALLOW_LINK_LOCAL", "").lower() in ("1", "true", "yes"),
             image_pull_grace=float(env.get("KILN_IMAGE_PULL_GRACE", cls.image_pull_grace)),
+            namespaces=tuple(n for n in env.get("KILN_NAMESPACES", "").split(",") if n),
         )

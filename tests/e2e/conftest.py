@@ -7,8 +7,6 @@ address of this machine that the cluster's pods can reach.
 """
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import subprocess
@@ -24,11 +22,10 @@ import yaml
 
 import netns
 from gitserver import GitServer
-from harness import GIT_TOKEN, ROOT, Kubectl, diagnosis, short_id
+from harness import GIT_TOKEN, ROOT, Kubectl, diagnosis, operator_kubeconfig, short_id
 from registries import RunningRegistry, push_image, start_htpasswd_registry, start_token_registry
 
 BRIDGE, TEST_HOST, PREFIX = "kiln0", "10.88.0.2", 16  # the local cluster's pod bridge (cluster/up.py)
-OPERATOR = ("kiln-system", "kiln-operator")
 BASE_IMAGE = "hub-mirrors/base:v1"
 # Applets the base image links to busybox: what the tests' Dockerfiles run.
 APPLETS = ("sh", "cat", "echo", "uname", "sleep", "ls", "mkdir", "true", "false", "env", "wc", "head")
@@ -114,28 +111,11 @@ def busybox_layer(arch: str) -> bytes:
     return cache.read_bytes()
 
 
-def _operator_kubeconfig(kubectl: Kubectl, path: Path) -> Path:
-    """The cluster of KUBECONFIG, as the operator's ServiceAccount (a token from `kubectl create token`)."""
-    current = json.loads(kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
-    cluster = current["clusters"][0]["cluster"]
-    if "certificate-authority" in cluster:
-        cluster = {"server": cluster["server"],
-                   "certificate-authority-data": base64.b64encode(Path(cluster["certificate-authority"]).read_bytes()).decode()}
-    token = kubectl("create", "token", OPERATOR[1], f"--namespace={OPERATOR[0]}", "--duration=6h").stdout.strip()
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kiln",
-        "clusters": [{"name": "e2e", "cluster": cluster}],
-        "contexts": [{"name": "kiln", "context": {"cluster": "e2e", "user": "kiln-operator"}}],
-        "users": [{"name": "kiln-operator", "user": {"token": token}}],
-    }))
-    path.chmod(0o600)
-    return path
-
-
 @dataclass
 class Operator:
     process: subprocess.Popen
     log: Path
+    started: str  # UTC, as the API server's audit log writes times: what came before is another run's
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -150,11 +130,12 @@ def operator(kubectl, lab, tmp_path_factory) -> Operator:
     kubectl.apply(*[doc for doc in rendered if doc["kind"] not in ("Deployment", "CustomResourceDefinition")])
     work = tmp_path_factory.mktemp("operator")
     log = work / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(_operator_kubeconfig(kubectl, work / "kubeconfig"))}
+    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig(kubectl, work / "kubeconfig"))}
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "kiln", "run", "--all-namespaces", "--standalone"],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
-    running = Operator(process, log)
+    running = Operator(process, log, started)
     time.sleep(3)
     assert process.poll() is None, running.tail()
     yield running

@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 IB = "imagebuilds.kiln.dev"
+OPERATOR = ("kiln-system", "kiln-operator")  # the operator's ServiceAccount: namespace, name
 GIT_TOKEN = "gitea-Token-e2e"  # what the test git server wants
 
 
@@ -126,3 +127,21 @@ def layer_files(blob: bytes) -> dict[str, bytes]:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def operator_kubeconfig(kubectl: Kubectl, path: Path) -> Path:
+    """The cluster of KUBECONFIG, as the operator's ServiceAccount (a token from `kubectl create token`)."""
+    current = json.loads(kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
+    cluster = current["clusters"][0]["cluster"]
+    if "certificate-authority" in cluster:
+        cluster = {"server": cluster["server"],
+                   "certificate-authority-data": base64.b64encode(Path(cluster["certificate-authority"]).read_bytes()).decode()}
+    token = kubectl("create", "token", OPERATOR[1], f"--namespace={OPERATOR[0]}", "--duration=6h").stdout.strip()
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kiln",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "contexts": [{"name": "kiln", "context": {"cluster": "e2e", "user": "kiln-operator"}}],
+        "users": [{"name": "kiln-operator", "user": {"token": token}}],
+    }))
+    path.chmod(0o600)
+    return path
