@@ -8,7 +8,7 @@ NO_CLUSTER_HELP = """\
 kiln: cannot reach a Kubernetes cluster: {problem}
 
 kiln run needs a cluster (the current kube context, or in-cluster credentials).
-  - For a local cluster: kind create cluster && kubectl apply -k manifests/ && kiln run
+  - For a local cluster: `make run` in kiln's checkout starts one (`make cluster`), or: kind create cluster
   - To see what kiln would create without a cluster: kiln render -f manifests/samples/
 """
 
