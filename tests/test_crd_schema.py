@@ -164,3 +164,28 @@ def test_every_cel_rule_reads_only_bounded_values_so_the_api_server_accepts_the_
 def test_the_cost_lint_catches_an_unbounded_value():
     assert _unbounded({"type": "string"}) and _unbounded({"type": "object", "additionalProperties": {"type": "string"}})
     assert not _unbounded({"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 5}})
+
+
+def _unbounded_fields(schema: dict, path: str):
+    kind = schema.get("type")
+    if kind == "string" and "maxLength" not in schema and "enum" not in schema:
+        yield path, "a string without maxLength"
+    if "anyOf" in schema and "maxLength" not in schema:
+        yield path, "an int-or-string without maxLength"
+    if kind == "array" and "maxItems" not in schema:
+        yield path, "a list without maxItems"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict) and "maxProperties" not in schema:
+        yield path, "a map without maxProperties"
+    if kind == "integer" and ("minimum" not in schema or "maximum" not in schema):
+        yield path, "an integer without minimum and maximum"
+    for name, sub in schema.get("properties", {}).items():
+        yield from _unbounded_fields(sub, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from _unbounded_fields(schema[key], f"{path}[]")
+
+
+@pytest.mark.parametrize("kind", ["ImageBuild", "RegistryLogin"])
+def test_every_spec_field_has_explicit_bounds(kind):
+    """Lengths, counts and ranges: what a user may write is bounded, so no spec can make kiln do unbounded work."""
+    assert list(_unbounded_fields(schema_of(kind)["properties"]["spec"], "spec")) == []
