@@ -125,7 +125,7 @@ class World:
     def run(self, name: str) -> None:
         self.jobs[name]["status"] = {"startTime": _iso(self.now), "active": 1}
         self.pods[name] = {"metadata": {"name": f"{name}-pod"}, "status": {"phase": "Running", "containerStatuses": [
-            {"name": "buildkit", "state": {"running": {}}}]}}
+            {"name": "buildkit", "state": {"running": {"startedAt": _iso(self.now)}}}]}}
 
     def finish(self, name: str, message: str = "", exit_code: int = 0, job_reason: str | None = None,
                pod_status: dict | None = None) -> None:
@@ -315,6 +315,18 @@ def test_a_login_that_stops_being_ready_after_the_pods_finished_does_not_fail_a_
     w.logins = CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (SecretNotFound: gone)")
     w.decide()
     assert (w.status["phase"], w.status["digest"]) == ("Succeeded", digest(1))
+
+
+def test_a_login_that_stops_being_ready_while_the_pod_runs_changes_nothing_for_the_running_build():
+    w = world()
+    w.decide()
+    w.run(w.job("all"))
+    w.logins = CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)")
+    decision = w.decide()
+    assert w.status["phase"] == "Building" and decision.delete_jobs == [] and w.credentials  # its pod keeps them
+    w.finish(w.job("all"), metadata(digest(1)))
+    w.decide()
+    assert w.status["phase"] == "Succeeded"
 
 
 def test_a_native_unit_that_reports_no_digest_is_built_again_and_then_fails_naming_it():

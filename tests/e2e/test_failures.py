@@ -99,3 +99,17 @@ def test_a_namespace_whose_pod_security_refuses_the_build_pod_fails_the_build_at
     assert build["status"]["failure"]["reason"] == "PodSecurityRejected"
     assert "violates PodSecurity" in build["status"]["failure"]["message"]
     assert kubectl.items("jobs", namespace) == [] and kubectl.items("secrets", namespace, "kiln.dev/imagebuild=app") == []
+
+
+def test_deleting_an_imagebuild_mid_build_takes_its_job_pod_and_credentials_with_it(kubectl, lab, namespace):
+    """The real garbage collector follows kiln's owner references."""
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
+                  namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
+    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
+               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    kubectl("delete", f"{IB}/app", f"--namespace={namespace}")
+    eventually(lambda: kubectl.items("pods", namespace) == [] and kubectl.items("jobs", namespace) == []
+               and kubectl.items("secrets", namespace, "app.kubernetes.io/managed-by=kiln") == [], 120,
+               "the Job, its pod and the merged Secret are collected", lambda: diagnosis(kubectl, namespace))
