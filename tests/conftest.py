@@ -58,6 +58,7 @@ async def cluster(kmock, tmp_path, monkeypatch):
     declare_resources(kmock)
     monkeypatch.setenv("KUBECONFIG", kubeconfig(kmock, tmp_path / "kubeconfig"))
     monkeypatch.setenv("KILN_RESYNC_INTERVAL", "1")
+    monkeypatch.setenv("KILN_METRICS_PORT", "0")  # one test at a time asks for the endpoint
     return Cluster(kmock)
 
 

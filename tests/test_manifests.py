@@ -37,8 +37,8 @@ def test_kustomize_build_renders_a_complete_deployable_set():
         assert "generateName" not in obj["metadata"]  # Argo CD cannot sync generated names
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["CustomResourceDefinition"] * 2 + ["Namespace", "ServiceAccount", "ClusterRole",
-                                                                "ClusterRoleBinding", "Deployment"])
-    namespaced = [o for o in objects if o["kind"] in ("ServiceAccount", "Deployment")]
+                                                                "ClusterRoleBinding", "Deployment", "Service"])
+    namespaced = [o for o in objects if o["kind"] in ("ServiceAccount", "Deployment", "Service")]
     assert {o["metadata"]["namespace"] for o in namespaced} == {"kiln-system"}
 
 

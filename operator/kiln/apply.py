@@ -15,6 +15,8 @@ import ssl
 import aiohttp
 import kubernetes
 
+from kiln import metrics
+
 
 class KubeError(Exception):
     def __init__(self, status: int, message: str):
@@ -104,6 +106,7 @@ class Kube:
 
     async def request(self, method: str, url: str, *, body=None, params: dict | None = None,
                       content_type: str = "application/json", text: bool = False):
+        metrics.API_REQUESTS.labels(method).inc()
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl()),
                                                   timeout=aiohttp.ClientTimeout(total=30))

@@ -52,6 +52,7 @@ class Outcome:
     obj: dict | None
     events: list[Event]
     requeue_after: float | None = None  # seconds until this ImageBuild should be looked at again
+    status: dict | None = None  # the status decided
 
 
 async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: logging.Logger) -> Outcome:
@@ -74,7 +75,7 @@ async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: l
         written = await write_status(runtime.kube, obj, decision.status)
         if written is not None:  # the watch will echo this write: nothing in it needs a look
             runtime.own_writes[(namespace, name)] = written["metadata"].get("resourceVersion")
-        return Outcome(obj, decision.events, decision.requeue_after)
+        return Outcome(obj, decision.events, decision.requeue_after, decision.status)
 
 
 async def decided(runtime: Runtime, facts: Facts) -> Decision:
@@ -179,10 +180,12 @@ async def resolve_logins(kube: Kube, spec: BuildSpec, ready: bool = True) -> tup
         selected = selected_logins(spec, parsed)
     except CredentialsProblem as problem:
         return problem, ""
-    # Every login and Secret the build uses, so that a change to any of them ends a backoff.
+    # What a user changes in the logins the build uses (a spec, a Secret) or what their check finds (Ready), so
+    # that such a change ends a backoff; kiln's own re-verification (a new lastVerifiedTime) does not.
     secrets = {login.name: await kube.get(path("v1", "secrets", login.namespace, login.secret)) for login in selected}
-    revision = ",".join(f"{by_name[login.name]['metadata'].get('resourceVersion')}:"
-                        f"{(secrets[login.name] or {}).get('metadata', {}).get('resourceVersion')}" for login in selected)
+    revision = ",".join("{}:{}:{}".format(
+        by_name[login.name]["metadata"].get("generation"), (ready_condition(by_name[login.name]) or {}).get("reason"),
+        (secrets[login.name] or {}).get("metadata", {}).get("resourceVersion")) for login in selected)
     try:
         resolved = []
         for login in selected:

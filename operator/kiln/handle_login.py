@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime
 import logging
 
-from kiln import API_VERSION, reasons
+from kiln import API_VERSION, metrics, reasons
 from kiln.apply import Kube, path
 from kiln.credentials import Credentials, CredentialsProblem, ca_from_config_map, credentials_from_secret
 from kiln.parse import InvalidSpec, LoginSpec, parse_registry_login
@@ -99,6 +99,8 @@ async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -
         if isinstance(exc, RegistryError):
             new["lastVerifiedTime"] = now_iso()
         ready = condition("Ready", False, exc.reason, exc.message, generation)
+    if login.verify and "lastVerifiedTime" in new:
+        metrics.VERIFICATIONS.labels(ready["reason"]).inc()
     new["conditions"] = [ready, secret_watched(secret, login, settings, generation)]
     written = await _write(kube, obj, new)
     if written is not None:

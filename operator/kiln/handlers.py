@@ -11,7 +11,7 @@ import logging
 
 import kopf
 
-from kiln import apply, handle_build, handle_login
+from kiln import apply, handle_build, handle_login, metrics
 from kiln.runtime import Runtime
 from kiln.settings import Settings
 
@@ -34,6 +34,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     settings.watching.label_selectors["secrets"] = f"{handle_login.WATCHED_LABEL}=true"
     apply.load_config()
     memo.runtime = Runtime(apply.Kube(), Settings.from_env())
+    memo.metrics = metrics.serve(memo.runtime.settings.metrics_port)
     if memo.runtime.settings.namespaces:
         # Serving named namespaces: nothing to discover, so no namespace or CRD scanning (and no RBAC for it).
         settings.scanning.disabled = True
@@ -50,6 +51,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
     scopes = runtime.settings.namespaces or (None,)  # None: every namespace
     while True:
         await asyncio.sleep(runtime.settings.resync_interval)
+        running = 0
         for kind, scope in ((kind, scope) for kind in ("RegistryLogin", "ImageBuild") for scope in scopes):
             url = handle_login.login_path(scope) if kind == "RegistryLogin" else handle_build.build_path(scope)
             try:
@@ -57,6 +59,8 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
             except Exception as exc:  # the next round tries again
                 logger.warning("resync: cannot list %ss: %s: %s", kind, type(exc).__name__, exc)
                 continue
+            if kind == "ImageBuild":
+                running += sum((o.get("status") or {}).get("phase") in ("Pending", "Building") for o in objects)
             for obj in objects:
                 namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
                 if kind == "ImageBuild" and handle_build.settled(obj):
@@ -68,6 +72,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
                         await _build(memo, namespace, name, logger)
                 except Exception as exc:  # one object's trouble must not keep the others waiting
                     logger.warning("resync of %s %s/%s failed: %s: %s", kind, namespace, name, type(exc).__name__, exc)
+        metrics.BUILDS_RUNNING.set(running)
 
 
 @kopf.on.login()
@@ -79,6 +84,8 @@ def login(**_) -> kopf.ConnectionInfo:
 async def close(memo: kopf.Memo, **_) -> None:
     memo.resync.cancel()
     memo.runtime.cancel_timers()
+    if memo.metrics:
+        memo.metrics.shutdown()
     await memo.runtime.kube.close()
 
 
@@ -100,6 +107,7 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
     try:
         outcome = await handle_build.reconcile_build(runtime, namespace, name, logger)
     except Exception as exc:  # an API or network failure: this object tries again soon, not at the next resync
+        metrics.RECONCILE_ERRORS.labels("ImageBuild").inc()
         delay = runtime.retry_delay(key)
         logger.warning("ImageBuild %s/%s: reconcile failed (%s: %s); trying again in %gs", namespace, name,
                        type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (apply.KubeError, OSError)))
@@ -110,6 +118,12 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
         runtime.later(key, outcome.requeue_after, again)
     for kind, reason, message in outcome.events:
         logger.info("ImageBuild %s/%s: %s: %s", namespace, name, reason, message)
+        if reason == "BuildStarted":
+            metrics.BUILDS_STARTED.inc()
+        elif reason in ("BuildSucceeded", "BuildFailed") and outcome.status:
+            spec = outcome.obj.get("spec") or {}
+            metrics.build_finished(outcome.status, (spec.get("cache") or {}).get("type", "registry"),
+                                   (spec.get("multiArch") or {}).get("strategy", "qemu"))
         try:
             await runtime.kube.post_event(outcome.obj, kind, reason, message)
         except apply.KubeError as exc:  # an event is a courtesy: the status already says it

@@ -21,6 +21,8 @@ class Settings:
     image_pull_grace: float = 300.0
     # The namespaces served (`kiln run -n NS`); empty: every namespace.
     namespaces: tuple[str, ...] = ()
+    # Where Prometheus scrapes /metrics; 0 turns the endpoint off.
+    metrics_port: int = 9090
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -33,4 +35,5 @@ class Settings:
             allow_link_local=env.get("KILN_ALLOW_LINK_LOCAL", "").lower() in ("1", "true", "yes"),
             image_pull_grace=float(env.get("KILN_IMAGE_PULL_GRACE", cls.image_pull_grace)),
             namespaces=tuple(n for n in env.get("KILN_NAMESPACES", "").split(",") if n),
+            metrics_port=int(env.get("KILN_METRICS_PORT", cls.metrics_port)),
         )

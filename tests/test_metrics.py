@@ -1,0 +1,45 @@
+"""The operator's Prometheus endpoint counts what happened: a build through the real operator, then a scrape."""
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from test_operator_builds import first_job, phase, succeed
+
+from kubefake import KubeFake, eventually, operator
+from registries import free_port
+
+pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None  # not up yet
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def delta(after: dict, before: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+async def test_a_build_is_counted_started_and_succeeded_with_its_duration_and_cache_steps(cluster, basic_registry,
+                                                                                         monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("KILN_METRICS_PORT", str(port))
+    async with operator():
+        before = await eventually(lambda: scrape(port), message="the metrics endpoint answers")
+        job = await first_job(cluster, basic_registry)
+        await succeed(cluster, job)
+        await phase(cluster, "Succeeded")
+        after = scrape(port)
+    assert delta(after, before, "kiln_builds_started_total") == 1
+    assert delta(after, before, "kiln_builds_succeeded_total") == 1
+    assert delta(after, before, "kiln_build_duration_seconds_count", cache="registry", strategy="qemu", result="succeeded") == 1
+    assert delta(after, before, "kiln_registry_verifications_total", result="Verified") >= 1
+    assert delta(after, before, "kiln_api_requests_total", method="POST") >= 3  # the Secret, the ConfigMap, the Job
+    assert delta(after, before, "kiln_reconcile_errors_total", kind="ImageBuild") == 0
