@@ -62,6 +62,8 @@ class World:
     now: datetime.datetime = T0
     ready_archs: frozenset = frozenset()
     volume_holder: str | None = None
+    namespace_load: tuple[int, int] = (0, 0)
+    settings: Settings = field(default_factory=lambda: Settings(image_pull_grace=60))
     created: list[str] = field(default_factory=list)  # every Job ever created, in order
     events: list[str] = field(default_factory=list)
 
@@ -72,8 +74,9 @@ class World:
             spec, problem = None, str(exc)
         return Facts(obj=copy.deepcopy(self.obj), spec=spec, problem=problem, jobs=tuple(self.jobs.values()),
                      pods=dict(self.pods), credentials=frozenset(self.credentials), logins=self.logins,
-                     logins_revision=self.logins_revision, settings=Settings(image_pull_grace=60), now=self.now,
+                     logins_revision=self.logins_revision, settings=self.settings, now=self.now,
                      ready_archs=self.ready_archs, volume_holder=self.volume_holder, answers=dict(self.answers),
+                     namespace_load=self.namespace_load,
                      refused=refused)
 
     def decide(self, crash_after: int | None = None, refuse: str | None = None) -> Decision:
@@ -242,6 +245,19 @@ def test_a_busy_cache_volume_waits_without_stalling_and_looks_again():
     assert decision.create == [] and decision.requeue_after == 15
     assert (w.condition("Reconciling")["reason"], w.condition("Stalled")["status"]) == (reasons.WAITING_FOR_CACHE_VOLUME, "False")
     assert "in use by pod other-g1-abc-xyz" in w.condition("Reconciling")["message"]
+
+
+@pytest.mark.parametrize(("running", "ahead", "queued"), [(0, 0, False), (1, 0, True), (1, 1, True), (0, 1, True),
+                                                        (0, 2, True)])
+def test_with_a_limit_of_builds_per_namespace_a_build_waits_its_turn_in_line(running, ahead, queued):
+    w = world()
+    w.settings = Settings(max_builds_per_namespace=1)
+    w.namespace_load = (running, ahead)
+    decision = w.decide()
+    assert bool(decision.create) is not queued
+    if queued:
+        assert w.condition("Reconciling")["reason"] == reasons.QUEUED and w.condition("Stalled")["status"] == "False"
+        assert f"place {ahead + 1} in line" in w.condition("Reconciling")["message"] and decision.requeue_after == 15
 
 
 def test_auto_with_local_cache_and_nodes_of_both_architectures_is_an_invalid_spec_not_a_crash():

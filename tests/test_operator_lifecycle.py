@@ -190,3 +190,28 @@ async def test_a_login_event_while_builds_are_being_created_reaches_every_build_
     await handlers._login(memo=types.SimpleNamespace(runtime=None), body=body, logger=None,
                           builds_by_namespace={"default": store})
     assert started == ["app-1"]
+
+
+async def test_with_one_build_per_namespace_the_second_waits_queued_and_starts_when_the_first_ends(cluster, basic_registry,
+                                                                                                   monkeypatch):
+    monkeypatch.setenv("KILN_MAX_BUILDS_PER_NAMESPACE", "1")
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await cluster.apply(image_build(basic_registry.host, name="one"))
+        (first,) = await jobs(cluster, 1)
+        await cluster.apply(image_build(basic_registry.host, name="two"))
+        await eventually(lambda: cond(cluster, "Reconciling", "two").get("reason") == reasons.QUEUED,
+                         message="the second build is queued")
+        assert "place 1 in line" in cond(cluster, "Reconciling", "two")["message"]
+        assert len(cluster.jobs()) == 1
+        await cluster.finish(first, await cluster.start_pod(first), exit_code=0, message=metadata(DIGEST))
+        await eventually(lambda: len(cluster.jobs()) == 2, timeout=40, message="the second build starts")
+
+
+async def test_a_burst_of_builds_reconciled_one_at_a_time_all_start(cluster, basic_registry, monkeypatch):
+    monkeypatch.setenv("KILN_MAX_CONCURRENT_RECONCILES", "1")
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        for i in range(5):
+            await cluster.apply(image_build(basic_registry.host, name=f"app{i}"))
+        await jobs(cluster, 5)

@@ -109,6 +109,8 @@ class Facts:
     now: datetime.datetime
     ready_archs: frozenset[str] = frozenset()
     volume_holder: str | None = None  # a running pod of another build on the local cache volume
+    # With KILN_MAX_BUILDS_PER_NAMESPACE: (builds running in the namespace, builds ahead of this one in line).
+    namespace_load: tuple[int, int] = (0, 0)
     answers: dict = field(default_factory=dict)  # Question -> answer (or RegistryProblem)
     refused: tuple[str, str] | None = None  # (object, message) the API server refused to create
 
@@ -265,6 +267,14 @@ def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildSta
     if isinstance(facts.logins, CredentialsProblem):
         _blocked(facts, spec, carried, view, decision, facts.logins.reason, facts.logins.message,
                  credentials=True, stalled=True)
+        return
+    limit = facts.settings.max_builds_per_namespace
+    running, ahead = facts.namespace_load
+    if limit and (running >= limit or ahead >= limit - running):
+        decision.status = view.blocked(reasons.QUEUED, f"queued: {running} of at most {limit} builds run in namespace "
+                                       f"{spec.namespace}; {ahead} waiting before this one (place {ahead + 1} in line)",
+                                       credentials=False, stalled=False)
+        decision.requeue_after = WAIT_FOR_VOLUME
         return
     if facts.volume_holder:
         decision.status = view.blocked(reasons.WAITING_FOR_CACHE_VOLUME, f"cache volume {spec.cache.volume} is in use by "

@@ -36,7 +36,7 @@ from kiln.registry import Registry, RegistryClient, RegistryError, assemble_inde
 from kiln.render import credential_names, short_name
 from kiln.runtime import Runtime
 from kiln.settings import Settings
-from kiln.status import CANCELLED, FAILED, SUCCEEDED, now_iso, status_patch
+from kiln.status import BUILDING, CANCELLED, FAILED, PENDING, SUCCEEDED, now_iso, status_patch
 
 _PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Job": "jobs"}
 # One decision may ask a registry about each unit (digest, log) and the index; more means something loops.
@@ -134,9 +134,37 @@ async def observe(kube: Kube, settings: Settings, obj: dict) -> Facts:
     if spec is None:
         return facts
     logins, revision = await resolve_logins(kube, spec)
+    started = (obj.get("status") or {}).get("units") and (obj.get("status") or {}).get("buildID") == spec.build_id
+    load = await _namespace_load(kube, obj) if settings.max_builds_per_namespace and not started else (0, 0)
     return dataclasses.replace(facts, logins=logins, logins_revision=revision,
                                ready_archs=await _ready_archs(kube) if spec.strategy == "auto" else frozenset(),
-                               volume_holder=await _volume_holder(kube, spec))
+                               volume_holder=await _volume_holder(kube, spec), namespace_load=load)
+
+
+def queued(build: dict) -> bool:
+    """Waiting for its turn (KILN_MAX_BUILDS_PER_NAMESPACE)."""
+    status = build.get("status") or {}
+    reconciling = next((c for c in status.get("conditions") or [] if c.get("type") == "Reconciling"), {})
+    return status.get("phase") == PENDING and reconciling.get("reason") == reasons.QUEUED
+
+
+def _in_line(build: dict) -> bool:
+    """Not started, and waiting for its turn only (a build blocked on its logins holds no place)."""
+    return not build.get("status") or queued(build)
+
+
+def _running(build: dict) -> bool:
+    status = build.get("status") or {}
+    return status.get("phase") in (PENDING, BUILDING) and bool(status.get("units"))
+
+
+async def _namespace_load(kube: Kube, obj: dict) -> tuple[int, int]:
+    """(builds running in obj's namespace, builds not yet started that came before obj): its place in line."""
+    meta = obj["metadata"]
+    builds = [b for b in await kube.list(build_path(meta["namespace"])) if b["metadata"]["name"] != meta["name"]]
+    place = (meta.get("creationTimestamp") or "", meta["name"])
+    ahead = [b for b in builds if _in_line(b) and ((b["metadata"].get("creationTimestamp") or ""), b["metadata"]["name"]) < place]
+    return sum(_running(b) for b in builds), len(ahead)
 
 
 async def _ready_archs(kube: Kube) -> frozenset[str]:

@@ -51,7 +51,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
     scopes = runtime.settings.namespaces or (None,)  # None: every namespace
     while True:
         await asyncio.sleep(runtime.settings.resync_interval)
-        running = 0
+        running = queued = 0
         for kind, scope in ((kind, scope) for kind in ("RegistryLogin", "ImageBuild") for scope in scopes):
             url = handle_login.login_path(scope) if kind == "RegistryLogin" else handle_build.build_path(scope)
             try:
@@ -61,6 +61,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
                 continue
             if kind == "ImageBuild":
                 running += sum((o.get("status") or {}).get("phase") in ("Pending", "Building") for o in objects)
+                queued += sum(handle_build.queued(o) for o in objects)
             for obj in objects:
                 namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
                 if kind == "ImageBuild" and handle_build.settled(obj):
@@ -72,7 +73,8 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
                         await _build(memo, namespace, name, logger)
                 except Exception as exc:  # one object's trouble must not keep the others waiting
                     logger.warning("resync of %s %s/%s failed: %s: %s", kind, namespace, name, type(exc).__name__, exc)
-        metrics.BUILDS_RUNNING.set(running)
+        metrics.BUILDS_RUNNING.set(running - queued)
+        metrics.BUILDS_QUEUED.set(queued)
 
 
 @kopf.on.login()
@@ -105,7 +107,9 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
     key = (namespace, name)
     again = lambda: _build(memo, namespace, name, logger)  # noqa: E731
     try:
-        outcome = await handle_build.reconcile_build(runtime, namespace, name, logger)
+        async with runtime.reconcile_slots:  # a burst of creates waits here, not all in memory at once
+            with metrics.RECONCILES.track_inprogress():
+                outcome = await handle_build.reconcile_build(runtime, namespace, name, logger)
     except Exception as exc:  # an API or network failure: this object tries again soon, not at the next resync
         metrics.RECONCILE_ERRORS.labels("ImageBuild").inc()
         delay = runtime.retry_delay(key)

@@ -14,6 +14,10 @@ BUILD_DURATION = Histogram("kiln_build_duration_seconds", "From the first pod's 
                            "multi-arch strategy and result.", ["cache", "strategy", "result"],
                            buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
 BUILDS_RUNNING = Gauge("kiln_builds_running", "ImageBuilds whose build is Pending or Building, as of the last resync.")
+BUILDS_QUEUED = Gauge("kiln_builds_queued", "ImageBuilds waiting their turn (KILN_MAX_BUILDS_PER_NAMESPACE), as of the "
+                      "last resync.")
+RECONCILES = Gauge("kiln_reconciles_in_progress", "ImageBuild reconciles running now (at most "
+                   "KILN_MAX_CONCURRENT_RECONCILES).")
 CACHE_STEPS = Counter("kiln_cache_steps_total", "Dockerfile steps of finished builds, by whether a cache gave them.",
                       ["cached"])
 VERIFICATIONS = Counter("kiln_registry_verifications_total", "RegistryLogin checks against their registry, by result.",

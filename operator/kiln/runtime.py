@@ -24,6 +24,10 @@ class Runtime:
     failures: dict[Key, int] = field(default_factory=dict)
     # The resourceVersion of each ImageBuild as kiln's own last status write left it.
     own_writes: dict[Key, str] = field(default_factory=dict)
+    reconcile_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reconcile_slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
     _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
 
     def retry_delay(self, key: Key) -> float:
