@@ -60,6 +60,7 @@ def test_the_digest_survives_the_kubelet_cutting_a_long_termination_message_at_4
     (None, None, PENDING, reasons.BUILD_PENDING, False),
     (JOB, None, PENDING, reasons.BUILD_PENDING, False),
     (JOB, pod({"running": {"startedAt": "x"}}), RUNNING, reasons.BUILDING, False),
+    (JOB, pod({"terminated": {"exitCode": 0}}), RUNNING, reasons.BUILDING, False),  # its Job has not concluded yet
     (JOB, pod({"waiting": {"reason": "ImagePullBackOff", "message": "denied"}}), FAILED, reasons.BUILDER_IMAGE_PULL_FAILED, True),
     (JOB, pod({"waiting": {"reason": "InvalidImageName", "message": "bad"}}), FAILED, reasons.BUILDER_IMAGE_PULL_FAILED, False),
     (job({**FAILED_JOB, "reason": "DeadlineExceeded"}), pod({"terminated": {"exitCode": 137}}), FAILED, reasons.TIMED_OUT, False),
@@ -68,7 +69,7 @@ def test_the_digest_survives_the_kubelet_cutting_a_long_termination_message_at_4
     (job(FAILED_JOB), pod({"terminated": {"exitCode": 137}}, conditions=[{"type": "DisruptionTarget", "status": "True"}]),
      FAILED, reasons.EVICTED, True),
     (job(FAILED_JOB), None, FAILED, reasons.EVICTED, True),  # the pod is gone with its node
-], ids=["no-job", "no-pod", "running", "builder-pull-backoff", "builder-bad-name", "deadline", "oom", "evicted",
+], ids=["no-job", "no-pod", "running", "ended-job-not-yet", "builder-pull-backoff", "builder-bad-name", "deadline", "oom", "evicted",
         "disruption", "node-lost"])
 def test_job_and_pod_states_map_to_a_phase_and_reason(the_job, the_pod, phase, reason, retryable):
     state = observe_unit(the_job, the_pod)

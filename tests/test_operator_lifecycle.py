@@ -174,12 +174,12 @@ async def test_a_login_event_while_builds_are_being_created_reaches_every_build_
     """The index of builds grows while the handler walks it (kopf's indexer runs between awaits)."""
     from kiln import handlers
 
-    store = {"app-1": "app-1"}
+    store = {"app-1": {"metadata": {"name": "app-1"}}}
     started = []
 
     async def build(memo, namespace, name, logger):
         started.append(name)
-        store[f"app-{len(store) + 1}"] = f"app-{len(store) + 1}"  # another ImageBuild arrives meanwhile
+        store[f"app-{len(store) + 1}"] = {"metadata": {"name": f"app-{len(store) + 1}"}}  # another arrives meanwhile
 
     async def verified(runtime, body, logger):
         return {"conditions": []}
@@ -188,7 +188,7 @@ async def test_a_login_event_while_builds_are_being_created_reaches_every_build_
     monkeypatch.setattr(handlers.handle_login, "reconcile_login", verified)
     body = {"metadata": {"namespace": "default", "name": "reg"}}
     await handlers._login(memo=types.SimpleNamespace(runtime=None), body=body, logger=None,
-                          builds_by_namespace={"default": store})
+                          builds_by_namespace={"default": store.values()})
     assert started == ["app-1"]
 
 

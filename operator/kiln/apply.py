@@ -139,17 +139,17 @@ class Kube:
         answer = await self.request("GET", url, params={"labelSelector": selector} if selector else None)
         return [item for item in answer.get("items", []) if labels_match(item, labels or {})]
 
-    async def create(self, url: str, obj: dict) -> tuple[dict, bool]:
-        """(the object, True) when created, (the existing one, False) when it was already there."""
+    async def create(self, url: str, obj: dict) -> bool:
+        """True when created, False when it was already there (409: names are deterministic, so it is ours).
+
+        One that is being deleted also answers 409; the watch then shows it gone, and the next reconcile makes it."""
         try:
-            return await self.request("POST", url, body=obj), True
+            await self.request("POST", url, body=obj)
+            return True
         except KubeError as exc:
             if exc.status != 409:
                 raise
-        existing = await self.get(f"{url}/{obj['metadata']['name']}")
-        if existing is None:  # deleted between the two calls: the next reconcile creates it
-            raise KubeError(409, f"{obj['kind']} {obj['metadata']['name']} is being deleted")
-        return existing, False
+        return False
 
     async def patch(self, url: str, patch: dict) -> dict:
         return await self.request("PATCH", url, body=patch, content_type="application/merge-patch+json")

@@ -12,6 +12,7 @@ import logging
 
 from kiln import API_VERSION, reasons
 from kiln.apply import Kube, KubeError, path
+from kiln.cache import Reader
 from kiln.credentials import CredentialsProblem, ResolvedLogin, merged_docker_config, resolved_login, selected_logins
 from kiln.decide import (
     AssembleIndex,
@@ -28,7 +29,7 @@ from kiln.decide import (
     active,
     decide,
 )
-from kiln.handle_login import login_path, read_ca_config_map, ready_condition
+from kiln.handle_login import read_ca_config_map, ready_condition
 from kiln.observe import cache_stats, true_condition
 from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.references import registry_host, repository_path
@@ -57,24 +58,27 @@ class Outcome:
 
 async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: logging.Logger) -> Outcome:
     """One step for one ImageBuild."""
+    if not runtime.cache.ready:  # kopf fills its indexes before any handler runs: only an early resync sees this
+        return Outcome(None, [], 1.0)
     async with runtime.locks[(namespace, name)]:
-        obj = await runtime.kube.get(build_path(namespace, name))
+        reader = runtime.reader()
+        obj = await reader.build(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             runtime.locks.pop((namespace, name), None)
             return Outcome(None, [])
-        facts = await observe(runtime.kube, runtime.settings, obj)
+        facts = await observe(reader, runtime.settings, obj)
         decision = await decided(runtime, facts)
         if decision.ask is not None:
             logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,
                            MAX_QUESTIONS)
             return Outcome(obj, [], 1.0)
-        refused = await carry_out(runtime.kube, namespace, name, decision)
+        refused = await carry_out(runtime, namespace, name, decision)
         if refused:  # decide again knowing it, and undo what was created before the refusal
             decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
-            await carry_out(runtime.kube, namespace, name, decision)
+            await carry_out(runtime, namespace, name, decision)
         written = await write_status(runtime.kube, obj, decision.status)
-        if written is not None:  # the watch will echo this write: nothing in it needs a look
-            runtime.own_writes[(namespace, name)] = written["metadata"].get("resourceVersion")
+        if written is not None:  # newer than the watch may show for a moment; its echo needs no look
+            runtime.cache.wrote("ImageBuild", written)
         return Outcome(obj, decision.events, decision.requeue_after, decision.status)
 
 
@@ -109,8 +113,8 @@ def _owned(obj: dict, uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
 
 
-async def observe(kube: Kube, settings: Settings, obj: dict) -> Facts:
-    """Everything decide needs about one ImageBuild, read before anything is decided."""
+async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
+    """Everything decide needs about one ImageBuild, from what the watches delivered (reader), before anything is decided."""
     meta = obj["metadata"]
     namespace, uid = meta["namespace"], meta.get("uid", "")
     try:
@@ -118,27 +122,27 @@ async def observe(kube: Kube, settings: Settings, obj: dict) -> Facts:
     except InvalidSpec as exc:
         spec, problem = None, str(exc)
     mine = {"kiln.dev/imagebuild": short_name(meta["name"]), "app.kubernetes.io/managed-by": "kiln"}
-    jobs = tuple(j for j in await kube.list(path("batch/v1", "jobs", namespace), mine)
+    jobs = tuple(j for j in await reader.jobs(namespace, mine)
                  if _owned(j, uid) and not j["metadata"].get("deletionTimestamp"))
     pods: dict[str, dict] = {}
-    for pod in await kube.list(path("v1", "pods", namespace), mine):
+    for pod in await reader.pods(namespace, mine):
         job = (pod["metadata"].get("labels") or {}).get("job-name", "")
         if job not in pods or pod["metadata"].get("creationTimestamp", "") > pods[job]["metadata"].get("creationTimestamp", ""):
             pods[job] = pod
     # The merged Secret stands for both credential objects: the ConfigMap is made after it and deleted before it.
     credentials = frozenset((item["metadata"].get("labels") or {}).get("kiln.dev/build-id", "")
-                            for item in await kube.list(path("v1", "secrets", namespace), mine) if _owned(item, uid))
+                            for item in await reader.secrets(namespace, mine) if _owned(item, uid))
     facts = Facts(obj=obj, spec=spec, problem=problem, jobs=jobs, pods=pods, credentials=credentials,
                   logins=CredentialsProblem(reasons.LOGIN_NOT_FOUND, "not resolved"), logins_revision="",
                   settings=settings, now=datetime.datetime.now(datetime.UTC))
     if spec is None:
         return facts
-    logins, revision = await resolve_logins(kube, spec)
+    logins, revision = await resolve_logins(reader, spec)
     started = (obj.get("status") or {}).get("units") and (obj.get("status") or {}).get("buildID") == spec.build_id
-    load = await _namespace_load(kube, obj) if settings.max_builds_per_namespace and not started else (0, 0)
+    load = await _namespace_load(reader, obj) if settings.max_builds_per_namespace and not started else (0, 0)
     return dataclasses.replace(facts, logins=logins, logins_revision=revision,
-                               ready_archs=await _ready_archs(kube) if spec.strategy == "auto" else frozenset(),
-                               volume_holder=await _volume_holder(kube, spec), namespace_load=load)
+                               ready_archs=await _ready_archs(reader) if spec.strategy == "auto" else frozenset(),
+                               volume_holder=await _volume_holder(reader, spec), namespace_load=load)
 
 
 def queued(build: dict) -> bool:
@@ -158,22 +162,22 @@ def _running(build: dict) -> bool:
     return status.get("phase") in (PENDING, BUILDING) and bool(status.get("units"))
 
 
-async def _namespace_load(kube: Kube, obj: dict) -> tuple[int, int]:
+async def _namespace_load(reader: Reader, obj: dict) -> tuple[int, int]:
     """(builds running in obj's namespace, builds not yet started that came before obj): its place in line."""
     meta = obj["metadata"]
-    builds = [b for b in await kube.list(build_path(meta["namespace"])) if b["metadata"]["name"] != meta["name"]]
+    builds = [b for b in await reader.builds(meta["namespace"]) if b["metadata"]["name"] != meta["name"]]
     place = (meta.get("creationTimestamp") or "", meta["name"])
     ahead = [b for b in builds if _in_line(b) and ((b["metadata"].get("creationTimestamp") or ""), b["metadata"]["name"]) < place]
     return sum(_running(b) for b in builds), len(ahead)
 
 
-async def _ready_archs(kube: Kube) -> frozenset[str]:
-    nodes = await kube.list(path("v1", "nodes"))
+async def _ready_archs(reader: Reader) -> frozenset[str]:
+    nodes = await reader.nodes()
     return frozenset((n["metadata"].get("labels") or {}).get("kubernetes.io/arch", "")
                      for n in nodes if true_condition(n, "Ready")) - {""}
 
 
-async def _volume_holder(kube: Kube, spec: BuildSpec) -> str | None:
+async def _volume_holder(reader: Reader, spec: BuildSpec) -> str | None:
     """A pod (or a Job yet to make one) of another build on this cache volume: BuildKit's state serves one daemon.
 
     Pods, not only Jobs: a Job deleted in the background is gone while its pod still stops."""
@@ -181,21 +185,22 @@ async def _volume_holder(kube: Kube, spec: BuildSpec) -> str | None:
         return None
     label = {"kiln.dev/cache-volume": short_name(spec.cache.volume)}
     others = lambda item: (item["metadata"].get("labels") or {}).get("kiln.dev/build-id") != spec.build_id  # noqa: E731
-    for pod in await kube.list(path("v1", "pods", spec.namespace), label):
+    for pod in await reader.pods(spec.namespace, label):
         if others(pod) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
             return f"pod {pod['metadata']['name']}"
-    for job in await kube.list(path("batch/v1", "jobs", spec.namespace), label):
+    for job in await reader.jobs(spec.namespace, label):
         if others(job) and active(job) and not job["metadata"].get("deletionTimestamp"):
             return f"Job {job['metadata']['name']}"
     return None
 
 
-async def resolve_logins(kube: Kube, spec: BuildSpec, ready: bool = True) -> tuple[list[ResolvedLogin] | CredentialsProblem, str]:
+async def resolve_logins(reader: Reader, spec: BuildSpec,
+                         ready: bool = True) -> tuple[list[ResolvedLogin] | CredentialsProblem, str]:
     """The build's RegistryLogins with the credentials from their Secrets, and a revision of all of them.
 
     ready: each must be Ready (to start a build); otherwise their Secrets are enough (to read a result).
     """
-    objects = await kube.list(login_path(spec.namespace))
+    objects = await reader.logins(spec.namespace)
     parsed, by_name = [], {}
     for item in objects:
         try:
@@ -210,7 +215,7 @@ async def resolve_logins(kube: Kube, spec: BuildSpec, ready: bool = True) -> tup
         return problem, ""
     # What a user changes in the logins the build uses (a spec, a Secret) or what their check finds (Ready), so
     # that such a change ends a backoff; kiln's own re-verification (a new lastVerifiedTime) does not.
-    secrets = {login.name: await kube.get(path("v1", "secrets", login.namespace, login.secret)) for login in selected}
+    secrets = {login.name: await reader.secret(login.namespace, login.secret) for login in selected}
     revision = ",".join("{}:{}:{}".format(
         by_name[login.name]["metadata"].get("generation"), (ready_condition(by_name[login.name]) or {}).get("reason"),
         (secrets[login.name] or {}).get("metadata", {}).get("resourceVersion")) for login in selected)
@@ -221,7 +226,7 @@ async def resolve_logins(kube: Kube, spec: BuildSpec, ready: bool = True) -> tup
             if ready and (not condition or condition.get("status") != "True"):
                 detail = f"{condition['reason']}: {condition['message']}" if condition else "not checked yet"
                 raise CredentialsProblem(reasons.LOGIN_NOT_READY, f"RegistryLogin {login.name!r} is not Ready ({detail})")
-            resolved.append(resolved_login(login, secrets[login.name], await read_ca_config_map(kube, login)))
+            resolved.append(resolved_login(login, secrets[login.name], await read_ca_config_map(reader.kube, login)))
         merged_docker_config(resolved)  # two logins for one registry are a conflict, reported before anything runs
     except CredentialsProblem as problem:
         return problem, revision
@@ -248,7 +253,7 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
     if isinstance(question, PushCheck):
         logins = facts.logins
     else:  # reading what was pushed needs the credentials, not a login that is Ready right now
-        logins, _ = await resolve_logins(runtime.kube, facts.spec, ready=False)
+        logins, _ = await resolve_logins(runtime.reader(), facts.spec, ready=False)
         if isinstance(logins, CredentialsProblem):
             return RegistryProblem(logins.reason, logins.message, transient=True)
     try:
@@ -272,17 +277,21 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
 
 # -- apply --
 
-async def carry_out(kube: Kube, namespace: str, build: str, decision: Decision) -> tuple[str, str] | None:
+async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Decision) -> tuple[str, str] | None:
     """Delete, then create, in the decision's order. A create the API server refuses is returned as
     (object, message); transient API errors raise, and the caller tries again later."""
+    kube = runtime.kube
     for name in decision.delete_jobs:
         await kube.delete(path("batch/v1", "jobs", namespace, name))
+        runtime.cache.deleted(namespace, name)
     for build_id in decision.delete_credentials:
         for plural, name in reversed(credential_names(build, build_id)):  # the Secret last: it marks them present
             await kube.delete(path("v1", plural, namespace, name))
     for child in decision.create:
         try:
             await kube.create(path(child["apiVersion"], _PLURALS[child["kind"]], namespace), child)
+            if child["kind"] == "Job":  # until the watch shows it, it is known to exist
+                runtime.cache.created(namespace, child)
         except KubeError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise

@@ -77,7 +77,7 @@ async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -
         invalid = condition("Ready", False, reasons.INVALID_SPEC, str(exc), generation)
         return await _write(kube, obj, {**new, "conditions": [invalid]})
     new["server"] = login.server
-    secret = await kube.get(path("v1", "secrets", login.namespace, login.secret))
+    secret = await runtime.reader().secret(login.namespace, login.secret)
     secret_version = (secret or {}).get("metadata", {}).get("resourceVersion")
     now = datetime.datetime.now(datetime.UTC)
     if not verification_due(obj, secret_version, settings, now):
@@ -104,14 +104,13 @@ async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -
     new["conditions"] = [ready, secret_watched(secret, login, settings, generation)]
     written = await _write(kube, obj, new)
     if written is not None:
+        runtime.cache.wrote("RegistryLogin", written)  # builds looking at it next see this, not the watch's last word
         logger.info("RegistryLogin %s/%s: Ready=%s (%s)", login.namespace, login.name, ready["status"], ready["reason"])
     return written
 
 
 async def _write(kube: Kube, obj: dict, new: dict) -> dict | None:
-    """Patch status when it changed; returns what was written, or None."""
+    """Patch status when it changed; returns the login as written, or None."""
     patch = status_patch(obj.get("status"), new, now_iso())
     meta = obj["metadata"]
-    if patch is None or await kube.patch_status(login_path(meta["namespace"], meta["name"]), patch) is None:
-        return None
-    return new
+    return None if patch is None else await kube.patch_status(login_path(meta["namespace"], meta["name"]), patch)

@@ -11,7 +11,7 @@ import logging
 
 import kopf
 
-from kiln import apply, handle_build, handle_login, metrics
+from kiln import apply, cache, handle_build, handle_login, metrics
 from kiln.runtime import Runtime
 from kiln.settings import Settings
 
@@ -45,36 +45,25 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
     """Every object again, now and then: re-verification, and retries after transient trouble.
 
     One loop for the operator instead of kopf timers, which would put a finalizer on every
-    object and block its deletion whenever the operator is down.
+    object and block its deletion whenever the operator is down. It walks what the watches
+    delivered: a round costs no API request, and a finished build nothing at all.
     """
     runtime: Runtime = memo.runtime
-    scopes = runtime.settings.namespaces or (None,)  # None: every namespace
     while True:
         await asyncio.sleep(runtime.settings.resync_interval)
-        running = queued = 0
-        for kind, scope in ((kind, scope) for kind in ("RegistryLogin", "ImageBuild") for scope in scopes):
-            url = handle_login.login_path(scope) if kind == "RegistryLogin" else handle_build.build_path(scope)
+        logins, builds = runtime.cache.everything("RegistryLogin"), runtime.cache.everything("ImageBuild")
+        for obj in logins:
             try:
-                objects = await runtime.kube.list(url)
-            except Exception as exc:  # the next round tries again
-                logger.warning("resync: cannot list %ss: %s: %s", kind, type(exc).__name__, exc)
-                continue
-            if kind == "ImageBuild":
-                running += sum((o.get("status") or {}).get("phase") in ("Pending", "Building") for o in objects)
-                queued += sum(handle_build.queued(o) for o in objects)
-            for obj in objects:
-                namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-                if kind == "ImageBuild" and handle_build.settled(obj):
-                    continue  # a finished build waits for a change of its own, which its watch delivers
-                try:
-                    if kind == "RegistryLogin":
-                        await handle_login.reconcile_login(runtime, obj, logger)
-                    else:
-                        await _build(memo, namespace, name, logger)
-                except Exception as exc:  # one object's trouble must not keep the others waiting
-                    logger.warning("resync of %s %s/%s failed: %s: %s", kind, namespace, name, type(exc).__name__, exc)
-        metrics.BUILDS_RUNNING.set(running - queued)
+                await handle_login.reconcile_login(runtime, obj, logger)
+            except Exception as exc:  # one object's trouble must not keep the others waiting
+                logger.warning("resync of RegistryLogin %s/%s failed: %s: %s", obj["metadata"]["namespace"],
+                               obj["metadata"]["name"], type(exc).__name__, exc)
+        for obj in builds:
+            if not handle_build.settled(obj):  # a finished build waits for a change of its own, which its watch delivers
+                await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
+        queued = sum(handle_build.queued(o) for o in builds)
         metrics.BUILDS_QUEUED.set(queued)
+        metrics.BUILDS_RUNNING.set(sum((o.get("status") or {}).get("phase") in ("Pending", "Building") for o in builds) - queued)
 
 
 @kopf.on.login()
@@ -97,8 +86,29 @@ def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> dict:
 
 
 @kopf.index(*IMAGEBUILDS)
-def builds_by_namespace(namespace: str, name: str, **_) -> dict:
-    return {namespace: name}
+def builds_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+    return {namespace: cache.body(body)}
+
+
+# What reconciles read instead of the API server (cache.py): the watches fill these before any handler runs.
+@kopf.index(*LOGINS)
+def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+    return {namespace: cache.body(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def jobs_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+    return {namespace: cache.body(body)}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def pods_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+    return {namespace: cache.body(body)}
+
+
+@kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS)
+def secrets_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+    return {namespace: cache.body(body)}
 
 
 async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
@@ -138,46 +148,68 @@ async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger, builds_by_
     if await handle_login.reconcile_login(memo.runtime, body, logger) is None:
         return
     namespace = body["metadata"]["namespace"]
-    for build in list(builds_by_namespace.get(namespace, [])):  # a copy: the index changes while builds run
+    waiting = [b["metadata"]["name"] for b in builds_by_namespace.get(namespace, [])]  # a copy: the index changes
+    for build in waiting:
         await _build(memo, namespace, build, logger)
 
 
 @kopf.on.event(*IMAGEBUILDS)
 async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
-                             logger: logging.Logger, **_) -> None:
+                             logger: logging.Logger, **kwargs) -> None:
+    memo.runtime.cache.bind(kwargs)
     if type == "DELETED":  # the children go with their owner reference
         memo.runtime.forget((namespace, name))
         return
-    if memo.runtime.own_writes.get((namespace, name)) == body.metadata.get("resourceVersion"):
+    if memo.runtime.own_write((namespace, name), body.metadata.get("resourceVersion")):
         return  # the echo of kiln's own status write: nothing changed that kiln did not know
     await _build(memo, namespace, name, logger)
 
 
+def _owner(obj: kopf.Body | dict) -> str | None:
+    return next((ref["name"] for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+                 if ref.get("kind") == "ImageBuild" and ref.get("controller")), None)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
-    for ref in body.metadata.get("ownerReferences") or []:
-        if ref.get("kind") == "ImageBuild" and ref.get("controller"):
-            await _build(memo, namespace, ref["name"], logger)
+async def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **kwargs) -> None:
+    memo.runtime.cache.bind(kwargs)
+    owner = _owner(body)
+    if owner:
+        await _build(memo, namespace, owner, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-async def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_) -> None:
-    job = await memo.runtime.kube.get(apply.path("batch/v1", "jobs", namespace, labels.get("job-name", "")))
-    if job:
-        await job_changed(body=kopf.Body(job), namespace=namespace, memo=memo, logger=logger)
+async def pod_changed(type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo,
+                      logger: logging.Logger, jobs_by_namespace: kopf.Index, **kwargs) -> None:
+    """A pod matters when its container starts, waits on something (an image pull), or ends; its Job says the rest."""
+    runtime: Runtime = memo.runtime
+    runtime.cache.bind({"jobs_by_namespace": jobs_by_namespace, **kwargs})
+    if type == "DELETED":
+        runtime.pod_gone(namespace, body["metadata"]["name"])
+        return  # its Job's status says what that means
+    if not runtime.pod_state_changed(namespace, body):
+        return
+    job = next((j for j in jobs_by_namespace.get(namespace, []) if j["metadata"]["name"] == labels.get("job-name")), None)
+    owner = _owner(job) if job else None
+    if owner:
+        await _build(memo, namespace, owner, logger)
 
 
 @kopf.on.event(*LOGINS)
 async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
-                        builds_by_namespace: kopf.Index, **_) -> None:
-    if type != "DELETED":
+                        builds_by_namespace: kopf.Index, **kwargs) -> None:
+    memo.runtime.cache.bind({"builds_by_namespace": builds_by_namespace, **kwargs})
+    if type == "DELETED":
+        memo.runtime.cache.forget("RegistryLogin", body.metadata["namespace"], body.metadata["name"])
+    else:
         await _login(memo, dict(body), logger, builds_by_namespace)
 
 
 @kopf.on.event("", "v1", "secrets", labels=LOGIN_SECRETS)
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
-                         logins_by_secret: kopf.Index, builds_by_namespace: kopf.Index, **_) -> None:
+                         logins_by_secret: kopf.Index, builds_by_namespace: kopf.Index, **kwargs) -> None:
+    memo.runtime.cache.bind({"builds_by_namespace": builds_by_namespace, **kwargs})
     for login in list(logins_by_secret.get((namespace, name), [])):  # rotation: re-verify without a restart
-        obj = await memo.runtime.kube.get(handle_login.login_path(namespace, login))
+        obj = memo.runtime.cache.login(namespace, login)
         if obj:
             await _login(memo, obj, logger, builds_by_namespace)

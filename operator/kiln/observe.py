@@ -113,7 +113,7 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
                          f"the BuildKit image could not be pulled ({waiting['reason']}: {waiting.get('message', '')})",
                          retryable=waiting["reason"] != "InvalidImageName", **times)
     if failed is None:
-        if state.get("running"):
+        if state.get("running") or terminated:  # a pod that ended is still building until its Job concludes
             return UnitState(RUNNING, reasons.BUILDING, "building", start_time=times["start_time"])
         scheduled = true_condition(pod, "PodScheduled") if pod else None
         waiting_for = "a node" if pod and not scheduled else "the build pod to start"

@@ -92,7 +92,8 @@ def render_docker_config_secret(spec: BuildSpec, logins: list[ResolvedLogin]) ->
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(spec, docker_secret_name(spec)),
+        # The label puts it among the Secrets the operator watches (registry credentials): no read to find it.
+        "metadata": _metadata(spec, docker_secret_name(spec), **{"kiln.dev/registry-login": "true"}),
         "type": "kubernetes.io/dockerconfigjson",
         "data": {".dockerconfigjson": base64.b64encode(config).decode()},
     }

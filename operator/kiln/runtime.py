@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from kiln.apply import Kube
+from kiln.cache import Cache, Reader
 from kiln.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)
@@ -22,8 +23,8 @@ class Runtime:
     # One reconcile at a time per ImageBuild, whichever watch (its own, its Jobs', its Pods') triggered it.
     locks: dict[Key, asyncio.Lock] = field(default_factory=lambda: collections.defaultdict(asyncio.Lock))
     failures: dict[Key, int] = field(default_factory=dict)
-    # The resourceVersion of each ImageBuild as kiln's own last status write left it.
-    own_writes: dict[Key, str] = field(default_factory=dict)
+    cache: Cache = field(default_factory=Cache)
+    _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     reconcile_slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -51,9 +52,31 @@ class Runtime:
 
         self._timers[key] = (when, loop.call_later(delay, fire))
 
+    def pod_state_changed(self, namespace: str, pod: Mapping) -> bool:
+        """Whether a pod's container started, waits for another reason, or ended since kiln last looked."""
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        state = tuple((s.get("name"), *sorted((s.get("state") or {}).keys()),
+                       ((s.get("state") or {}).get("waiting") or {}).get("reason")) for s in statuses)
+        key = (namespace, pod["metadata"]["name"])
+        if self._pod_states.get(key) == (state, (pod.get("metadata") or {}).get("deletionTimestamp")):
+            return False
+        self._pod_states[key] = (state, (pod.get("metadata") or {}).get("deletionTimestamp"))
+        return True
+
+    def pod_gone(self, namespace: str, name: str) -> None:
+        self._pod_states.pop((namespace, name), None)
+
+    def reader(self) -> Reader:
+        return Reader(self.kube, self.cache)
+
+    def own_write(self, key: Key, version: str | None) -> bool:
+        """Is this version of the ImageBuild the one kiln's own last status write made?"""
+        written = self.cache.written.get(("ImageBuild", *key))
+        return written is not None and written["metadata"].get("resourceVersion") == version
+
     def forget(self, key: Key) -> None:
         """An ImageBuild is gone: nothing of it is kept."""
-        self.own_writes.pop(key, None)
+        self.cache.forget("ImageBuild", *key)
         self.failures.pop(key, None)
         self.locks.pop(key, None)
         pending = self._timers.pop(key, None)
