@@ -30,7 +30,9 @@ def _count(fake, since: int) -> collections.Counter:
     for request in list(fake._requests)[since:]:
         if request.headers.get("User-Agent", "").startswith("kmock/") or request.action not in VERBS:
             continue  # the test's own requests, and the watch streams
-        resource = (request.resource.plural if request.resource else "?") + (f"/{request.subresource}" if request.subresource else "")
+        resource = request.resource.plural if request.resource else "?"
+        if request.subresource:
+            resource += f"/{request.subresource}"
         counts[(VERBS[request.action], resource)] += 1
     return counts
 

@@ -156,6 +156,7 @@ class TokenIssuer(http.server.ThreadingHTTPServer):
         self.socket = sock  # already listening, perhaps in another network namespace
         self.key, self.certificate, self.users = key, certificate, users
         self.requests: list[dict] = []
+        self.lifetime = datetime.timedelta(minutes=5)  # how long tokens it issues are valid
 
     def token_for(self, user: str, scopes: list[str]) -> str:
         allowed = self.users[user][1] if user else set()
@@ -166,7 +167,7 @@ class TokenIssuer(http.server.ThreadingHTTPServer):
             access.append({"type": kind, "name": name, "actions": granted})
         now = datetime.datetime.now(datetime.UTC)
         claims = {"iss": ISSUER, "sub": user, "aud": SERVICE, "iat": now, "nbf": now - datetime.timedelta(seconds=5),
-                  "exp": now + datetime.timedelta(minutes=5), "jti": base64.b32encode(now.isoformat().encode()).decode(),
+                  "exp": now + self.lifetime, "jti": base64.b32encode(now.isoformat().encode()).decode(),
                   "access": access}
         der = self.certificate.public_bytes(serialization.Encoding.DER)
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"x5c": [base64.b64encode(der).decode()]})

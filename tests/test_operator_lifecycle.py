@@ -215,3 +215,20 @@ async def test_a_burst_of_builds_reconciled_one_at_a_time_all_start(cluster, bas
         for i in range(5):
             await cluster.apply(image_build(basic_registry.host, name=f"app{i}"))
         await jobs(cluster, 5)
+
+
+async def test_a_second_build_to_the_same_repository_reuses_the_registry_session_and_the_push_check(cluster,
+                                                                                                 token_registry):
+    def push_tokens():  # the issuer is shared by the session: count only this test's requests
+        return [r for r in token_registry.issuer.requests[earlier:] if "push" in ",".join(r["scope"])]
+
+    earlier = len(token_registry.issuer.requests)
+    async with operator():
+        await ready_login(cluster, token_registry, user="pusher", password=TOKEN_USERS["pusher"][0])
+        await cluster.apply(image_build(token_registry.host, name="one"))
+        await jobs(cluster, 1)
+        pushes = push_tokens()
+        await cluster.apply(image_build(token_registry.host, name="two"))
+        await jobs(cluster, 2)
+        again = push_tokens()
+    assert len(pushes) == 1 and again == pushes  # no new token, no new upload check

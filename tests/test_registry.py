@@ -1,5 +1,6 @@
 """The registry client against real registries on 127.0.0.1: Basic and Bearer-token auth, index assembly."""
 import asyncio
+import datetime
 
 import pytest
 
@@ -78,6 +79,18 @@ async def test_token_registry_verifies_through_the_bearer_flow(token_registry):
         assert (await registry.verify()).scheme == "Bearer"
     request = token_registry.issuer.requests[-1]
     assert request["user"] == "pusher" and request["service"] == ["kiln-test-registry"]
+
+
+async def test_a_token_that_expires_while_the_session_is_open_is_replaced(token_registry):
+    # distribution accepts a token up to 60 s past its expiry (clock skew): these live about 2 s.
+    token_registry.issuer.lifetime = datetime.timedelta(seconds=-58)
+    try:
+        async with client(token_registry.host, "pusher", TOKEN_USERS["pusher"][0]) as registry:
+            await registry.check_push("team/app")
+            await asyncio.sleep(3)
+            await registry.check_push("team/app")
+    finally:
+        token_registry.issuer.lifetime = datetime.timedelta(minutes=5)
 
 
 async def test_token_service_refuses_a_wrong_password(token_registry):

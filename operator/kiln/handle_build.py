@@ -33,7 +33,7 @@ from kiln.handle_login import read_ca_config_map, ready_condition
 from kiln.observe import cache_stats, true_condition
 from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.references import registry_host, repository_path
-from kiln.registry import Registry, RegistryClient, RegistryError, assemble_index, image_platforms
+from kiln.registry import RegistryError, assemble_index, image_platforms
 from kiln.render import credential_names, short_name
 from kiln.runtime import Runtime
 from kiln.settings import Settings
@@ -235,13 +235,6 @@ async def resolve_logins(reader: Reader, spec: BuildSpec,
 
 # -- answers from registries --
 
-def _client(settings: Settings, logins: list[ResolvedLogin], host: str) -> RegistryClient:
-    login = next((item for item in logins if item.server == host), None)
-    return RegistryClient(Registry(host, bool(login and login.insecure), login.ca_pem if login else None),
-                          login.credentials if login else None, timeout=settings.registry_timeout,
-                          allow_link_local=settings.allow_link_local)
-
-
 async def answer(runtime: Runtime, facts: Facts, question: Question):
     """The registry's (or the build log's) answer to a question decide asked; a RegistryProblem if it failed."""
     if isinstance(question, BuildLog):
@@ -259,18 +252,18 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
     try:
         if isinstance(question, PushCheck):
             for image in question.repositories:
-                async with _client(runtime.settings, logins, registry_host(image)) as client:
-                    await client.check_push(repository_path(image))
+                client = await runtime.registries.client(logins, registry_host(image))
+                await runtime.registries.check_push(client, repository_path(image))
             return None
-        async with _client(runtime.settings, logins, registry_host(question.image)) as client:
-            repository = repository_path(question.image)
-            if isinstance(question, TagDigest):
-                media_type, _, digest = await client.get_manifest(repository, question.tag)
-                return digest, media_type
-            if isinstance(question, ImageContents):
-                return await image_platforms(client, repository, question.digest, question.platforms)
-            assert isinstance(question, AssembleIndex)
-            return await assemble_index(client, repository, [(p, d) for p, d, _ in question.children], question.tags)
+        client = await runtime.registries.client(logins, registry_host(question.image))
+        repository = repository_path(question.image)
+        if isinstance(question, TagDigest):
+            media_type, _, digest = await client.get_manifest(repository, question.tag)
+            return digest, media_type
+        if isinstance(question, ImageContents):
+            return await image_platforms(client, repository, question.digest, question.platforms)
+        assert isinstance(question, AssembleIndex)
+        return await assemble_index(client, repository, [(p, d) for p, d, _ in question.children], question.tags)
     except RegistryError as exc:
         return RegistryProblem(exc.reason, exc.message, exc.transient)
 

@@ -75,6 +75,7 @@ def login(**_) -> kopf.ConnectionInfo:
 async def close(memo: kopf.Memo, **_) -> None:
     memo.resync.cancel()
     memo.runtime.cancel_timers()
+    await memo.runtime.registries.close()
     if memo.metrics:
         memo.metrics.shutdown()
     await memo.runtime.kube.close()

@@ -116,6 +116,13 @@ class RegistryClient:
         self._authorization: dict[str, tuple[str, str | None]] = {}
 
     async def __aenter__(self) -> RegistryClient:
+        self.open()
+        return self
+
+    def open(self) -> None:
+        """Start the session (connections and tokens are then reused until close)."""
+        if self._session is not None:
+            return
         if self.registry.insecure:
             tls: ssl.SSLContext | bool = False
         else:
@@ -123,11 +130,14 @@ class RegistryClient:
         resolver = None if self._allow_link_local else _GuardedResolver()
         connector = aiohttp.TCPConnector(ssl=tls, resolver=resolver)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self
 
     async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
         if self._session:
             await self._session.close()
+            self._session = None
 
     def _check_host(self, url: str) -> None:
         host = aiohttp.client.URL(url).host or ""
@@ -230,10 +240,14 @@ class RegistryClient:
             raise self._unexpected(status, path)
 
     async def _call(self, method: str, url: str, scope: str, headers: dict | None = None, **kwargs):
-        """A request that answers the registry's challenge once, then reuses that authorization for the scope."""
+        """A request that answers the registry's challenge, then reuses that authorization for the scope; a token
+        that expired meanwhile is answered with a 401 again, and a new one is fetched once."""
         response = await self._request(method, url, headers=self._authorized(scope, headers), **kwargs)
         status, response_headers, _ = response
-        if status == 401 and scope not in self._authorization and _header(response_headers, "www-authenticate"):
+        challenge = _header(response_headers, "www-authenticate")
+        # A token that does not grant enough asks again in vain; one that expired gets a new one.
+        if status == 401 and challenge and 'error="insufficient_scope"' not in challenge:
+            self._authorization.pop(scope, None)
             await self._authorize(self._challenge(response_headers), scope)
             response = await self._request(method, url, headers=self._authorized(scope, headers), **kwargs)
         return response

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from kiln.apply import Kube
 from kiln.cache import Cache, Reader
+from kiln.registries import Registries
 from kiln.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)
@@ -24,12 +25,14 @@ class Runtime:
     locks: dict[Key, asyncio.Lock] = field(default_factory=lambda: collections.defaultdict(asyncio.Lock))
     failures: dict[Key, int] = field(default_factory=dict)
     cache: Cache = field(default_factory=Cache)
+    registries: Registries = field(init=False)
     _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     reconcile_slots: asyncio.Semaphore = field(init=False)
+    _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reconcile_slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
-    _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
+        self.registries = Registries(self.settings)
 
     def retry_delay(self, key: Key) -> float:
         """The next delay for an object whose reconcile failed again (exponential, capped)."""
