@@ -73,7 +73,7 @@ render: install
 deploy:
 	kubectl apply -k manifests/
 
-bench: install
+bench: system-deps install
 	$(PY) -m pytest -q bench/ -p no:cacheprovider
 
 clean:

@@ -3,23 +3,18 @@
 One login, one ImageBuild, its pod run to success by the test (playing the Job controller and the
 kubelet), counted from the ImageBuild's creation until its status says Succeeded, and then over one
 idle minute of resync (KILN_RESYNC_INTERVAL=1 here, so sixty rounds). Watch streams are the
-operator's standing cost, not a build's, and are not counted. Writes figures to bench/results.json.
+operator's standing cost, not a build's, and are not counted.
 """
 import asyncio
 import collections
 import json
-import pathlib
-import sys
 
 import kmock
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "tests"))
+from kubefake import Cluster, KubeFake, declare_resources, eventually, kubeconfig, operator
+from registries import start_htpasswd_registry
 
-from kubefake import Cluster, KubeFake, declare_resources, eventually, kubeconfig, operator  # noqa: E402
-from registries import start_htpasswd_registry  # noqa: E402
-
-RESULTS = pathlib.Path(__file__).parent / "results.json"
 VERBS = {kmock.action.LIST: "list", kmock.action.FETCH: "get", kmock.action.CREATE: "create",
          kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
 pytestmark = [pytest.mark.kmock(cls=KubeFake)]
@@ -48,7 +43,7 @@ def _report(title: str, counts: collections.Counter) -> dict:
             "by_request": {f"{v} {r}": n for (v, r), n in sorted(counts.items())}}
 
 
-async def test_api_requests_in_the_life_of_one_build_and_in_an_idle_minute(kmock, tmp_path, monkeypatch):
+async def test_api_requests_in_the_life_of_one_build_and_in_an_idle_minute(kmock, tmp_path, monkeypatch, figures):
     declare_resources(kmock)
     monkeypatch.setenv("KUBECONFIG", kubeconfig(kmock, tmp_path / "kubeconfig"))
     monkeypatch.setenv("KILN_RESYNC_INTERVAL", "1")
@@ -85,6 +80,8 @@ async def test_api_requests_in_the_life_of_one_build_and_in_an_idle_minute(kmock
             idle = _count(kmock, idle_start)
     finally:
         registry.stop()
-    results = {"build_life": _report("one build, created to Succeeded", life),
-               "idle_minute": _report("one idle minute, one finished build (60 resync rounds)", idle)}
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    life, idle = _report("one build, created to Succeeded", life), _report("one idle minute, one finished build", idle)
+    figures.record("API requests in one build's life", life["total"], "requests, writes included", goal="<= 10",
+                   met=life["total"] <= 10, by_verb=life["by_verb"], by_request=life["by_request"])
+    figures.record("idle requests per minute, 1 finished (60 rounds)", idle["total"], "requests", baseline=0,
+                   goal="0", met=idle["total"] == 0, by_request=idle["by_request"])

@@ -24,7 +24,7 @@ def builds() -> list[dict]:
     return out
 
 
-def test_memory_of_rendering_a_thousand_builds(benchmark):
+def test_memory_of_rendering_a_thousand_builds(benchmark, figures):
     docs = builds()
 
     def run():
@@ -36,4 +36,5 @@ def test_memory_of_rendering_a_thousand_builds(benchmark):
 
     rendered, peak = benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info["peak_bytes_per_build"] = peak // COUNT
+    figures.record(f"memory to render {COUNT} builds, per build", round(peak / COUNT / 1024, 1), "KiB (tracemalloc peak)")
     assert len({objects[-1]["metadata"]["name"] for objects in rendered}) == COUNT  # every build its own Job

@@ -21,7 +21,7 @@ from kiln.credentials import Credentials, ResolvedLogin
 from kiln.observe import cache_stats
 from kiln.parse import parse_image_build
 from kiln.registry import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Registry, RegistryClient, assemble_index
-from kiln.render import BUILD_SCRIPT, CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_docker_config_secret, render_job
+from kiln.render import BUILD_SCRIPT, CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_build_secret, render_job
 from kiln.resolve import BuildUnit, build_plan
 from kiln.settings import Settings
 
@@ -95,7 +95,7 @@ def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace,
     docker_dir, git_dir = tmp_path / f"docker-{spec.name}", tmp_path / f"git-{spec.name}"
     docker_dir.mkdir()
     git_dir.mkdir()
-    secret = render_docker_config_secret(spec, logins)
+    secret = render_build_secret(spec, logins)
     (docker_dir / "config.json").write_bytes(base64.b64decode(secret["data"][".dockerconfigjson"]))
     for name, text in (git_files or {}).items():  # what the pod mounts from the git Secret
         (git_dir / name).write_text(text)

@@ -471,7 +471,7 @@ def test_a_superseded_build_leaves_no_job_and_no_credentials_behind():
     assert w.credentials == {w.status["buildID"]} and old not in w.credentials
     assert w.status["history"][0] | {"completionTime": None} == {
         "buildID": old, "generation": 1, "jobName": f"app-{old}", "phase": "Cancelled", "reason": reasons.SUPERSEDED,
-        "completionTime": None}
+        "startTime": "2026-11-29T10:00:00Z", "completionTime": None}  # started when its Job was created
     assert "BuildSuperseded" in w.events
 
 

@@ -38,7 +38,7 @@ def test_a_completed_job_reports_the_digest_from_the_termination_message():
                           "containerimage.descriptor": {"mediaType": "application/vnd.oci.image.index.v1+json"}})
     state = observe_unit(job(COMPLETE, completion="2026-11-28T10:03:00Z"), pod({"terminated": {"exitCode": 0, "message": message}}))
     assert (state.phase, state.digest, state.media_type) == (SUCCEEDED, "sha256:" + "1" * 64, "application/vnd.oci.image.index.v1+json")
-    assert (state.start_time, state.completion_time) == ("2026-11-28T10:00:00Z", "2026-11-28T10:03:00Z")
+    assert state.completion_time == "2026-11-28T10:03:00Z"
 
 
 def test_the_digest_survives_the_kubelet_cutting_a_long_termination_message_at_4_kib():
@@ -69,8 +69,15 @@ def test_the_digest_survives_the_kubelet_cutting_a_long_termination_message_at_4
     (job(FAILED_JOB), pod({"terminated": {"exitCode": 137}}, conditions=[{"type": "DisruptionTarget", "status": "True"}]),
      FAILED, reasons.EVICTED, True),
     (job(FAILED_JOB), None, FAILED, reasons.EVICTED, True),  # the pod is gone with its node
+    # The Job's end came first on its watch stream; the pod's end (digest, log) has not arrived yet.
+    (job(COMPLETE), pod({"running": {"startedAt": "x"}}, phase="Running"), RUNNING, reasons.BUILDING, False),
+    (job(COMPLETE), pod({}, phase="Pending"), RUNNING, reasons.BUILDING, False),
+    (job(FAILED_JOB), pod({"running": {"startedAt": "x"}}, phase="Running"), RUNNING, reasons.BUILDING, False),
+    (job({**FAILED_JOB, "reason": "DeadlineExceeded"}), pod({"running": {"startedAt": "x"}}), FAILED, reasons.TIMED_OUT, False),
+    (job(FAILED_JOB), pod({"running": {"startedAt": "x"}}, phase="Running", reason="Evicted"), FAILED, reasons.EVICTED, True),
 ], ids=["no-job", "no-pod", "running", "ended-job-not-yet", "builder-pull-backoff", "builder-bad-name", "deadline", "oom", "evicted",
-        "disruption", "node-lost"])
+        "disruption", "node-lost", "completed-job-pod-not-yet", "completed-job-pod-pending", "failed-job-pod-not-yet",
+        "deadline-pod-still-running", "evicted-while-running"])
 def test_job_and_pod_states_map_to_a_phase_and_reason(the_job, the_pod, phase, reason, retryable):
     state = observe_unit(the_job, the_pod)
     assert (state.phase, state.reason, state.retryable) == (phase, reason, retryable)
@@ -88,6 +95,10 @@ def test_job_and_pod_states_map_to_a_phase_and_reason(the_job, the_pod, phase, r
     ("error: failed to solve: failed to push r.io/app:v1: unexpected status: 403 Forbidden", reasons.PUSH_DENIED, False),
     ("error: failed to solve: failed to push r.io/app:v1: unexpected status: 502 Bad Gateway", reasons.REGISTRY_TRANSIENT, True),
     ("error: failed to solve: failed to do request: toomanyrequests: rate limit", reasons.REGISTRY_TRANSIENT, True),
+    ("error: failed to solve: failed to push r.io/team/api:v1: errors:\nunknown: provided digest did not match uploaded "
+     "content\nunknown: blob unknown to registry - sha256:d202", reasons.REGISTRY_TRANSIENT, True),
+    ("error: failed to solve: failed to push r.io/app:v1: errors:\nblob upload unknown to registry", reasons.REGISTRY_TRANSIENT,
+     True),
     ("error: failed to solve: read tcp 10.0.0.1:1->10.0.0.2:443: read: connection reset by peer", reasons.REGISTRY_TRANSIENT, True),
     ("something nobody has seen before", reasons.BUILD_FAILED, False),
 ])

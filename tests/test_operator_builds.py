@@ -1,4 +1,5 @@
 """ImageBuild lifecycle: the real operator against kmock; the test plays the Job controller and the kubelet."""
+import asyncio
 import base64
 import json
 
@@ -6,7 +7,7 @@ import pytest
 
 from kiln import reasons
 from kiln.parse import parse_image_build
-from kiln.render import docker_secret_name, render_job
+from kiln.render import build_secret_name, render_job
 from kiln.resolve import BuildUnit
 from kiln.settings import Settings
 
@@ -91,11 +92,12 @@ async def test_a_build_runs_its_rendered_job_with_merged_credentials_and_reports
     async with operator():
         job = await first_job(cluster, basic_registry)
         build = cluster.build("app")
-        expected = render_job(parse_image_build(build), BuildUnit(()), Settings.from_env(), buildkitd_config=True)
+        expected = render_job(parse_image_build(build), BuildUnit(()), Settings.from_env(), buildkitd=("buildkitd.toml",))
         assert job["spec"] == expected["spec"]
         for key in ("name", "labels", "annotations", "ownerReferences"):
             assert job["metadata"][key] == expected["metadata"][key]
-        secret = cluster.get("v1", "secrets", docker_secret_name(parse_image_build(build)))
+        spec = parse_image_build(build)
+        secret = cluster.get("v1", "secrets", build_secret_name(spec.name, spec.build_id))
         config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
         assert config["auths"][basic_registry.host]["auth"] == b64(f"alice:{BASIC_USERS['alice']}")
         assert secret["metadata"]["ownerReferences"][0]["uid"] == build["metadata"]["uid"]
@@ -124,6 +126,22 @@ async def test_a_build_runs_its_rendered_job_with_merged_credentials_and_reports
     assert done["observedGeneration"] == 1 and done["jobName"] == job["metadata"]["name"]
     assert done["history"][0]["phase"] == "Succeeded" and done["history"][0]["digest"] == index
     assert cluster.ever_created("batch/v1", "jobs") == [job["metadata"]["name"]]
+
+
+async def test_a_job_that_completes_before_its_pod_is_seen_ending_waits_for_the_pods_digest(cluster, basic_registry):
+    """Jobs and Pods come on separate watch streams: a Complete Job whose pod kiln last saw running is no build
+    without a digest (the single-pod fallback would find no tag in the registry and fail it)."""
+    async with operator():
+        job = await first_job(cluster, basic_registry, cache={"type": "none"})
+        pod = await cluster.start_pod(job)
+        await cluster.run_pod(pod)
+        await phase(cluster, "Building")
+        await cluster.finish(job, None, exit_code=0)  # the Job controller's word first
+        await asyncio.sleep(1)  # kiln sees it with the pod still running (it would have failed the build here)
+        assert status(cluster)["phase"] == "Building"
+        await cluster.finish(job, pod, exit_code=0, message=metadata(DIGEST))
+        done = await phase(cluster, "Succeeded")
+    assert done["digest"] == DIGEST
 
 
 async def test_qemu_multiarch_reports_the_digest_of_every_platform_in_the_pushed_index(cluster, basic_registry):

@@ -11,7 +11,7 @@ import pytest
 
 from kiln import reasons
 from kiln.parse import parse_image_build
-from kiln.render import docker_secret_name
+from kiln.render import build_secret_name
 from test_operator_builds import (
     DIGEST,
     IB,
@@ -31,6 +31,10 @@ from registries import push_image
 
 pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
 PLATFORMS = ["linux/amd64", "linux/arm64"]
+
+
+def secret_of(spec) -> str:
+    return build_secret_name(spec.name, spec.build_id)
 
 
 async def native_jobs(cluster, registry, **spec) -> dict[str, dict]:
@@ -101,12 +105,12 @@ async def test_one_pod_that_reports_no_digest_takes_the_digest_of_its_tag_from_t
 async def test_superseding_a_running_build_leaves_no_credentials_of_it_behind(cluster, basic_registry):
     async with operator():
         old = await first_job(cluster, basic_registry)
-        old_secret = docker_secret_name(parse_image_build(cluster.build("app")))
+        old_secret = secret_of(parse_image_build(cluster.build("app")))
         await cluster.run_pod(await cluster.start_pod(old))
         await cluster.patch(*IB, "app", {"spec": {"source": {"git": {"revision": "next"}}}})
         await eventually(lambda: status(cluster).get("observedGeneration") == 2, message="the new build started")
         await eventually(lambda: cluster.get("v1", "secrets", old_secret) is None, message="the old build's Secret is gone")
-        new_secret = docker_secret_name(_current_spec(cluster))
+        new_secret = secret_of(_current_spec(cluster))
     assert new_secret != old_secret and cluster.get("v1", "secrets", new_secret) is not None
     assert [j["metadata"]["labels"]["kiln.dev/generation"] for j in cluster.jobs()] == ["2"]
 
@@ -120,7 +124,7 @@ def _current_spec(cluster):
 async def test_an_edit_that_makes_a_running_build_invalid_stops_it_and_removes_its_credentials(cluster, basic_registry):
     async with operator():
         job = await first_job(cluster, basic_registry)
-        secret = docker_secret_name(parse_image_build(cluster.build("app")))
+        secret = secret_of(parse_image_build(cluster.build("app")))
         await cluster.run_pod(await cluster.start_pod(job))
         await cluster.patch(*IB, "app", {"spec": {"source": {"url": "https://example.com/context.tgz"}}})  # two sources
         await phase(cluster, "Failed")

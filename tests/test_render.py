@@ -153,18 +153,38 @@ def test_git_token_secret_is_named_for_the_host_and_port_buildkit_looks_up(url, 
     assert f"--secret=id={secret_id},src=/kiln/git/token" in buildctl_args(parse_image_build(doc), BuildUnit(()))
 
 
-def test_insecure_and_private_ca_registries_get_a_buildkitd_config():
-    config_map = next(o for o in rendered_story("git-private") if o["kind"] == "ConfigMap")
-    assert config_map["data"]["buildkitd.toml"] == (
+def test_insecure_and_private_ca_registries_get_a_buildkitd_config_in_the_build_secret():
+    secret = next(o for o in rendered_story("git-private") if o["kind"] == "Secret")
+    files = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    assert files["buildkitd.toml"] == (
         '[registry."registry.corp.example"]\n  ca = ["/kiln/buildkitd/ca-registry.corp.example.crt"]\n\n'
         '[registry."registry.kiln-system.svc:5000"]\n  http = true\n  insecure = true\n')
-    assert "BEGIN CERTIFICATE" in config_map["data"]["ca-registry.corp.example.crt"]
-    assert tomllib.loads(config_map["data"]["buildkitd.toml"]) == {"registry": {  # buildkitd's config structure
+    assert "BEGIN CERTIFICATE" in files["ca-registry.corp.example.crt"]
+    assert tomllib.loads(files["buildkitd.toml"]) == {"registry": {  # buildkitd's config structure
         "registry.corp.example": {"ca": ["/kiln/buildkitd/ca-registry.corp.example.crt"]},
         "registry.kiln-system.svc:5000": {"http": True, "insecure": True}}}
-    env = _job("git-private")["spec"]["template"]["spec"]["containers"][0]["env"][0]
-    assert env == {"name": "BUILDKITD_FLAGS",
-                   "value": "--oci-worker-no-process-sandbox --config=/kiln/buildkitd/buildkitd.toml"}
+    pod = _job("git-private")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["env"][0] == {
+        "name": "BUILDKITD_FLAGS", "value": "--oci-worker-no-process-sandbox --config=/kiln/buildkitd/buildkitd.toml"}
+    mounted = next(v for v in pod["volumes"] if v["name"] == "buildkitd-config")["secret"]
+    assert mounted["secretName"] == secret["metadata"]["name"]  # the docker config stays out of that directory
+    assert mounted["items"] == [{"key": "buildkitd.toml", "path": "buildkitd.toml"},
+                                {"key": "ca-registry.corp.example.crt", "path": "ca-registry.corp.example.crt"}]
+
+
+def test_a_registry_with_nothing_special_needs_no_buildkitd_config():
+    spec = parse_image_build(_fixture_build())
+    login = ResolvedLogin("hub", "registry.example", Credentials("u", "p"))
+    secret, job = render_build(spec, [login], (BuildUnit(()),), SETTINGS)
+    assert list(secret["data"]) == [".dockerconfigjson"]
+    assert "--config" not in json.dumps(job) and "buildkitd-config" not in json.dumps(job)
+
+
+def test_a_ca_file_name_is_a_valid_secret_key_for_any_server():
+    spec = parse_image_build(_fixture_build())
+    login = ResolvedLogin("v6", "[fd00::1]:5000", Credentials("u", "p"), ca_pem="PEM")
+    (secret,) = render_build(spec, [login], (), SETTINGS)
+    assert "ca--fd00--1--5000.crt" in secret["data"]
 
 
 def test_rootless_pod_is_never_privileged():

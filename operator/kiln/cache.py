@@ -1,7 +1,9 @@
 """What the watches delivered, so that a reconcile reads no object the operator already holds.
 
 kopf's indexes (declared in handlers.py) keep the latest body of every ImageBuild, RegistryLogin, Job
-and Pod kiln serves, and of the Secrets labelled kiln.dev/registry-login=true. Two things a watch
+and Pod kiln serves, and of the Secrets labelled kiln.dev/registry-login=true: whole for what kiln reads
+whole, only metadata and status of Jobs and Pods (their pod specs are most of their size, and memory per
+build is what the bench measures). Two things a watch
 shows late are kept here too: the ImageBuild as kiln's own status write returned it, and Jobs kiln
 just created (an expectation, as the Job controller keeps for its pods), so that a Job the watch has
 not shown yet is not taken for one deleted by hand. Writes still go to the API server, whose 409
@@ -21,9 +23,42 @@ INDEXES = ("builds_by_namespace", "logins_by_namespace", "jobs_by_namespace", "p
 EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this is looked at as it is
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _metadata(obj: Mapping) -> dict:
+    """Metadata without what kiln never reads and is often most of an object: the API server's managedFields
+    and the copy of the whole object `kubectl apply` leaves in an annotation."""
+    meta = {k: copy.deepcopy(v) for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    if LAST_APPLIED in (meta.get("annotations") or {}):
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
+    return meta
+
+
 def body(obj: Mapping) -> dict:
     """A plain, private copy of a watched object, for an index."""
-    return copy.deepcopy(dict(obj))
+    return {**copy.deepcopy({k: v for k, v in obj.items() if k != "metadata"}), "metadata": _metadata(obj)}
+
+
+def job_body(obj: Mapping) -> dict:
+    """What kiln reads of a Job: its metadata and status. The pod template is most of a Job and never read."""
+    return {"metadata": _metadata(obj), "status": copy.deepcopy(dict(obj.get("status") or {}))}
+
+
+def pod_body(obj: Mapping) -> dict:
+    """What kiln reads of a Pod: metadata, phase, conditions and the containers' states (digest, exit, log)."""
+    status = obj.get("status") or {}
+    kept = {k: copy.deepcopy(status[k]) for k in ("phase", "reason", "message", "conditions") if k in status}
+    kept["containerStatuses"] = [{"name": c.get("name"), "state": copy.deepcopy(c.get("state") or {})}
+                                 for c in status.get("containerStatuses") or []]
+    return {"metadata": _metadata(obj), "status": kept}
+
+
+def secret_body(obj: Mapping) -> dict:
+    """A login's Secret whole (kiln reads its credentials); of a build's own Secret only whose it is."""
+    if ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == "kiln":
+        return {"metadata": _metadata(obj)}
+    return body(obj)
 
 
 def _version(obj: dict | None) -> int:
@@ -61,8 +96,15 @@ class Cache:
     def _newest(self, kind: str, watched: dict) -> dict:
         """What the watch delivered, or kiln's own later write of it."""
         meta = watched["metadata"]
-        written = self.written.get((kind, meta["namespace"], meta["name"]))
-        return written if _version(written) > _version(watched) else watched
+        key = (kind, meta["namespace"], meta["name"])
+        written = self.written.get(key)
+        if written is None:
+            return watched
+        if _version(written) > _version(watched):
+            return written
+        if _version(watched) > _version(written):
+            del self.written[key]  # past kiln's write (whose echo own_write drops): one copy of each is enough
+        return watched
 
     def everything(self, kind: str) -> list[dict]:
         """Every ImageBuild or RegistryLogin the watches delivered, in every namespace served."""
@@ -104,10 +146,18 @@ class Cache:
         return next((s for s in self.secrets(namespace) if s["metadata"]["name"] == name), None)
 
     def created(self, namespace: str, job: dict) -> None:
-        self.expected[(namespace, job["metadata"]["name"])] = (time.monotonic(), job)
+        self.expected[(namespace, job["metadata"]["name"])] = (time.monotonic(), job_body(job))
 
     def deleted(self, namespace: str, job_name: str) -> None:
         self.expected.pop((namespace, job_name), None)
+
+    def echo(self, kind: str, namespace: str, name: str, version: str | None) -> bool:
+        """Is this the watch's echo of kiln's own last write? Then the watch holds it, and so kiln need not."""
+        written = self.written.get((kind, namespace, name))
+        if written is None or written["metadata"].get("resourceVersion") != version:
+            return False
+        del self.written[(kind, namespace, name)]
+        return True
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.written.pop((kind, namespace, name), None)

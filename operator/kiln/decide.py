@@ -18,11 +18,20 @@ from dataclasses import dataclass, field
 from kiln import reasons
 from kiln import status as statuses
 from kiln.credentials import CredentialsProblem, ResolvedLogin
-from kiln.observe import FAILED, PENDING, RUNNING, SUCCEEDED, UnitState, observe_unit, true_condition
+from kiln.observe import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    WAITING_FOR_POD,
+    UnitState,
+    observe_unit,
+    true_condition,
+)
 from kiln.parse import BuildSpec, InvalidSpec
 from kiln.references import split_tagged
 from kiln.registry import MANIFEST_MEDIA_TYPES
-from kiln.render import job_name, render_build, render_job
+from kiln.render import buildkitd_files, job_name, render_build, render_job
 from kiln.resolve import BuildUnit, build_plan
 from kiln.settings import Settings
 from kiln.status import BUILDING, CANCELLED
@@ -102,7 +111,7 @@ class Facts:
     problem: str | None  # why the spec is invalid
     jobs: tuple[dict, ...]  # Jobs this ImageBuild owns (every build), not being deleted
     pods: dict[str, dict]  # Job name -> its latest pod
-    credentials: frozenset[str]  # build IDs whose merged Secret or buildkitd ConfigMap exists
+    credentials: frozenset[str]  # build IDs whose Secret exists
     logins: list[ResolvedLogin] | CredentialsProblem  # the build's logins, each Ready, with credentials
     logins_revision: str  # changes when a login or its Secret changes
     settings: Settings
@@ -145,9 +154,11 @@ def active(job: dict) -> bool:
 
 # -- units in status --
 
-def unit_record(unit: BuildUnit, spec: BuildSpec, attempt: int) -> dict:
+def unit_record(unit: BuildUnit, spec: BuildSpec, attempt: int, started: str) -> dict:
+    """A unit as its Job is created: already what observing that Job will say, so that costs no status write."""
     return {"key": unit.key, "platforms": list(unit.platforms), **({"arch": unit.arch} if unit.arch else {}),
-            "builtBy": unit.built_by, "attempt": attempt, "job": job_name(spec, unit, attempt), "phase": PENDING}
+            "builtBy": unit.built_by, "attempt": attempt, "job": job_name(spec, unit, attempt), "phase": PENDING,
+            "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD, "startTime": started}
 
 
 def unit_of(record: dict) -> BuildUnit:
@@ -302,12 +313,10 @@ def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildSta
         decision.delete_jobs += [job_name(spec, unit, attempt) for unit in plan]
         decision.delete_credentials.append(spec.build_id)
         return
-    units = [unit_record(unit, spec, attempt) for unit in plan]
+    units = [unit_record(unit, spec, attempt, _iso(facts.now)) for unit in plan]
     decision.create = render_build(spec, facts.logins, plan, facts.settings, attempt)
     decision.events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
-    decision.status = view.make(BUILD_PENDING, reasons.BUILD_PENDING, "build Jobs created", attempt=attempt,
-                                job_names=[u["job"] for u in units])
-    decision.status["units"] = units
+    decision.status = _progress(view, BUILD_PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD, units)
     _look_again(decision, POD_PATIENCE)  # if no pod comes, the Job's events say why
 
 
@@ -444,8 +453,8 @@ def _with_digest(facts: Facts, spec: BuildSpec, record: dict, state: UnitState, 
 
 def _recorded(state: UnitState, record: dict) -> dict:
     found = {"phase": state.phase, "reason": state.reason, "message": state.message, "digest": state.digest,
-             "mediaType": state.media_type, "logExcerpt": state.log_excerpt, "startTime": state.start_time or
-             record.get("startTime"), "completionTime": state.completion_time, "cachedSteps": state.cached_steps,
+             "mediaType": state.media_type, "logExcerpt": state.log_excerpt, "startTime": record.get("startTime"),
+             "completionTime": state.completion_time, "cachedSteps": state.cached_steps,
              "totalSteps": state.total_steps}
     return {k: v for k, v in found.items() if v not in (None, "")}
 
@@ -463,8 +472,7 @@ def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: list[dic
         decision.status["units"] = records
         decision.status["phase"] = BUILDING
         return
-    credentials = [obj for obj in render_build(spec, facts.logins, (), facts.settings)]
-    decision.create += credentials
+    decision.create += render_build(spec, facts.logins, (), facts.settings)  # the Secret, made again if it is gone
     running = {j["metadata"]["name"] for j in facts.jobs if active(j)}
     for record in retries:
         unit = unit_of(record)
@@ -475,9 +483,10 @@ def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: list[dic
         reason = record["reason"]
         for key in _RESULT_FIELDS:
             record.pop(key, None)
-        record.update(attempt=record["attempt"] + 1, phase=PENDING, job=job_name(spec, unit, record["attempt"] + 1))
+        record.update(attempt=record["attempt"] + 1, phase=PENDING, job=job_name(spec, unit, record["attempt"] + 1),
+                      reason=reasons.BUILD_PENDING, message=WAITING_FOR_POD)
         decision.create.append(render_job(spec, unit, facts.settings, attempt=record["attempt"],
-                                          buildkitd_config=any(o["kind"] == "ConfigMap" for o in credentials)))
+                                          buildkitd=tuple(buildkitd_files(facts.logins))))
     decision.status = _progress(view, BUILDING, reasons.BUILDING, f"retrying after {reason}", records)
 
 
@@ -553,7 +562,7 @@ def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses
 # -- rules that hold whatever was decided --
 
 def _credentials_rule(facts: Facts, spec: BuildSpec, decision: Decision) -> None:
-    """A build's merged Secret and buildkitd ConfigMap exist exactly while one of its Jobs may still run."""
+    """A build's Secret exists exactly while one of its Jobs may still run."""
     deleted = set(decision.delete_jobs)
     running = {_build_of(j) for j in facts.jobs if active(j) and j["metadata"]["name"] not in deleted}
     units = decision.status.get("units") or []

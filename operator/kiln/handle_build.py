@@ -34,12 +34,12 @@ from kiln.observe import cache_stats, true_condition
 from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.references import registry_host, repository_path
 from kiln.registry import RegistryError, assemble_index, image_platforms
-from kiln.render import credential_names, short_name
+from kiln.render import build_secret_name, short_name
 from kiln.runtime import Runtime
 from kiln.settings import Settings
 from kiln.status import BUILDING, CANCELLED, FAILED, PENDING, SUCCEEDED, now_iso, status_patch
 
-_PLURALS = {"Secret": "secrets", "ConfigMap": "configmaps", "Job": "jobs"}
+_PLURALS = {"Secret": "secrets", "Job": "jobs"}
 # One decision may ask a registry about each unit (digest, log) and the index; more means something loops.
 MAX_QUESTIONS = 24
 
@@ -129,7 +129,6 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
         job = (pod["metadata"].get("labels") or {}).get("job-name", "")
         if job not in pods or pod["metadata"].get("creationTimestamp", "") > pods[job]["metadata"].get("creationTimestamp", ""):
             pods[job] = pod
-    # The merged Secret stands for both credential objects: the ConfigMap is made after it and deleted before it.
     credentials = frozenset((item["metadata"].get("labels") or {}).get("kiln.dev/build-id", "")
                             for item in await reader.secrets(namespace, mine) if _owned(item, uid))
     facts = Facts(obj=obj, spec=spec, problem=problem, jobs=jobs, pods=pods, credentials=credentials,
@@ -278,13 +277,12 @@ async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Deci
         await kube.delete(path("batch/v1", "jobs", namespace, name))
         runtime.cache.deleted(namespace, name)
     for build_id in decision.delete_credentials:
-        for plural, name in reversed(credential_names(build, build_id)):  # the Secret last: it marks them present
-            await kube.delete(path("v1", plural, namespace, name))
+        await kube.delete(path("v1", "secrets", namespace, build_secret_name(build, build_id)))
     for child in decision.create:
         try:
             await kube.create(path(child["apiVersion"], _PLURALS[child["kind"]], namespace), child)
             if child["kind"] == "Job":  # until the watch shows it, it is known to exist
-                runtime.cache.created(namespace, child)
+                runtime.job_created(namespace, child)
         except KubeError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise

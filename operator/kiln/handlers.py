@@ -7,6 +7,7 @@ periodic resync may run it, any number of times, in any order.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import kopf
@@ -61,6 +62,9 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
         for obj in builds:
             if not handle_build.settled(obj):  # a finished build waits for a change of its own, which its watch delivers
                 await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
+        # kopf's per-event objects form reference cycles; after a burst of builds they would wait for a full
+        # collection that a heap of long-lived cached objects makes rare, and hold the memory meanwhile.
+        gc.collect()
         queued = sum(handle_build.queued(o) for o in builds)
         metrics.BUILDS_QUEUED.set(queued)
         metrics.BUILDS_RUNNING.set(sum((o.get("status") or {}).get("phase") in ("Pending", "Building") for o in builds) - queued)
@@ -99,17 +103,17 @@ def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
 def jobs_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.body(body)}
+    return {namespace: cache.job_body(body)}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
 def pods_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.body(body)}
+    return {namespace: cache.pod_body(body)}
 
 
 @kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS)
 def secrets_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.body(body)}
+    return {namespace: cache.secret_body(body)}
 
 
 async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
@@ -172,8 +176,11 @@ def _owner(obj: kopf.Body | dict) -> str | None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **kwargs) -> None:
+async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger,
+                      **kwargs) -> None:
     memo.runtime.cache.bind(kwargs)
+    if not memo.runtime.job_state_changed(namespace, body, type):
+        return
     owner = _owner(body)
     if owner:
         await _build(memo, namespace, owner, logger)

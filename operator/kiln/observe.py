@@ -22,7 +22,10 @@ _FAILURE_PATTERNS = [
      rf"(failed to resolve source metadata|pull access denied|failed to do request|failed to copy).*({_AUTH}|not found)"),
     (reasons.REGISTRY_TRANSIENT, True, "a registry or the network failed transiently",
      r"(500 Internal Server Error|502 Bad Gateway|503 Service Unavailable|504 Gateway Timeout|429 Too Many Requests"
-     r"|toomanyrequests|connection reset by peer|i/o timeout|TLS handshake timeout|unexpected EOF)"),
+     r"|toomanyrequests|connection reset by peer|i/o timeout|TLS handshake timeout|unexpected EOF"
+     # An upload the registry lost or saw corrupted; BuildKit since v0.28 pushes the image and the cache at
+     # once, and two uploads of one blob can race on the registry's side. Pushing again finds the blob there.
+     r"|failed to push[\s\S]*(provided digest did not match uploaded content|blob upload (unknown|invalid)))"),
     (reasons.DOCKERFILE_ERROR, False, "a Dockerfile step failed",
      r"(did not complete successfully|dockerfile parse error|failed to read dockerfile|failed to compute cache key"
      r"|failed to parse stage name|unknown instruction|failed to solve: .*(not found|invalid))"),
@@ -38,6 +41,9 @@ _DIGEST = re.compile(r'"containerimage\.digest"\s*:\s*"(sha256:[0-9a-f]{64})"')
 _MEDIA_TYPE = re.compile(r'"containerimage\.descriptor"\s*:\s*\{(?:[^{}]|\{[^{}]*\})*?"mediaType"\s*:\s*"([^"]+)"')
 
 
+WAITING_FOR_POD = "waiting for the build pod to start"  # what a unit says from its Job's creation until it runs
+
+
 @dataclass(frozen=True)
 class UnitState:
     phase: str  # Pending, Running, Succeeded or Failed
@@ -47,7 +53,6 @@ class UnitState:
     digest: str | None = None
     media_type: str | None = None
     log_excerpt: str = ""
-    start_time: str | None = None
     completion_time: str | None = None
     cached_steps: int | None = None  # Dockerfile steps BuildKit took from a cache (from the build log)
     total_steps: int | None = None
@@ -96,17 +101,41 @@ def _metadata(message: str) -> tuple[str | None, str | None]:
     return (digest.group(1) if digest else None), (media_type.group(1) if media_type else None)
 
 
+def _unschedulable(pod: dict | None) -> str | None:
+    """The scheduler's word on a pod no node fits (none while it has simply not been placed yet)."""
+    condition = next((c for c in ((pod or {}).get("status") or {}).get("conditions") or []
+                      if c.get("type") == "PodScheduled"), {})
+    if condition.get("status") == "False" and condition.get("reason") == "Unschedulable":
+        return condition.get("message") or "no node fits"
+    return None
+
+
+def _disrupted(pod: dict) -> bool:
+    return (pod.get("status") or {}).get("reason") == "Evicted" or true_condition(pod, "DisruptionTarget") is not None
+
+
+def _ending(pod: dict | None) -> bool:
+    """A pod last seen before its end although its Job has concluded: Jobs and Pods come on separate watch
+    streams, so the pod's final state (digest, log, exit code) is on its way; decide nothing without it."""
+    return (pod is not None and not (_container(pod).get("state") or {}).get("terminated")
+            and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and not _disrupted(pod))
+
+
 def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
+    """A unit's state from its Job and its newest Pod. The unit's start is when kiln created its Job (in its
+    record), so the Job controller's own startTime, a moment later, costs no status write."""
     if job is None:
         return UnitState(PENDING, reasons.BUILD_PENDING, "the build Job is not created yet")
-    job_status = job.get("status") or {}
-    times = {"start_time": job_status.get("startTime"), "completion_time": job_status.get("completionTime")}
+    times = {"completion_time": (job.get("status") or {}).get("completionTime")}
     state = _container(pod).get("state") or {}
     terminated = state.get("terminated") or {}
+    failed = true_condition(job, "Failed")
+    deadline = failed is not None and failed.get("reason") == "DeadlineExceeded"
+    if (true_condition(job, "Complete") or (failed and not deadline)) and _ending(pod):
+        return UnitState(RUNNING, reasons.BUILDING, "building")
     if true_condition(job, "Complete"):
         digest, media_type = _metadata(terminated.get("message", ""))
         return UnitState(SUCCEEDED, reasons.SUCCEEDED, "the image was built", digest=digest, media_type=media_type, **times)
-    failed = true_condition(job, "Failed")
     waiting = state.get("waiting") or {}
     if failed is None and waiting.get("reason") in _PULL_FAILURES:
         return UnitState(FAILED, reasons.BUILDER_IMAGE_PULL_FAILED,
@@ -114,20 +143,21 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
                          retryable=waiting["reason"] != "InvalidImageName", **times)
     if failed is None:
         if state.get("running") or terminated:  # a pod that ended is still building until its Job concludes
-            return UnitState(RUNNING, reasons.BUILDING, "building", start_time=times["start_time"])
-        scheduled = true_condition(pod, "PodScheduled") if pod else None
-        waiting_for = "a node" if pod and not scheduled else "the build pod to start"
-        return UnitState(PENDING, reasons.BUILD_PENDING, f"waiting for {waiting_for}", start_time=times["start_time"])
-    completion = {**times, "completion_time": times["completion_time"] or failed.get("lastTransitionTime")}
+            return UnitState(RUNNING, reasons.BUILDING, "building")
+        unschedulable = _unschedulable(pod)
+        if unschedulable:
+            return UnitState(PENDING, reasons.BUILD_PENDING, f"waiting for a node: {unschedulable[:300]}")
+        return UnitState(PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD)
+    completion = {"completion_time": times["completion_time"] or failed.get("lastTransitionTime")}
     log = terminated.get("message", "")
-    if failed.get("reason") == "DeadlineExceeded":
+    if deadline:
         return UnitState(FAILED, reasons.TIMED_OUT, "the build ran longer than spec.timeout",
                          log_excerpt=excerpt(log), **completion)
     if terminated.get("reason") == "OOMKilled":
         return UnitState(FAILED, reasons.OUT_OF_MEMORY, "the build ran out of memory; raise spec.builder.resources.limits.memory",
                          log_excerpt=excerpt(log), **completion)
     pod_status = (pod or {}).get("status") or {}
-    if pod is None or pod_status.get("reason") == "Evicted" or true_condition(pod, "DisruptionTarget"):
+    if pod is None or _disrupted(pod):
         detail = pod_status.get("message") or "its node was lost or it was evicted"
         return UnitState(FAILED, reasons.EVICTED, f"the build pod was stopped before it finished: {detail}",
                          retryable=True, **completion)

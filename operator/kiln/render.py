@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from urllib.parse import urlsplit
 
 from kiln import API_VERSION
@@ -53,17 +54,9 @@ def job_name(spec: BuildSpec, unit: BuildUnit, attempt: int = 0) -> str:
     return short_name(spec.name, spec.build_id, unit.key, f"r{attempt}" if attempt else "")
 
 
-def docker_secret_name(spec: BuildSpec) -> str:
-    return short_name(spec.name, spec.build_id, "docker")
-
-
-def buildkitd_config_name(spec: BuildSpec) -> str:
-    return short_name(spec.name, spec.build_id, "buildkitd")
-
-
-def credential_names(name: str, build_id: str) -> list[tuple[str, str]]:
-    """(plural, name) of what one build of ImageBuild `name` holds credentials and registry settings in."""
-    return [("secrets", short_name(name, build_id, "docker")), ("configmaps", short_name(name, build_id, "buildkitd"))]
+def build_secret_name(name: str, build_id: str) -> str:
+    """The Secret one build of ImageBuild `name` holds its credentials and registry settings in."""
+    return short_name(name, build_id, "docker")
 
 
 def owner_reference(spec: BuildSpec) -> dict:
@@ -87,42 +80,37 @@ def _metadata(spec: BuildSpec, name: str, **extra_labels: str) -> dict:
             "ownerReferences": [owner_reference(spec)]}
 
 
-def render_docker_config_secret(spec: BuildSpec, logins: list[ResolvedLogin]) -> dict:
-    config = json.dumps(merged_docker_config(logins), sort_keys=True).encode()
+def render_build_secret(spec: BuildSpec, logins: list[ResolvedLogin]) -> dict:
+    """The merged docker config, and buildkitd.toml with the CA files it names when a registry needs them:
+    one object per build, so starting and ending one costs one create and one delete."""
+    files = {".dockerconfigjson": json.dumps(merged_docker_config(logins), sort_keys=True), **buildkitd_files(logins)}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         # The label puts it among the Secrets the operator watches (registry credentials): no read to find it.
-        "metadata": _metadata(spec, docker_secret_name(spec), **{"kiln.dev/registry-login": "true"}),
+        "metadata": _metadata(spec, build_secret_name(spec.name, spec.build_id), **{"kiln.dev/registry-login": "true"}),
         "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": base64.b64encode(config).decode()},
+        "data": {key: base64.b64encode(text.encode()).decode() for key, text in sorted(files.items())},
     }
 
 
-def buildkitd_toml(logins: list[ResolvedLogin]) -> str | None:
-    """buildkitd.toml for registries that are plain HTTP, self-signed or have their own CA; None if none do."""
-    sections = []
+def buildkitd_files(logins: list[ResolvedLogin]) -> dict[str, str]:
+    """buildkitd.toml and the CA files it names, for registries that are plain HTTP, self-signed or have
+    their own CA; nothing when none are."""
+    sections, files = [], {}
     for login in sorted(logins, key=lambda item: item.server):
         if login.insecure:
             sections.append(f"[registry.{json.dumps(login.server)}]\n  http = true\n  insecure = true\n")
         elif login.ca_pem:
-            ca = json.dumps(f"{BUILDKITD_DIR}/{_ca_key(login.server)}")
-            sections.append(f"[registry.{json.dumps(login.server)}]\n  ca = [{ca}]\n")
-    return "\n".join(sections) or None
+            key = _ca_key(login.server)
+            files[key] = login.ca_pem
+            sections.append(f"[registry.{json.dumps(login.server)}]\n  ca = [{json.dumps(f'{BUILDKITD_DIR}/{key}')}]\n")
+    return {"buildkitd.toml": "\n".join(sections), **files} if sections else {}
 
 
 def _ca_key(server: str) -> str:
-    return "ca-" + server.replace(":", "-") + ".crt"
-
-
-def render_buildkitd_config(spec: BuildSpec, logins: list[ResolvedLogin]) -> dict | None:
-    toml = buildkitd_toml(logins)
-    if toml is None:
-        return None
-    data = {"buildkitd.toml": toml}
-    data.update({_ca_key(login.server): login.ca_pem for login in logins if login.ca_pem and not login.insecure})
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(spec, buildkitd_config_name(spec)),
-            "data": dict(sorted(data.items()))}
+    """A Secret key for the server's CA file (keys allow letters, digits, '-', '_' and '.')."""
+    return "ca-" + re.sub(r"[^-._a-zA-Z0-9]", "-", server) + ".crt"
 
 
 def cache_ref(spec: BuildSpec, unit: BuildUnit) -> str | None:
@@ -203,10 +191,11 @@ def _path(base: str, relative: str) -> str:
     return base if relative == "." else f"{base}/{relative}"
 
 
-def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkitd_config: bool = False,
+def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkitd: tuple[str, ...] = (),
                attempt: int = 0) -> dict:
-    volumes, mounts = _volumes(spec, buildkitd_config)
-    flags = "--oci-worker-no-process-sandbox" + (f" --config={BUILDKITD_DIR}/buildkitd.toml" if buildkitd_config else "")
+    """One unit's Job; buildkitd names the build Secret's buildkitd files (buildkitd.toml and CA files), if any."""
+    volumes, mounts = _volumes(spec, buildkitd)
+    flags = "--oci-worker-no-process-sandbox" + (f" --config={BUILDKITD_DIR}/buildkitd.toml" if buildkitd else "")
     container = {
         "name": "buildkit",
         "image": settings.buildkit_image,
@@ -258,19 +247,21 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
     }
 
 
-def _volumes(spec: BuildSpec, buildkitd_config: bool) -> tuple[list[dict], list[dict]]:
+def _volumes(spec: BuildSpec, buildkitd: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
     state = {"persistentVolumeClaim": {"claimName": spec.cache.volume}} if spec.cache.volume else {"emptyDir": {}}
+    secret = build_secret_name(spec.name, spec.build_id)
     volumes = [
         {"name": "buildkit-state", **state},
-        {"name": "docker-config", "secret": {"secretName": docker_secret_name(spec), "defaultMode": 0o440,
+        {"name": "docker-config", "secret": {"secretName": secret, "defaultMode": 0o440,
                                              "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}},
         {"name": "build-output", "emptyDir": {}},
     ]
     mounts = [{"name": "buildkit-state", "mountPath": STATE_DIR},
               {"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True},
               {"name": "build-output", "mountPath": OUTPUT_DIR}]
-    if buildkitd_config:
-        volumes.append({"name": "buildkitd-config", "configMap": {"name": buildkitd_config_name(spec)}})
+    if buildkitd:
+        volumes.append({"name": "buildkitd-config", "secret": {"secretName": secret, "defaultMode": 0o440,
+                                                               "items": [{"key": k, "path": k} for k in buildkitd]}})
         mounts.append({"name": "buildkitd-config", "mountPath": BUILDKITD_DIR, "readOnly": True})
     origin = spec.source.origin
     if isinstance(origin, VolumeSource):
@@ -292,7 +283,7 @@ def _volumes(spec: BuildSpec, buildkitd_config: bool) -> tuple[list[dict], list[
 
 def render_build(spec: BuildSpec, logins: list[ResolvedLogin], plan: tuple[BuildUnit, ...],
                  settings: Settings, attempt: int = 0) -> list[dict]:
-    """Every object one build needs: the merged docker config Secret, buildkitd.toml if any, one Job per unit."""
-    buildkitd = render_buildkitd_config(spec, logins)
-    jobs = [render_job(spec, unit, settings, buildkitd_config=buildkitd is not None, attempt=attempt) for unit in plan]
-    return [render_docker_config_secret(spec, logins), *([buildkitd] if buildkitd else []), *jobs]
+    """Every object one build needs: its Secret, one Job per unit."""
+    buildkitd = tuple(buildkitd_files(logins))
+    return [render_build_secret(spec, logins), *(render_job(spec, unit, settings, buildkitd=buildkitd, attempt=attempt)
+                                                 for unit in plan)]

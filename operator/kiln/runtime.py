@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from kiln.apply import Kube
 from kiln.cache import Cache, Reader
+from kiln.observe import true_condition
 from kiln.registries import Registries
 from kiln.settings import Settings
 
@@ -27,6 +28,7 @@ class Runtime:
     cache: Cache = field(default_factory=Cache)
     registries: Registries = field(init=False)
     _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
+    _job_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     reconcile_slots: asyncio.Semaphore = field(init=False)
     _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
 
@@ -69,13 +71,30 @@ class Runtime:
     def pod_gone(self, namespace: str, name: str) -> None:
         self._pod_states.pop((namespace, name), None)
 
+    def job_created(self, namespace: str, job: Mapping) -> None:
+        """kiln made this Job: it exists until its watch shows it, and its echo is no news."""
+        self.cache.created(namespace, job)
+        self._job_states[(namespace, job["metadata"]["name"])] = _job_state(job)
+
+    def job_state_changed(self, namespace: str, job: Mapping, event: str) -> bool:
+        """Whether a Job concluded, is being deleted or is gone, or is one kiln did not know: the echo of kiln's
+        own create and the Job controller's progress reports (startTime, active, ready) change nothing kiln decides."""
+        key = (namespace, job["metadata"]["name"])
+        if event == "DELETED":
+            self._job_states.pop(key, None)
+            return True
+        state = _job_state(job)
+        if self._job_states.get(key) == state:
+            return False
+        self._job_states[key] = state
+        return True
+
     def reader(self) -> Reader:
         return Reader(self.kube, self.cache)
 
     def own_write(self, key: Key, version: str | None) -> bool:
         """Is this version of the ImageBuild the one kiln's own last status write made?"""
-        written = self.cache.written.get(("ImageBuild", *key))
-        return written is not None and written["metadata"].get("resourceVersion") == version
+        return self.cache.echo("ImageBuild", *key, version)
 
     def forget(self, key: Key) -> None:
         """An ImageBuild is gone: nothing of it is kept."""
@@ -90,3 +109,8 @@ class Runtime:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+
+
+def _job_state(job: Mapping) -> tuple:
+    concluded = next((kind for kind in ("Complete", "Failed") if true_condition(job, kind)), None)
+    return concluded, bool((job.get("metadata") or {}).get("deletionTimestamp"))

@@ -1,0 +1,72 @@
+"""Create N ImageBuilds at once, alone or with what a bare client would write for each (bench/test_scale.py).
+
+  python bench/bare_client.py create SERVER NAMESPACE N IMAGE   only the ImageBuilds: the operator does the rest
+  python bench/bare_client.py bare   SERVER NAMESPACE N IMAGE   each ImageBuild, then at once its Secret and Job
+      (rendered by kiln's own pure functions), a status patch and an event: the writes kiln makes for a build
+      that starts, with no watch, no cache and no registry check — the floor kiln's latency is compared with.
+
+Runs as its own process, as the operator does, so that neither shares the emulator's CPU time.
+"""
+import asyncio
+import sys
+
+import aiohttp
+
+from kiln.parse import parse_image_build
+from kiln.render import render_build
+from kiln.resolve import build_plan
+from kiln.settings import Settings
+
+SETTINGS = Settings()
+
+
+def image_build(namespace: str, name: str, image: str) -> dict:
+    return {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"registryLogins": ["reg"], "source": {"git": {"url": "https://git.example/app.git"}},
+                     "output": {"image": image, "tags": [name]}, "cache": {"type": "none"}}}
+
+
+def _collection(obj: dict, namespace: str) -> str:
+    group = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{obj['apiVersion']}"
+    return f"{group}/namespaces/{namespace}/{obj['kind'].lower()}s"
+
+
+async def _post(session: aiohttp.ClientSession, path: str, body: dict) -> dict:
+    async with session.post(path, json=body) as response:
+        response.raise_for_status()
+        return await response.json()
+
+
+async def one(session: aiohttp.ClientSession, mode: str, namespace: str, name: str, image: str) -> None:
+    builds = f"/apis/kiln.dev/v1alpha1/namespaces/{namespace}/imagebuilds"
+    created = await _post(session, builds, image_build(namespace, name, image))
+    if mode == "create":
+        return
+    spec = parse_image_build(created)
+    for obj in render_build(spec, [], build_plan(spec), SETTINGS):
+        await _post(session, _collection(obj, namespace), obj)
+    async with session.patch(f"{builds}/{name}/status", json={"status": {"phase": "Building"}},
+                             headers={"Content-Type": "application/merge-patch+json"}) as response:
+        response.raise_for_status()
+    await _post(session, f"/api/v1/namespaces/{namespace}/events", {
+        "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{name}.", "namespace": namespace},
+        "involvedObject": {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "name": name, "namespace": namespace,
+                           "uid": created["metadata"]["uid"]},
+        "reason": "BuildStarted", "message": "build started", "type": "Normal", "source": {"component": "bench"}})
+
+
+async def main(mode: str, server: str, namespace: str, count: int, image: str) -> None:
+    async with aiohttp.ClientSession(server, headers={"User-Agent": f"bench-{mode}"},
+                                     connector=aiohttp.TCPConnector(limit=100)) as session:
+        # Warm, as a running controller is: a connection open, the renderer's first call behind it.
+        spec = parse_image_build({**image_build(namespace, "warm-up", image), "metadata": {
+            "name": "warm-up", "namespace": namespace, "uid": "0", "generation": 1}})
+        render_build(spec, [], build_plan(spec), SETTINGS)
+        async with session.get("/version") as response:
+            await response.read()
+        await asyncio.gather(*(one(session, mode, namespace, f"n{count}-{i}", image) for i in range(count)))
+
+
+if __name__ == "__main__":
+    mode, server, namespace, count, image = sys.argv[1:]
+    asyncio.run(main(mode, server, namespace, int(count), image))

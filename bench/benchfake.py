@@ -1,0 +1,69 @@
+"""The emulator for measurements: what it costs must not be what the figures show.
+
+kmock 0.8 keeps every request it has served and matches each new one against that whole history, so it
+slows down with every request; here the history holds only the requests still in flight. Schema validation
+and owner-reference garbage collection (KubeFake's additions, proven in tests/) are off: their cost is the
+emulator's, not kiln's. Requests are counted by client, verb and resource, and the moment each ImageBuild
+and each build Job is created is noted for the latency figures.
+"""
+import asyncio
+import collections
+
+import attrs
+import kmock
+
+from kubefake import KubeFake
+
+VERBS = {kmock.action.LIST: "list", kmock.action.FETCH: "get", kmock.action.CREATE: "create",
+         kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete", kmock.action.WATCH: "watch"}
+
+
+def client_of(request) -> str:
+    """Who sent a request: the test itself (kmock's client), a bench client (its User-Agent), or the operator."""
+    agent = request.headers.get("User-Agent", "")
+    if agent.startswith("kmock/"):
+        return "test"
+    return agent if agent.startswith("bench-") else "operator"
+
+
+@attrs.define(kw_only=True)
+class BenchFake(KubeFake):
+    validated: frozenset = frozenset()
+    collects_garbage: bool = False
+    # (client, verb, resource[/subresource]) -> requests served.
+    counts: collections.Counter = attrs.field(factory=collections.Counter)
+    # (namespace, ImageBuild name) -> when it was created; when the first Job labelled with it was.
+    build_created: dict = attrs.field(factory=dict)
+    job_created: dict = attrs.field(factory=dict)
+    _in_flight: set = attrs.field(factory=set)
+
+    async def _handle(self, request):
+        self._in_flight.add(id(request))
+        if request.resource is not None and request.action in VERBS:
+            resource = f"{request.resource.plural}" + (f"/{request.subresource}" if request.subresource else "")
+            self.counts[(client_of(request), VERBS[request.action], resource)] += 1
+        try:
+            response = await super()._handle(request)
+        finally:
+            self._in_flight.discard(id(request))
+            self._requests[:] = [r for r in self._requests if id(r) in self._in_flight]
+        if request.resource is not None and request.action == kmock.action.CREATE and response.status < 300:
+            self._note_creation(request)
+        return response
+
+    def _note_creation(self, request) -> None:
+        meta = request.data.get("metadata") or {}
+        namespace = request.namespace or meta.get("namespace")
+        if request.resource.plural == "imagebuilds":
+            self.build_created[(namespace, meta["name"])] = asyncio.get_running_loop().time()
+        elif request.resource.plural == "jobs":
+            build = (meta.get("labels") or {}).get("kiln.dev/imagebuild")
+            self.job_created.setdefault((namespace, build), asyncio.get_running_loop().time())
+
+    def requests_of(self, client: str, since: collections.Counter | None = None) -> collections.Counter:
+        """(verb, resource) -> requests `client` sent, watches left out, since an earlier copy of `counts`."""
+        out = collections.Counter()
+        for (who, verb, resource), n in self.counts.items():
+            if who == client and verb != "watch":
+                out[(verb, resource)] += n - (since or {}).get((who, verb, resource), 0)
+        return +out

@@ -1,0 +1,189 @@
+"""kiln at scale against the emulator, side by side with a bare client in the same run.
+
+The operator runs as its own process (`kiln run --namespace=kiln-bench`), as it does in a cluster; the
+bare client (bench/bare_client.py) is another process, writing in a namespace the operator does not serve.
+- create-to-Job latency for N = 1, 100 and 500 ImageBuilds created at once: from the first ImageBuild's
+  creation to the last build Job's, as the emulator saw them; the ratio to the bare client is the figure;
+- RSS of the operator per ImageBuild with 1,000 finished builds (their Jobs and pods kept): of the operator
+  that built them, above its RSS before the first; and of kiln and of a no-op kopf operator watching the
+  same (bench/noop_operator.py), each started afresh, above the same process started with no objects;
+- requests the operator sends in an idle minute with those 1,000 finished builds (resync every 5 s).
+All builds push to one repository (a tag each), so kiln's push check is made once and then cached.
+"""
+import asyncio
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from benchfake import BenchFake
+from kubefake import Cluster, declare_resources, eventually, kubeconfig
+from registries import start_htpasswd_registry
+
+OPERATED, BARE = "kiln-bench", "bare-bench"
+SIZES = (1, 100, 500)
+FINISHED = 1000
+RESYNC = 5
+BARE_CLIENT = pathlib.Path(__file__).parent / "bare_client.py"
+KILN = [sys.executable, "-m", "kiln", "run", "--standalone"]
+NOOP = [sys.executable, "-m", "kopf", "run", "--standalone", str(pathlib.Path(__file__).parent / "noop_operator.py")]
+DIGEST = "sha256:" + "ab" * 32
+METADATA = json.dumps({"containerimage.digest": DIGEST,
+                       "containerimage.descriptor": {"mediaType": "application/vnd.oci.image.manifest.v1+json"}})
+VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "", "gitTreeState": "clean",
+           "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.26", "compiler": "gc", "platform": "linux/amd64"}
+pytestmark = [pytest.mark.kmock(cls=BenchFake)]
+
+
+def _rss_kib(pid: int) -> int:
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start(command: list[str], namespace: str, env: dict, log: pathlib.Path) -> subprocess.Popen:
+    return subprocess.Popen([*command, f"--namespace={namespace}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def _settled_rss(command: list[str], namespace: str, env: dict, log: pathlib.Path) -> int:
+    """RSS of an operator started afresh, once it has listed and handled everything: steady over two resyncs."""
+    process = _start(command, namespace, env, log)
+    try:
+        samples = [0]
+        while True:
+            await asyncio.sleep(2 * RESYNC)
+            samples.append(_rss_kib(process.pid))
+            if abs(samples[-1] - samples[-2]) <= samples[-1] / 100:
+                return samples[-1]
+    finally:
+        _stop(process)
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process, the emulator's (a wait in the bench's own loop costs none)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _client(mode: str, fake: BenchFake, namespace: str, count: int, image: str) -> None:
+    process = await asyncio.create_subprocess_exec(sys.executable, str(BARE_CLIENT), mode, str(fake.url), namespace,
+                                                   str(count), image)
+    assert await process.wait() == 0
+
+
+def _latency(fake: BenchFake, namespace: str, count: int) -> tuple[float, float] | None:
+    """(seconds from the first ImageBuild to the last Job, median seconds per build), once every Job exists."""
+    names = [(namespace, f"n{count}-{i}") for i in range(count)]
+    if not all(name in fake.job_created for name in names):
+        return None
+    per_build = [fake.job_created[name] - fake.build_created[name] for name in names]
+    return (max(fake.job_created[name] for name in names) - min(fake.build_created[name] for name in names),
+            statistics.median(per_build))
+
+
+async def _finish_every_build(cluster: Cluster) -> None:
+    """Play the Job controller and the kubelet: every Job's pod runs and succeeds, reporting a digest."""
+    limit = asyncio.Semaphore(20)
+
+    async def finish(job: dict) -> None:
+        async with limit:
+            pod = await cluster.start_pod(job)
+            await cluster.finish(job, pod, exit_code=0, message=METADATA)
+
+    await asyncio.gather(*(finish(job) for job in cluster.jobs() if not job.get("status", {}).get("succeeded")))
+
+
+def _succeeded(cluster: Cluster) -> int:
+    return sum((b.get("status") or {}).get("phase") == "Succeeded" for b in cluster.all("kiln.dev/v1alpha1", "imagebuilds"))
+
+
+async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(kmock, tmp_path, figures):
+    declare_resources(kmock)
+    kmock["get /version/"] << VERSION  # where `kiln run` first asks whether the API server answers
+    registry = start_htpasswd_registry(tmp_path / "registry", {"alice": "alice-pw"})
+    image = f"{registry.host}/team/app"
+    cluster = Cluster(kmock, namespace=OPERATED)
+    env = {**os.environ, "KUBECONFIG": kubeconfig(kmock, tmp_path / "kubeconfig"), "KILN_METRICS_PORT": "0",
+           "KILN_RESYNC_INTERVAL": str(RESYNC)}
+    operator = _start(KILN, OPERATED, env, tmp_path / "operator.log")
+    try:
+        await cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+                             "metadata": {"name": "reg-creds", "labels": {"kiln.dev/registry-login": "true"}},
+                             "data": {"username": "YWxpY2U=", "password": "YWxpY2UtcHc="}})
+        await cluster.apply({"apiVersion": "kiln.dev/v1alpha1", "kind": "RegistryLogin", "metadata": {"name": "reg"},
+                             "spec": {"server": registry.host, "secretRef": {"name": "reg-creds"}, "insecure": True}})
+        await eventually(lambda: (cluster.get("kiln.dev/v1alpha1", "registrylogins", "reg") or {}).get("status"),
+                         timeout=60)
+        await asyncio.sleep(3)
+        baseline_rss = _rss_kib(operator.pid)
+
+        await _client("bare", kmock, "warm-up", 1, image)  # the emulator's first write of a kind costs it more
+        for count in SIZES:
+            emulator_cpu = _own_cpu_seconds()
+            await _client("bare", kmock, BARE, count, image)
+            bare, emulator_cpu = _latency(kmock, BARE, count), _own_cpu_seconds() - emulator_cpu
+            cpu = _cpu_seconds(operator.pid), _own_cpu_seconds()
+            await _client("create", kmock, OPERATED, count, image)
+            kiln = await eventually(lambda n=count: _latency(kmock, OPERATED, n), timeout=600, interval=0.05)
+            ratio = kiln[0] / bare[0]
+            figures.record(f"create-to-Job latency, N={count}", round(kiln[0] * 1000, 1), "ms, first create to last Job",
+                           baseline=round(bare[0] * 1000, 1), goal=f"<= 1.5x bare (is {ratio:.1f}x)", met=ratio <= 1.5,
+                           median_per_build_ms=round(kiln[1] * 1000, 1), bare_median_per_build_ms=round(bare[1] * 1000, 1),
+                           operator_cpu_seconds=round(_cpu_seconds(operator.pid) - cpu[0], 2),
+                           emulator_cpu_seconds=round(_own_cpu_seconds() - cpu[1], 2),
+                           emulator_cpu_seconds_for_bare=round(emulator_cpu, 2))
+
+        more = FINISHED - sum(SIZES)
+        await _client("create", kmock, OPERATED, more, image)
+        await eventually(lambda: _latency(kmock, OPERATED, more), timeout=600)
+        await _finish_every_build(cluster)
+        await eventually(lambda: _succeeded(cluster) == FINISHED, timeout=600, interval=1)
+        await asyncio.sleep(2 * RESYNC)
+        rss = _rss_kib(operator.pid)
+        figures.record(f"RSS per ImageBuild, {FINISHED} built in this run", round((rss - baseline_rss) / FINISHED, 1),
+                       "KiB above the operator before its first build", empty_kib=baseline_rss, loaded_kib=rss)
+
+        before, cpu = kmock.counts.copy(), _cpu_seconds(operator.pid)
+        await asyncio.sleep(60)
+        idle = kmock.requests_of("operator", since=before)
+        reads = sum(n for (verb, _), n in idle.items() if verb in ("get", "list"))
+        figures.record(f"idle requests per minute, {FINISHED} finished", sum(idle.values()), "requests",
+                       baseline=0, goal="0 reads per resync", met=reads == 0,
+                       resync_rounds=60 // RESYNC, cpu_seconds=round(_cpu_seconds(operator.pid) - cpu, 2),
+                       by_request={f"{v} {r}": n for (v, r), n in sorted(idle.items())},
+                       # kmock replays every object to a watch that restarts; kopf sets no watch timeout, so
+                       # the streams opened at start are the only ones (one per resource), as counted here.
+                       watches_opened=sum(n for (who, verb, _), n in kmock.counts.items()
+                                          if who == "operator" and verb == "watch"))
+        _stop(operator)
+
+        # Side by side, each freshly started: kiln and a no-op kopf operator watching the same, with the
+        # 1,000 finished builds' objects and with none.
+        per_build = {}
+        for name, command in (("kiln", KILN), ("no-op kopf", NOOP)):
+            empty, loaded = [await _settled_rss(command, namespace, env, tmp_path / f"{name}-{namespace}.log")
+                             for namespace in ("empty-bench", OPERATED)]
+            per_build[name] = (loaded - empty) / FINISHED
+        above = per_build["kiln"] - per_build["no-op kopf"]
+        figures.record(f"RSS per ImageBuild, {FINISHED} finished, fresh start", round(per_build["kiln"], 1),
+                       "KiB above the same operator with none", baseline=round(per_build["no-op kopf"], 1),
+                       goal=f"<= no-op + 20 KiB (+{above:.0f})", met=above <= 20)
+    finally:
+        _stop(operator)
+        registry.stop()

@@ -1,0 +1,100 @@
+"""What the operator keeps of watched objects: enough to decide the same, and not a byte of pod spec more."""
+import json
+
+import pytest
+
+from kiln.cache import Cache, body, job_body, pod_body, secret_body
+from kiln.observe import observe_unit
+from kiln.parse import parse_image_build
+from kiln.render import render_build
+from kiln.resolve import build_plan
+from kiln.settings import Settings
+
+BUILD = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+         "metadata": {"name": "app", "namespace": "team", "uid": "u-1", "generation": 1},
+         "spec": {"registryLogins": [], "source": {"git": {"url": "https://git.example/app.git"}},
+                  "output": {"image": "r.example/team/app", "tags": ["v1"]}}}
+SECRET, JOB = render_build(parse_image_build(BUILD), [], build_plan(parse_image_build(BUILD)), Settings())
+MANAGED_FIELDS = [{"manager": "kube-controller-manager", "fieldsV1": {"f:status": {}}}]
+DIGEST = "sha256:" + "ab" * 32
+
+
+def as_served(obj: dict, status: dict) -> dict:
+    return {**obj, "metadata": {**obj["metadata"], "uid": "j-1", "resourceVersion": "7", "managedFields": MANAGED_FIELDS},
+            "status": status}
+
+
+def pod_of(job: dict, state: dict, **status) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": job["metadata"]["name"] + "-x", "labels": job["spec"]["template"]["metadata"]["labels"],
+                         "managedFields": MANAGED_FIELDS},
+            "spec": job["spec"]["template"]["spec"],
+            "status": {"hostIP": "10.0.0.1", "qosClass": "Burstable", **status, "containerStatuses": [
+                {"name": "buildkit", "image": "moby/buildkit", "imageID": "sha256:1", "restartCount": 0, "state": state,
+                 "volumeMounts": [{"name": "out", "mountPath": "/kiln/out"}]}]}}
+
+
+COMPLETE = {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-11-29T10:00:00Z", "succeeded": 1}
+FAILED = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], "failed": 1}
+CASES = {
+    "running": ({"active": 1}, {"running": {"startedAt": "x"}}, {"phase": "Running"}),
+    "pushed": (COMPLETE, {"terminated": {"exitCode": 0, "message": json.dumps({"containerimage.digest": DIGEST})}},
+               {"phase": "Succeeded"}),
+    "dockerfile-error": (FAILED, {"terminated": {"exitCode": 1, "message": "did not complete successfully"}}, {"phase": "Failed"}),
+    "evicted": (FAILED, {"terminated": {"exitCode": 137}}, {"phase": "Failed", "reason": "Evicted", "message": "low memory"}),
+    "pull-backoff": ({"active": 1}, {"waiting": {"reason": "ImagePullBackOff", "message": "denied"}}, {"phase": "Pending"}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_kept_jobs_and_pods_decide_exactly_what_whole_ones_do(case):
+    job_status, state, pod_status = CASES[case]
+    job, pod = as_served(JOB, job_status), pod_of(JOB, state, **pod_status)
+    assert observe_unit(job_body(job), pod_body(pod)) == observe_unit(job, pod)
+
+
+def test_a_kept_job_or_pod_has_no_pod_spec_and_no_managed_fields():
+    job, pod = job_body(as_served(JOB, COMPLETE)), pod_body(pod_of(JOB, {"running": {}}))
+    assert set(job) == set(pod) == {"metadata", "status"}
+    assert "managedFields" not in job["metadata"] and "managedFields" not in pod["metadata"]
+    assert job["metadata"]["labels"] == JOB["metadata"]["labels"] and job["status"] == COMPLETE
+    assert pod["status"]["containerStatuses"] == [{"name": "buildkit", "state": {"running": {}}}]
+
+
+def test_a_builds_own_secret_is_kept_without_its_credentials_and_a_logins_secret_whole():
+    login_secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+                    "metadata": {"name": "creds", "labels": {"kiln.dev/registry-login": "true"}},
+                    "data": {"username": "YQ==", "password": "Yg=="}}
+    kept = secret_body(as_served(SECRET, {}))
+    assert kept == {"metadata": {k: v for k, v in as_served(SECRET, {})["metadata"].items() if k != "managedFields"}}
+    assert secret_body(login_secret) == login_secret
+
+
+def test_kilns_own_write_is_read_until_the_watch_catches_up_and_then_forgotten():
+    cache = Cache()
+    meta = {"name": "app", "namespace": "team"}
+    cache.indexes["builds_by_namespace"] = {"team": [{"metadata": {**meta, "resourceVersion": "5"}, "status": {}}]}
+    cache.wrote("ImageBuild", {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}})
+    assert cache.build("team", "app")["status"]["phase"] == "Building"
+    echo = {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}}
+    cache.indexes["builds_by_namespace"] = {"team": [echo]}
+    assert cache.build("team", "app") is echo
+    assert cache.echo("ImageBuild", "team", "app", "6") and cache.written == {}
+    assert not cache.echo("ImageBuild", "team", "app", "6")  # the next event of that version is someone else's
+
+
+def test_a_write_whose_echo_was_overtaken_is_forgotten_once_the_watch_is_past_it():
+    cache = Cache()
+    meta = {"name": "app", "namespace": "team"}
+    cache.wrote("ImageBuild", {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}})
+    newer = {"metadata": {**meta, "resourceVersion": "9"}, "status": {"phase": "Succeeded"}}
+    cache.indexes["builds_by_namespace"] = {"team": [newer]}
+    assert cache.build("team", "app") is newer and cache.written == {}
+
+
+def test_a_kept_imagebuild_has_all_but_the_api_servers_and_kubectls_bookkeeping():
+    applied = {**BUILD, "metadata": {**BUILD["metadata"], "managedFields": MANAGED_FIELDS, "annotations": {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(BUILD), "kiln.dev/rebuild": "1"}}}
+    kept = body(applied)
+    assert kept == {**BUILD, "metadata": {**BUILD["metadata"], "annotations": {"kiln.dev/rebuild": "1"}}}
+    assert parse_image_build(kept) == parse_image_build(applied)
