@@ -167,8 +167,7 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
                        baseline=0, goal="0 reads per resync", met=reads == 0,
                        resync_rounds=60 // RESYNC, cpu_seconds=round(_cpu_seconds(operator.pid) - cpu, 2),
                        by_request={f"{v} {r}": n for (v, r), n in sorted(idle.items())},
-                       # kmock replays every object to a watch that restarts; kopf sets no watch timeout, so
-                       # the streams opened at start are the only ones (one per resource), as counted here.
+                       # kmock replays every object to a watch that restarts: how often that happened.
                        watches_opened=sum(n for (who, verb, _), n in kmock.counts.items()
                                           if who == "operator" and verb == "watch"))
         _stop(operator)

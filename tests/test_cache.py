@@ -98,3 +98,15 @@ def test_a_kept_imagebuild_has_all_but_the_api_servers_and_kubectls_bookkeeping(
     kept = body(applied)
     assert kept == {**BUILD, "metadata": {**BUILD["metadata"], "annotations": {"kiln.dev/rebuild": "1"}}}
     assert parse_image_build(kept) == parse_image_build(applied)
+
+
+def test_kept_objects_share_field_names_and_short_values_but_not_long_ones():
+    first, second = (job_body(json.loads(json.dumps(as_served(JOB, COMPLETE)))) for _ in range(2))
+    assert first == second
+    assert next(iter(first["metadata"]["labels"])) is next(iter(second["metadata"]["labels"]))
+    assert first["status"]["conditions"][0]["type"] is second["status"]["conditions"][0]["type"]
+    message = "x" * 300
+    pods = [pod_body(json.loads(json.dumps(pod_of(JOB, {"terminated": {"message": message}})))) for _ in range(2)]
+    assert pods[0] == pods[1]
+    assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"] is not \
+        pods[1]["status"]["containerStatuses"][0]["state"]["terminated"]["message"]

@@ -11,7 +11,7 @@ decides whether something already exists.
 """
 from __future__ import annotations
 
-import copy
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,34 +24,47 @@ EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this 
 
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+SHARED_UP_TO = 64  # characters: names of fields, reasons, labels; not messages or logs
+
+
+def _copy(value):
+    """A private copy in which field names and short values are shared strings: a thousand builds repeat the
+    same few hundred of them, which Python would otherwise hold once per object."""
+    if isinstance(value, Mapping):
+        return {sys.intern(str(k)): _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, str) and len(value) <= SHARED_UP_TO:
+        return sys.intern(value)
+    return value
 
 
 def _metadata(obj: Mapping) -> dict:
     """Metadata without what kiln never reads and is often most of an object: the API server's managedFields
     and the copy of the whole object `kubectl apply` leaves in an annotation."""
-    meta = {k: copy.deepcopy(v) for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     if LAST_APPLIED in (meta.get("annotations") or {}):
         meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
-    return meta
+    return _copy(meta)
 
 
 def body(obj: Mapping) -> dict:
     """A plain, private copy of a watched object, for an index."""
-    return {**copy.deepcopy({k: v for k, v in obj.items() if k != "metadata"}), "metadata": _metadata(obj)}
+    return {**_copy({k: v for k, v in obj.items() if k != "metadata"}), "metadata": _metadata(obj)}
 
 
 def job_body(obj: Mapping) -> dict:
     """What kiln reads of a Job: its metadata and status. The pod template is most of a Job and never read."""
-    return {"metadata": _metadata(obj), "status": copy.deepcopy(dict(obj.get("status") or {}))}
+    return {"metadata": _metadata(obj), "status": _copy(obj.get("status") or {})}
 
 
 def pod_body(obj: Mapping) -> dict:
     """What kiln reads of a Pod: metadata, phase, conditions and the containers' states (digest, exit, log)."""
     status = obj.get("status") or {}
-    kept = {k: copy.deepcopy(status[k]) for k in ("phase", "reason", "message", "conditions") if k in status}
-    kept["containerStatuses"] = [{"name": c.get("name"), "state": copy.deepcopy(c.get("state") or {})}
+    kept = {k: status[k] for k in ("phase", "reason", "message", "conditions") if k in status}
+    kept["containerStatuses"] = [{"name": c.get("name"), "state": c.get("state") or {}}
                                  for c in status.get("containerStatuses") or []]
-    return {"metadata": _metadata(obj), "status": kept}
+    return {"metadata": _metadata(obj), "status": _copy(kept)}
 
 
 def secret_body(obj: Mapping) -> dict:

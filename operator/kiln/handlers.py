@@ -50,6 +50,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
     delivered: a round costs no API request, and a finished build nothing at all.
     """
     runtime: Runtime = memo.runtime
+    collected_after = -1
     while True:
         await asyncio.sleep(runtime.settings.resync_interval)
         logins, builds = runtime.cache.everything("RegistryLogin"), runtime.cache.everything("ImageBuild")
@@ -64,7 +65,10 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
                 await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
         # kopf's per-event objects form reference cycles; after a burst of builds they would wait for a full
         # collection that a heap of long-lived cached objects makes rare, and hold the memory meanwhile.
-        gc.collect()
+        # Only after work, though: a full collection of a big heap is not free, and an idle operator costs nothing.
+        if runtime.reconciles != collected_after:
+            collected_after = runtime.reconciles
+            gc.collect()
         queued = sum(handle_build.queued(o) for o in builds)
         metrics.BUILDS_QUEUED.set(queued)
         metrics.BUILDS_RUNNING.set(sum((o.get("status") or {}).get("phase") in ("Pending", "Building") for o in builds) - queued)
@@ -124,6 +128,7 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
     try:
         async with runtime.reconcile_slots:  # a burst of creates waits here, not all in memory at once
             with metrics.RECONCILES.track_inprogress():
+                runtime.reconciles += 1
                 outcome = await handle_build.reconcile_build(runtime, namespace, name, logger)
     except Exception as exc:  # an API or network failure: this object tries again soon, not at the next resync
         metrics.RECONCILE_ERRORS.labels("ImageBuild").inc()
@@ -175,15 +180,20 @@ def _owner(obj: kopf.Body | dict) -> str | None:
                  if ref.get("kind") == "ImageBuild" and ref.get("controller")), None)
 
 
+async def _child_changed(memo: kopf.Memo, namespace: str, owner: str | None, logger: logging.Logger) -> None:
+    """A Job's or Pod's news for its ImageBuild. A finished build's result is recorded: its old children's
+    comings and goings (a restart lists them all, the garbage collector deletes them) change nothing."""
+    build = memo.runtime.cache.build(namespace, owner) if owner else None
+    if owner and not (build and handle_build.settled(build)):
+        await _build(memo, namespace, owner, logger)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger,
                       **kwargs) -> None:
     memo.runtime.cache.bind(kwargs)
-    if not memo.runtime.job_state_changed(namespace, body, type):
-        return
-    owner = _owner(body)
-    if owner:
-        await _build(memo, namespace, owner, logger)
+    if memo.runtime.job_state_changed(namespace, body, type):
+        await _child_changed(memo, namespace, _owner(body), logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
@@ -198,9 +208,7 @@ async def pod_changed(type: str, body: kopf.Body, labels: kopf.Labels, namespace
     if not runtime.pod_state_changed(namespace, body):
         return
     job = next((j for j in jobs_by_namespace.get(namespace, []) if j["metadata"]["name"] == labels.get("job-name")), None)
-    owner = _owner(job) if job else None
-    if owner:
-        await _build(memo, namespace, owner, logger)
+    await _child_changed(memo, namespace, _owner(job) if job else None, logger)
 
 
 @kopf.on.event(*LOGINS)

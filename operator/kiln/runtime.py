@@ -29,6 +29,7 @@ class Runtime:
     registries: Registries = field(init=False)
     _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     _job_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
+    reconciles: int = 0  # ImageBuild reconciles so far: whether anything happened since the last resync round
     reconcile_slots: asyncio.Semaphore = field(init=False)
     _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
 
