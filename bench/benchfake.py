@@ -39,8 +39,9 @@ class BenchFake(KubeFake):
 
     async def _handle(self, request):
         self._in_flight.add(id(request))
-        if request.resource is not None and request.action in VERBS:
-            resource = f"{request.resource.plural}" + (f"/{request.subresource}" if request.subresource else "")
+        if request.action in VERBS:
+            resource = (request.resource.plural if request.resource else None) or "?"  # "?": discovery
+            resource += f"/{request.subresource}" if request.subresource else ""
             self.counts[(client_of(request), VERBS[request.action], resource)] += 1
         try:
             response = await super()._handle(request)

@@ -9,27 +9,13 @@ import asyncio
 import collections
 import json
 
-import kmock
 import pytest
 
-from kubefake import Cluster, KubeFake, declare_resources, eventually, kubeconfig, operator
+from benchfake import BenchFake
+from kubefake import Cluster, declare_resources, eventually, kubeconfig, operator
 from registries import start_htpasswd_registry
 
-VERBS = {kmock.action.LIST: "list", kmock.action.FETCH: "get", kmock.action.CREATE: "create",
-         kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
-pytestmark = [pytest.mark.kmock(cls=KubeFake)]
-
-
-def _count(fake, since: int) -> collections.Counter:
-    counts = collections.Counter()
-    for request in list(fake._requests)[since:]:
-        if request.headers.get("User-Agent", "").startswith("kmock/") or request.action not in VERBS:
-            continue  # the test's own requests, and the watch streams
-        resource = request.resource.plural if request.resource else "?"
-        if request.subresource:
-            resource += f"/{request.subresource}"
-        counts[(VERBS[request.action], resource)] += 1
-    return counts
+pytestmark = [pytest.mark.kmock(cls=BenchFake)]
 
 
 def _report(title: str, counts: collections.Counter) -> dict:
@@ -64,7 +50,7 @@ async def test_api_requests_in_the_life_of_one_build_and_in_an_idle_minute(kmock
                 await cluster.apply(obj)
             await eventually(lambda: (cluster.get("kiln.dev/v1alpha1", "registrylogins", "reg") or {}).get("status"))
             await asyncio.sleep(1.5)
-            start = len(kmock._requests)
+            start = kmock.counts.copy()
             await cluster.apply(build)
             (job,) = await eventually(lambda: cluster.jobs())
             pod = await cluster.start_pod(job)
@@ -73,11 +59,11 @@ async def test_api_requests_in_the_life_of_one_build_and_in_an_idle_minute(kmock
                                    "containerimage.descriptor": {"mediaType": "application/vnd.oci.image.manifest.v1+json"}})
             await cluster.finish(job, pod, exit_code=0, message=metadata)
             await eventually(lambda: (cluster.build("app").get("status") or {}).get("phase") == "Succeeded")
-            life = _count(kmock, start)
+            life = kmock.requests_of("operator", since=start)
             await asyncio.sleep(2)  # let the last events settle
-            idle_start = len(kmock._requests)
+            idle_start = kmock.counts.copy()
             await asyncio.sleep(60)
-            idle = _count(kmock, idle_start)
+            idle = kmock.requests_of("operator", since=idle_start)
     finally:
         registry.stop()
     life, idle = _report("one build, created to Succeeded", life), _report("one idle minute, one finished build", idle)

@@ -126,7 +126,7 @@ class Cache:
 
     def build(self, namespace: str, name: str) -> dict | None:
         """None when the watch has not got it (deleted, or not delivered yet): the watch decides what exists."""
-        return next((b for b in self.builds(namespace) if b["metadata"]["name"] == name), None)
+        return self._named("ImageBuild", "builds_by_namespace", namespace, name)
 
     def builds(self, namespace: str) -> list[dict]:
         return [self._newest("ImageBuild", b) for b in self._all("builds_by_namespace", namespace)]
@@ -135,7 +135,12 @@ class Cache:
         return [self._newest("RegistryLogin", b) for b in self._all("logins_by_namespace", namespace)]
 
     def login(self, namespace: str, name: str) -> dict | None:
-        return next((login for login in self.logins(namespace) if login["metadata"]["name"] == name), None)
+        return self._named("RegistryLogin", "logins_by_namespace", namespace, name)
+
+    def _named(self, kind: str, index: str, namespace: str, name: str) -> dict | None:
+        """One object by name: kiln's own later write of it only for that one, not for the whole namespace."""
+        watched = next((o for o in self._all(index, namespace) if o["metadata"]["name"] == name), None)
+        return self._newest(kind, watched) if watched else None
 
     def jobs(self, namespace: str) -> list[dict]:
         """The namespace's Jobs of kiln, with those kiln just created and the watch does not show yet."""

@@ -63,11 +63,8 @@ class Runtime:
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         state = tuple((s.get("name"), *sorted((s.get("state") or {}).keys()),
                        ((s.get("state") or {}).get("waiting") or {}).get("reason")) for s in statuses)
-        key = (namespace, pod["metadata"]["name"])
-        if self._pod_states.get(key) == (state, (pod.get("metadata") or {}).get("deletionTimestamp")):
-            return False
-        self._pod_states[key] = (state, (pod.get("metadata") or {}).get("deletionTimestamp"))
-        return True
+        return _news(self._pod_states, (namespace, pod["metadata"]["name"]),
+                     (state, (pod.get("metadata") or {}).get("deletionTimestamp")))
 
     def pod_gone(self, namespace: str, name: str) -> None:
         self._pod_states.pop((namespace, name), None)
@@ -84,11 +81,7 @@ class Runtime:
         if event == "DELETED":
             self._job_states.pop(key, None)
             return True
-        state = _job_state(job)
-        if self._job_states.get(key) == state:
-            return False
-        self._job_states[key] = state
-        return True
+        return _news(self._job_states, key, _job_state(job))
 
     def reader(self) -> Reader:
         return Reader(self.kube, self.cache)
@@ -115,3 +108,11 @@ class Runtime:
 def _job_state(job: Mapping) -> tuple:
     concluded = next((kind for kind in ("Complete", "Failed") if true_condition(job, kind)), None)
     return concluded, bool((job.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _news(states: dict, key: tuple, state: tuple) -> bool:
+    """Remember an object's state; whether it differs from the one remembered before."""
+    if states.get(key) == state:
+        return False
+    states[key] = state
+    return True

@@ -20,6 +20,18 @@ def settled(kubectl, namespace: str, name: str, kind: str, timeout: float = 300)
     return eventually(check, timeout, f"{name} {kind}", lambda: diagnosis(kubectl, namespace))
 
 
+def start_sleeping_build(kubectl, lab, namespace: str, *, running: bool = True, **spec) -> None:
+    """ImageBuild `app` whose one step sleeps ten minutes, from A's base image to B; with `running`, once its pod runs."""
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
+                  namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}, **spec),
+                  namespace=namespace)
+    if running:
+        eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
+                   "the build pod runs", lambda: diagnosis(kubectl, namespace))
+
+
 def test_a_wrong_password_stalls_the_build_before_any_pod_starts(kubectl, lab, namespace):
     context, spec_source = source("context", f"FROM {lab.base_image}\n")
     kubectl.apply(*registry_login("account-a", lab.a, "alice", password="not-the-password"),
@@ -62,12 +74,7 @@ def test_a_failing_run_step_is_a_dockerfile_error_with_the_log_and_the_command_t
 
 
 def test_suspend_cancels_the_running_build_and_removes_its_pod_and_credentials(kubectl, lab, namespace):
-    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
-    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
-                  namespace=namespace)
-    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
-    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
-               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    start_sleeping_build(kubectl, lab, namespace)
     running = kubectl.get(IB, "app", namespace)
     kubectl("patch", f"{IB}/app", "--type=merge", "-p", '{"spec": {"suspend": true}}', f"--namespace={namespace}")
     cancelled = eventually(lambda: (b := kubectl.get(IB, "app", namespace))["status"].get("phase") == "Cancelled" and b,
@@ -80,11 +87,7 @@ def test_suspend_cancels_the_running_build_and_removes_its_pod_and_credentials(k
 
 
 def test_a_build_running_past_its_timeout_fails_timed_out(kubectl, lab, namespace):
-    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
-    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
-                  namespace=namespace)
-    kubectl.apply(image_build("app", source=spec_source, timeout="20s", output={"image": f"{lab.b.host}/team/app"}),
-                  namespace=namespace)
+    start_sleeping_build(kubectl, lab, namespace, running=False, timeout="20s")
     build = settled(kubectl, namespace, "app", "Stalled", timeout=180)
     assert (build["status"]["phase"], build["status"]["failure"]["reason"]) == ("Failed", "TimedOut")
 
@@ -103,12 +106,7 @@ def test_a_namespace_whose_pod_security_refuses_the_build_pod_fails_the_build_at
 
 def test_deleting_an_imagebuild_mid_build_takes_its_job_pod_and_credentials_with_it(kubectl, lab, namespace):
     """The real garbage collector follows kiln's owner references."""
-    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
-    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
-                  namespace=namespace)
-    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}), namespace=namespace)
-    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
-               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    start_sleeping_build(kubectl, lab, namespace)
     kubectl("delete", f"{IB}/app", f"--namespace={namespace}")
     eventually(lambda: kubectl.items("pods", namespace) == [] and kubectl.items("jobs", namespace) == []
                and kubectl.items("secrets", namespace, "app.kubernetes.io/managed-by=kiln") == [], 120,
