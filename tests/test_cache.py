@@ -1,9 +1,12 @@
 """What the operator keeps of watched objects: enough to decide the same, and not a byte of pod spec more."""
+import copy
 import json
 
+import kopf
 import pytest
 
 from kiln.cache import Cache, body, job_body, pod_body, secret_body
+from kiln.handle_build import settled
 from kiln.observe import observe_unit
 from kiln.parse import parse_image_build
 from kiln.render import render_build
@@ -110,3 +113,15 @@ def test_kept_objects_share_field_names_and_short_values_but_not_long_ones():
     assert pods[0] == pods[1]
     assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"] is not \
         pods[1]["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+
+
+def test_a_finished_build_is_settled_until_it_is_edited_or_given_a_new_rebuild_token():
+    """Settled builds are skipped on restart and in the resync: the rebuild token and an edit must still count."""
+    served = {**BUILD, "metadata": {**BUILD["metadata"], "resourceVersion": "9"}}
+    done = {**served, "status": {"phase": "Succeeded", "observedGeneration": 1,
+                                 "specIdentity": parse_image_build(served).identity}}
+    assert settled(done) and settled(kopf.Body(copy.deepcopy(done)))  # the plain cache copy and kopf's view of it
+    rebuilt = {**done, "metadata": {**done["metadata"], "annotations": {"kiln.dev/rebuild": "again"}}}
+    edited = {**done, "metadata": {**done["metadata"], "generation": 2}}
+    running = {**done, "status": {**done["status"], "phase": "Building"}}
+    assert not any(settled(b) for b in (rebuilt, edited, running))

@@ -1,5 +1,8 @@
 """The local cluster's recipe (cluster/): pinned versions that agree, and a pod network that stays inside the machine."""
 import re
+import signal
+import subprocess
+import sys
 import tomllib
 
 from cluster import up
@@ -44,3 +47,13 @@ def test_the_nodes_have_their_own_containerd_and_kubelet_ports_and_no_overlappin
     assert len({(k["port"], k["healthzPort"]) for k in kubelets}) == len(up.NODES)
     assert len({node.pods for node in up.NODES}) == len(up.NODES)
     assert all(k["address"] == up.GATEWAY and k["authorization"]["mode"] == "Webhook" for k in kubelets)
+
+
+def test_down_kills_a_process_naming_the_cluster_state_that_has_no_pid_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(up, "STATE", tmp_path)
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", f"--config={tmp_path}/kubelet.yaml"])
+    try:
+        up._kill_strays()
+        assert stray.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        stray.kill()

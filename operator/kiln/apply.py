@@ -11,11 +11,15 @@ import datetime
 import json
 import os
 import ssl
+import time
 
 import aiohttp
 import kubernetes
 
 from kiln import metrics
+
+# In-cluster tokens are re-read by the library every minute; kubeconfig tokens when they expire.
+TOKEN_RECHECK = 10.0
 
 
 class KubeError(Exception):
@@ -83,7 +87,9 @@ class Kube:
 
     def __init__(self, configuration: kubernetes.client.Configuration | None = None):
         self._config = configuration or kubernetes.client.Configuration.get_default_copy()
+        self._server = self._config.host.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self._authorization: tuple[float, dict[str, str]] = (-TOKEN_RECHECK, {})  # (when looked up, header)
 
     def _ssl(self) -> ssl.SSLContext | bool:
         config = self._config
@@ -97,8 +103,14 @@ class Kube:
         return context
 
     def _headers(self) -> dict[str, str]:
-        token = bearer_header(self._config)  # refreshes in-cluster tokens
-        return {"Authorization": token} if token else {}
+        """The Authorization header, looked up again every TOKEN_RECHECK seconds or after a 401: the library's
+        lookup refreshes an expired or rotated token, and costs half a millisecond, far more than the request."""
+        looked, header = self._authorization
+        if time.monotonic() - looked >= TOKEN_RECHECK:
+            token = bearer_header(self._config)
+            header = {"Authorization": token} if token else {}
+            self._authorization = (time.monotonic(), header)
+        return header
 
     async def close(self) -> None:
         if self._session:
@@ -115,9 +127,11 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with self._session.request(method, self._config.host.rstrip("/") + url, headers=headers,
+        async with self._session.request(method, self._server + url, headers=headers,
                                          data=data, params=params) as response:
             payload = await response.text()
+            if response.status == 401:
+                self._authorization = (-TOKEN_RECHECK, {})
             if response.status >= 400:
                 try:
                     message = json.loads(payload).get("message", payload)

@@ -31,7 +31,7 @@ from kiln.decide import (
 )
 from kiln.handle_login import read_ca_config_map, ready_condition
 from kiln.observe import cache_stats, true_condition
-from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
+from kiln.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login, spec_identity
 from kiln.references import registry_host, repository_path
 from kiln.registry import RegistryError, assemble_index, image_platforms
 from kiln.render import build_secret_name, short_name
@@ -94,10 +94,10 @@ async def decided(runtime: Runtime, facts: Facts) -> Decision:
 
 
 def settled(obj: dict) -> bool:
-    """A finished build of the current spec: only a change to the ImageBuild can give it work again."""
+    """A finished build of the current spec and rebuild token: only an edit or a new token gives it work again."""
     status, meta = obj.get("status") or {}, obj["metadata"]
     return status.get("phase") in (SUCCEEDED, FAILED, CANCELLED) and status.get("observedGeneration") == meta.get("generation") \
-        and meta.get("resourceVersion") is not None
+        and meta.get("resourceVersion") is not None and status.get("specIdentity") == spec_identity(obj)
 
 
 async def write_status(kube: Kube, obj: dict, new: dict) -> dict | None:

@@ -22,12 +22,35 @@ MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
 LOGIN_SECRETS = {handle_login.WATCHED_LABEL: "true"}
 
 
+def not_routine(record: logging.LogRecord) -> bool:
+    """kopf logs at INFO that a handler of a watch event succeeded: a line for every event of every object,
+    which at scale buries what matters. Failures, and what kiln itself logs, pass."""
+    return not (record.levelno == logging.INFO and isinstance(record.msg, str)
+                and record.msg.startswith("Handler ") and record.msg.endswith(" succeeded."))
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kiln's handlers are all on.event, which get no diff; kopf would still deep-copy every event's
+    object to diff it against the last one handled. Nothing is kept, so nothing is copied."""
+
+    def build(self, *, body: kopf.Body, extra_fields=None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # kopf's own bookkeeping goes to annotations: status belongs to users.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kiln.dev")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.INFO
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # kopf run --verbose/--debug shows everything
+        logging.getLogger("kopf.objects").addFilter(not_routine)
     # Only what is kiln's streams in: the API server filters Jobs, Pods and Secrets for the operator,
     # so its memory and work follow kiln's objects, not the cluster's size.
     settings.watching.label_selectors["batch/jobs"] = "app.kubernetes.io/managed-by=kiln"
@@ -89,34 +112,36 @@ async def close(memo: kopf.Memo, **_) -> None:
     await memo.runtime.kube.close()
 
 
+# Indexes are async, though they never wait: kopf runs a plain function in a thread, a hop that costs more
+# than the index itself.
 @kopf.index(*LOGINS)
-def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> dict:
+async def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> dict:
     return {(namespace, (spec.get("secretRef") or {}).get("name")): name}
 
 
 @kopf.index(*IMAGEBUILDS)
-def builds_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+async def builds_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: cache.body(body)}
 
 
 # What reconciles read instead of the API server (cache.py): the watches fill these before any handler runs.
 @kopf.index(*LOGINS)
-def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+async def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: cache.body(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def jobs_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+async def jobs_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: cache.job_body(body)}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-def pods_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+async def pods_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: cache.pod_body(body)}
 
 
 @kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS)
-def secrets_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
+async def secrets_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: cache.secret_body(body)}
 
 
@@ -172,6 +197,8 @@ async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: s
         return
     if memo.runtime.own_write((namespace, name), body.metadata.get("resourceVersion")):
         return  # the echo of kiln's own status write: nothing changed that kiln did not know
+    if handle_build.settled(body):
+        return  # finished, and neither edited nor given a new rebuild token: a restart lists a thousand such
     await _build(memo, namespace, name, logger)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -160,11 +161,18 @@ def build_id(uid: str, generation: int, rebuild: str) -> str:
     return f"g{generation}-" + hashlib.sha256(f"{uid}/{generation}/{rebuild}".encode()).hexdigest()[:6]
 
 
+def spec_identity(obj: dict) -> str:
+    """What the build is: the spec but for the knobs that do not change the image, and the rebuild token."""
+    spec, meta = obj.get("spec"), obj.get("metadata") or {}
+    rebuild = (meta.get("annotations") or {}).get(REBUILD_ANNOTATION, "")
+    kept = {k: v for k, v in spec.items() if k not in _NOT_IDENTITY} if isinstance(spec, Mapping) else spec
+    return hashlib.sha256(json.dumps([kept, rebuild], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def parse_image_build(obj: dict) -> BuildSpec:
     meta = obj.get("metadata") or {}
     spec = _mapping(obj.get("spec"), "spec")
     rebuild = (meta.get("annotations") or {}).get(REBUILD_ANNOTATION, "")
-    identity_source = json.dumps([{k: v for k, v in spec.items() if k not in _NOT_IDENTITY}, rebuild], sort_keys=True)
     output = _parse_output(_mapping(spec.get("output"), "spec.output", required=True))
     platforms = tuple(_strings(spec.get("platforms", []), "spec.platforms"))
     for i, platform in enumerate(platforms):
@@ -214,7 +222,7 @@ def parse_image_build(obj: dict) -> BuildSpec:
         retries=_integer(spec.get("retries", 1), "spec.retries", 0, 10),
         history_limit=_integer(spec.get("historyLimit", 5), "spec.historyLimit", 1, 100),
         suspend=_boolean(spec.get("suspend", False), "spec.suspend"),
-        identity=hashlib.sha256(identity_source.encode()).hexdigest()[:16],
+        identity=spec_identity(obj),
         build_id=build_id(meta.get("uid") or "", int(meta.get("generation") or 1), rebuild),
     )
 
