@@ -5,6 +5,7 @@ import json
 import kopf
 import pytest
 
+from kiln import handlers
 from kiln.cache import Cache, body, job_body, pod_body, secret_body
 from kiln.handle_build import settled
 from kiln.observe import observe_unit
@@ -76,11 +77,11 @@ def test_a_builds_own_secret_is_kept_without_its_credentials_and_a_logins_secret
 def test_kilns_own_write_is_read_until_the_watch_catches_up_and_then_forgotten():
     cache = Cache()
     meta = {"name": "app", "namespace": "team"}
-    cache.indexes["builds_by_namespace"] = {"team": [{"metadata": {**meta, "resourceVersion": "5"}, "status": {}}]}
+    cache.indexes["builds_by_name"] = {("team", "app"): [{"metadata": {**meta, "resourceVersion": "5"}, "status": {}}]}
     cache.wrote("ImageBuild", {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}})
     assert cache.build("team", "app")["status"]["phase"] == "Building"
     echo = {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}}
-    cache.indexes["builds_by_namespace"] = {"team": [echo]}
+    cache.indexes["builds_by_name"] = {("team", "app"): [echo]}
     assert cache.build("team", "app") is echo
     assert cache.echo("ImageBuild", "team", "app", "6") and cache.written == {}
     assert not cache.echo("ImageBuild", "team", "app", "6")  # the next event of that version is someone else's
@@ -91,7 +92,7 @@ def test_a_write_whose_echo_was_overtaken_is_forgotten_once_the_watch_is_past_it
     meta = {"name": "app", "namespace": "team"}
     cache.wrote("ImageBuild", {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}})
     newer = {"metadata": {**meta, "resourceVersion": "9"}, "status": {"phase": "Succeeded"}}
-    cache.indexes["builds_by_namespace"] = {"team": [newer]}
+    cache.indexes["builds_by_name"] = {("team", "app"): [newer]}
     assert cache.build("team", "app") is newer and cache.written == {}
 
 
@@ -125,3 +126,34 @@ def test_a_finished_build_is_settled_until_it_is_edited_or_given_a_new_rebuild_t
     edited = {**done, "metadata": {**done["metadata"], "generation": 2}}
     running = {**done, "status": {**done["status"], "phase": "Building"}}
     assert not any(settled(b) for b in (rebuilt, edited, running))
+
+
+async def test_a_builds_children_are_found_by_its_build_and_a_logins_secret_by_its_name():
+    """The indexes are keyed as the reconcile of one build reads them; another build's objects are not in its way."""
+    other = {**BUILD, "metadata": {**BUILD["metadata"], "name": "web", "uid": "u-2"}}
+    other_secret, other_job = render_build(parse_image_build(other), [], build_plan(parse_image_build(other)), Settings())
+    login_secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {  # a login's Secret named as a build's label
+        "name": "app", "namespace": "team", "labels": {"kiln.dev/registry-login": "true"}}, "data": {"password": "cHc="}}
+    indexes = {"builds_by_name": {}, "logins_by_namespace": {}, "jobs_by_build": {}, "pods_by_build": {},
+               "secrets_by_build_or_name": {}}
+
+    async def watched(index, *objects):
+        for obj in objects:
+            for key, value in (await getattr(handlers, index)(namespace="team", name=obj["metadata"]["name"],
+                                                              body=kopf.Body(obj))).items():
+                indexes[index].setdefault(key, []).append(value)
+
+    await watched("builds_by_name", BUILD, other)
+    await watched("jobs_by_build", as_served(JOB, {}), as_served(other_job, {}))
+    await watched("secrets_by_build_or_name", SECRET, other_secret, login_secret)
+    cache = Cache(indexes=indexes)
+    assert cache.build("team", "web")["metadata"]["uid"] == "u-2" and cache.build("team", "api") is None
+    assert [j["metadata"]["name"] for j in cache.jobs("team", "app")] == [JOB["metadata"]["name"]]
+    assert len(cache.jobs("team")) == 2  # the whole namespace, for the cache volume's users
+    assert [s["metadata"]["name"] for s in cache.secrets("team", "app")] == [SECRET["metadata"]["name"]]
+    assert cache.secret("team", "app")["data"] == {"password": "cHc="}
+    assert cache.secret("team", SECRET["metadata"]["name"]) is None  # a build's own Secret is no login's
+    cache.created("team", other_job)  # made, not yet seen: counted with its own build only
+    indexes["jobs_by_build"].pop(("team", "web"))
+    assert [j["metadata"]["name"] for j in cache.jobs("team", "web")] == [other_job["metadata"]["name"]]
+    assert [j["metadata"]["name"] for j in cache.jobs("team", "app")] == [JOB["metadata"]["name"]]

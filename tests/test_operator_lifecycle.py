@@ -10,6 +10,7 @@ import types
 import pytest
 
 from kiln import reasons
+from kiln.cache import Cache
 from kiln.parse import parse_image_build
 from kiln.render import build_secret_name
 from test_operator_builds import (
@@ -178,12 +179,15 @@ async def test_a_login_event_while_builds_are_being_created_reaches_every_build_
     """The index of builds grows while the handler walks it (kopf's indexer runs between awaits)."""
     from kiln import handlers
 
-    store = {"app-1": {"metadata": {"name": "app-1"}}}
+    def built(n: int) -> dict:
+        return {("default", f"app-{n}"): [{"metadata": {"name": f"app-{n}", "namespace": "default"}}]}
+
+    index = built(1)
     started = []
 
     async def build(memo, namespace, name, logger):
         started.append(name)
-        store[f"app-{len(store) + 1}"] = {"metadata": {"name": f"app-{len(store) + 1}"}}  # another arrives meanwhile
+        index.update(built(len(index) + 1))  # another arrives meanwhile
 
     async def verified(runtime, body, logger):
         return {"conditions": []}
@@ -191,8 +195,8 @@ async def test_a_login_event_while_builds_are_being_created_reaches_every_build_
     monkeypatch.setattr(handlers, "_build", build)
     monkeypatch.setattr(handlers.handle_login, "reconcile_login", verified)
     body = {"metadata": {"namespace": "default", "name": "reg"}}
-    await handlers._login(memo=types.SimpleNamespace(runtime=None), body=body, logger=None,
-                          builds_by_namespace={"default": store.values()})
+    runtime = types.SimpleNamespace(cache=Cache(indexes={"builds_by_name": index}))
+    await handlers._login(memo=types.SimpleNamespace(runtime=runtime), body=body, logger=None)
     assert started == ["app-1"]
 
 

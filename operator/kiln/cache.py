@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 
 from kiln.apply import Kube, labels_match, path
 
-INDEXES = ("builds_by_namespace", "logins_by_namespace", "jobs_by_namespace", "pods_by_namespace",
-           "secrets_by_namespace")
+# kopf indexes (handlers.py) and their keys: what a reconcile of one build reads is found at once, not by a
+# walk of its namespace, so a build costs the same in a namespace of ten builds or ten thousand.
+INDEXES = ("builds_by_name",  # (namespace, name)
+           "logins_by_namespace",  # namespace
+           "jobs_by_build", "pods_by_build",  # (namespace, the kiln.dev/imagebuild label)
+           "secrets_by_build_or_name")  # a build's own: (namespace, its build label); a login's: (namespace, name)
+BUILD_LABEL = "kiln.dev/imagebuild"
 EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this is looked at as it is
 
 
@@ -67,9 +72,24 @@ def pod_body(obj: Mapping) -> dict:
     return {"metadata": _metadata(obj), "status": _copy(kept)}
 
 
+def build_key(namespace: str, obj: Mapping) -> tuple[str, str | None]:
+    """Where a Job, Pod or build Secret of kiln's is indexed: with the other children of its ImageBuild."""
+    return namespace, ((obj.get("metadata") or {}).get("labels") or {}).get(BUILD_LABEL)
+
+
+def secret_key(namespace: str, obj: Mapping) -> tuple[str, str | None]:
+    """A build's own Secret with its build; a login's Secret by its name (a build label and a name may be the same:
+    readers tell them apart by their labels)."""
+    return build_key(namespace, obj) if _kilns(obj) else (namespace, (obj.get("metadata") or {}).get("name"))
+
+
+def _kilns(obj: Mapping) -> bool:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == "kiln"
+
+
 def secret_body(obj: Mapping) -> dict:
     """A login's Secret whole (kiln reads its credentials); of a build's own Secret only whose it is."""
-    if ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == "kiln":
+    if _kilns(obj):
         return {"metadata": _metadata(obj)}
     return body(obj)
 
@@ -98,9 +118,14 @@ class Cache:
     def ready(self) -> bool:
         return all(name in self.indexes for name in INDEXES)
 
-    def _all(self, index: str, namespace: str) -> list[dict]:
+    def _at(self, index: str, key) -> list[dict]:
         found = self.indexes.get(index) or {}
-        return list(found[namespace]) if namespace in found else []
+        return list(found[key]) if key in found else []
+
+    def _in_namespace(self, index: str, namespace: str) -> list[dict]:
+        """Everything of a namespace in an index keyed per build: a walk, for what is asked rarely."""
+        found = self.indexes.get(index) or {}
+        return [obj for key in list(found) if key[0] == namespace for obj in list(found[key])]
 
     def wrote(self, kind: str, obj: dict) -> None:
         meta = obj["metadata"]
@@ -121,47 +146,50 @@ class Cache:
 
     def everything(self, kind: str) -> list[dict]:
         """Every ImageBuild or RegistryLogin the watches delivered, in every namespace served."""
-        index = self.indexes.get({"ImageBuild": "builds_by_namespace", "RegistryLogin": "logins_by_namespace"}[kind]) or {}
-        return [self._newest(kind, obj) for namespace in list(index) for obj in list(index[namespace])]
+        index = self.indexes.get({"ImageBuild": "builds_by_name", "RegistryLogin": "logins_by_namespace"}[kind]) or {}
+        return [self._newest(kind, obj) for key in list(index) for obj in list(index[key])]
 
     def build(self, namespace: str, name: str) -> dict | None:
         """None when the watch has not got it (deleted, or not delivered yet): the watch decides what exists."""
-        return self._named("ImageBuild", "builds_by_namespace", namespace, name)
+        watched = self._at("builds_by_name", (namespace, name))
+        return self._newest("ImageBuild", watched[0]) if watched else None
 
     def builds(self, namespace: str) -> list[dict]:
-        return [self._newest("ImageBuild", b) for b in self._all("builds_by_namespace", namespace)]
+        return [self._newest("ImageBuild", b) for b in self._in_namespace("builds_by_name", namespace)]
 
     def logins(self, namespace: str) -> list[dict]:
-        return [self._newest("RegistryLogin", b) for b in self._all("logins_by_namespace", namespace)]
+        return [self._newest("RegistryLogin", b) for b in self._at("logins_by_namespace", namespace)]
 
     def login(self, namespace: str, name: str) -> dict | None:
-        return self._named("RegistryLogin", "logins_by_namespace", namespace, name)
+        """One login: kiln's own later write of it only for that one, not for the whole namespace."""
+        watched = next((o for o in self._at("logins_by_namespace", namespace) if o["metadata"]["name"] == name), None)
+        return self._newest("RegistryLogin", watched) if watched else None
 
-    def _named(self, kind: str, index: str, namespace: str, name: str) -> dict | None:
-        """One object by name: kiln's own later write of it only for that one, not for the whole namespace."""
-        watched = next((o for o in self._all(index, namespace) if o["metadata"]["name"] == name), None)
-        return self._newest(kind, watched) if watched else None
-
-    def jobs(self, namespace: str) -> list[dict]:
-        """The namespace's Jobs of kiln, with those kiln just created and the watch does not show yet."""
-        watched = self._all("jobs_by_namespace", namespace)
+    def jobs(self, namespace: str, build: str | None = None) -> list[dict]:
+        """Kiln's Jobs of one build (by its kiln.dev/imagebuild label) or of the whole namespace, with those
+        kiln just created and the watch does not show yet."""
+        watched = self._at("jobs_by_build", (namespace, build)) if build else self._in_namespace("jobs_by_build", namespace)
         names = {job["metadata"]["name"] for job in watched}
         now = time.monotonic()
         for (ns, name), (when, job) in list(self.expected.items()):
             if name in names or now - when > EXPECTATION_SECONDS:
-                del self.expected[(ns, name)]
-            elif ns == namespace:
+                if ns == namespace:  # seen by the watch (or long enough expected): the watch decides now
+                    del self.expected[(ns, name)]
+            elif ns == namespace and build in (None, build_key(ns, job)[1]):
                 watched.append(job)
         return watched
 
-    def pods(self, namespace: str) -> list[dict]:
-        return self._all("pods_by_namespace", namespace)
+    def pods(self, namespace: str, build: str | None = None) -> list[dict]:
+        return self._at("pods_by_build", (namespace, build)) if build else self._in_namespace("pods_by_build", namespace)
 
-    def secrets(self, namespace: str) -> list[dict]:
-        return self._all("secrets_by_namespace", namespace)
+    def secrets(self, namespace: str, build: str) -> list[dict]:
+        """A build's own Secrets."""
+        return [s for s in self._at("secrets_by_build_or_name", (namespace, build)) if _kilns(s)]
 
     def secret(self, namespace: str, name: str) -> dict | None:
-        return next((s for s in self.secrets(namespace) if s["metadata"]["name"] == name), None)
+        """A login's Secret, by name."""
+        return next((s for s in self._at("secrets_by_build_or_name", (namespace, name))
+                     if not _kilns(s) and s["metadata"]["name"] == name), None)
 
     def created(self, namespace: str, job: dict) -> None:
         self.expected[(namespace, job["metadata"]["name"])] = (time.monotonic(), job_body(job))
@@ -198,13 +226,14 @@ class Reader:
         return self.cache.logins(namespace)
 
     async def jobs(self, namespace: str, labels: dict[str, str]) -> list[dict]:
-        return [job for job in self.cache.jobs(namespace) if labels_match(job, labels)]
+        return [job for job in self.cache.jobs(namespace, labels.get(BUILD_LABEL)) if labels_match(job, labels)]
 
     async def pods(self, namespace: str, labels: dict[str, str]) -> list[dict]:
-        return [pod for pod in self.cache.pods(namespace) if labels_match(pod, labels)]
+        return [pod for pod in self.cache.pods(namespace, labels.get(BUILD_LABEL)) if labels_match(pod, labels)]
 
     async def secrets(self, namespace: str, labels: dict[str, str]) -> list[dict]:
-        return [secret for secret in self.cache.secrets(namespace) if labels_match(secret, labels)]
+        """A build's own Secrets (labels name the build)."""
+        return [secret for secret in self.cache.secrets(namespace, labels[BUILD_LABEL]) if labels_match(secret, labels)]
 
     async def secret(self, namespace: str, name: str) -> dict | None:
         """A labelled Secret from the watch; one without the label from the API server."""

@@ -86,11 +86,12 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
         for obj in builds:
             if not handle_build.settled(obj):  # a finished build waits for a change of its own, which its watch delivers
                 await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
-        # kopf's per-event objects form reference cycles; after a burst of builds they would wait for a full
-        # collection that a heap of long-lived cached objects makes rare, and hold the memory meanwhile.
-        # Only after work, though: a full collection of a big heap is not free, and an idle operator costs nothing.
-        if runtime.reconciles != collected_after:
-            collected_after = runtime.reconciles
+        # kopf's per-event objects form reference cycles; after a burst of events (builds, or the first listing
+        # after a start) they would wait for a full collection that a heap of long-lived cached objects makes rare,
+        # and hold the memory meanwhile. Only after events, though: a full collection of a big heap is not free,
+        # and an idle operator costs nothing.
+        if runtime.events != collected_after:
+            collected_after = runtime.events
             gc.collect()
         queued = sum(handle_build.queued(o) for o in builds)
         metrics.BUILDS_QUEUED.set(queued)
@@ -120,8 +121,8 @@ async def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> d
 
 
 @kopf.index(*IMAGEBUILDS)
-async def builds_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.body(body)}
+async def builds_by_name(namespace: str, name: str, body: kopf.Body, **_) -> dict:
+    return {(namespace, name): cache.body(body)}
 
 
 # What reconciles read instead of the API server (cache.py): the watches fill these before any handler runs.
@@ -131,18 +132,18 @@ async def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-async def jobs_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.job_body(body)}
+async def jobs_by_build(namespace: str, body: kopf.Body, **_) -> dict:
+    return {cache.build_key(namespace, body): cache.job_body(body)}
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-async def pods_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.pod_body(body)}
+async def pods_by_build(namespace: str, body: kopf.Body, **_) -> dict:
+    return {cache.build_key(namespace, body): cache.pod_body(body)}
 
 
 @kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS)
-async def secrets_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.secret_body(body)}
+async def secrets_by_build_or_name(namespace: str, body: kopf.Body, **_) -> dict:
+    return {cache.secret_key(namespace, body): cache.secret_body(body)}
 
 
 async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
@@ -153,7 +154,6 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
     try:
         async with runtime.reconcile_slots:  # a burst of creates waits here, not all in memory at once
             with metrics.RECONCILES.track_inprogress():
-                runtime.reconciles += 1
                 outcome = await handle_build.reconcile_build(runtime, namespace, name, logger)
     except Exception as exc:  # an API or network failure: this object tries again soon, not at the next resync
         metrics.RECONCILE_ERRORS.labels("ImageBuild").inc()
@@ -179,11 +179,11 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
             logger.warning("event %s for ImageBuild %s/%s not posted: %s", reason, namespace, name, exc)
 
 
-async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger, builds_by_namespace: kopf.Index) -> None:
+async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger) -> None:
     if await handle_login.reconcile_login(memo.runtime, body, logger) is None:
         return
     namespace = body["metadata"]["namespace"]
-    waiting = [b["metadata"]["name"] for b in builds_by_namespace.get(namespace, [])]  # a copy: the index changes
+    waiting = [b["metadata"]["name"] for b in memo.runtime.cache.builds(namespace)]  # a copy: the index changes
     for build in waiting:
         await _build(memo, namespace, build, logger)
 
@@ -191,7 +191,7 @@ async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger, builds_by_
 @kopf.on.event(*IMAGEBUILDS)
 async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
                              logger: logging.Logger, **kwargs) -> None:
-    memo.runtime.cache.bind(kwargs)
+    memo.runtime.handling(kwargs)
     if type == "DELETED":  # the children go with their owner reference
         memo.runtime.forget((namespace, name))
         return
@@ -207,52 +207,55 @@ def _owner(obj: kopf.Body | dict) -> str | None:
                  if ref.get("kind") == "ImageBuild" and ref.get("controller")), None)
 
 
-async def _child_changed(memo: kopf.Memo, namespace: str, owner: str | None, logger: logging.Logger) -> None:
-    """A Job's or Pod's news for its ImageBuild. A finished build's result is recorded: its old children's
-    comings and goings (a restart lists them all, the garbage collector deletes them) change nothing."""
-    build = memo.runtime.cache.build(namespace, owner) if owner else None
-    if owner and not (build and handle_build.settled(build)):
-        await _build(memo, namespace, owner, logger)
+def _finished(runtime: Runtime, namespace: str, owner: str | None) -> bool:
+    """Whether a Job's or Pod's ImageBuild has its result recorded: its old children's comings and goings
+    (a restart lists them all, the garbage collector deletes them) change nothing, and are not remembered."""
+    build = runtime.cache.build(namespace, owner) if owner else None
+    return build is not None and handle_build.settled(build)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger,
                       **kwargs) -> None:
-    memo.runtime.cache.bind(kwargs)
-    if memo.runtime.job_state_changed(namespace, body, type):
-        await _child_changed(memo, namespace, _owner(body), logger)
+    runtime: Runtime = memo.runtime
+    runtime.handling(kwargs)
+    owner = _owner(body)
+    if _finished(runtime, namespace, owner):
+        runtime.job_gone(namespace, body["metadata"]["name"])
+    elif runtime.job_state_changed(namespace, body, type) and owner:
+        await _build(memo, namespace, owner, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 async def pod_changed(type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo,
-                      logger: logging.Logger, jobs_by_namespace: kopf.Index, **kwargs) -> None:
-    """A pod matters when its container starts, waits on something (an image pull), or ends; its Job says the rest."""
+                      logger: logging.Logger, **kwargs) -> None:
+    """A pod matters when its container starts, waits on something (an image pull), or ends; its Job says the rest,
+    also when the pod is deleted."""
     runtime: Runtime = memo.runtime
-    runtime.cache.bind({"jobs_by_namespace": jobs_by_namespace, **kwargs})
-    if type == "DELETED":
+    runtime.handling(kwargs)
+    job = next((j for j in runtime.cache.jobs(*cache.build_key(namespace, body))
+                if j["metadata"]["name"] == labels.get("job-name")), None)
+    owner = _owner(job) if job else None
+    if type == "DELETED" or _finished(runtime, namespace, owner):
         runtime.pod_gone(namespace, body["metadata"]["name"])
-        return  # its Job's status says what that means
-    if not runtime.pod_state_changed(namespace, body):
-        return
-    job = next((j for j in jobs_by_namespace.get(namespace, []) if j["metadata"]["name"] == labels.get("job-name")), None)
-    await _child_changed(memo, namespace, _owner(job) if job else None, logger)
+    elif runtime.pod_state_changed(namespace, body) and owner:
+        await _build(memo, namespace, owner, logger)
 
 
 @kopf.on.event(*LOGINS)
-async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
-                        builds_by_namespace: kopf.Index, **kwargs) -> None:
-    memo.runtime.cache.bind({"builds_by_namespace": builds_by_namespace, **kwargs})
+async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **kwargs) -> None:
+    memo.runtime.handling(kwargs)
     if type == "DELETED":
         memo.runtime.cache.forget("RegistryLogin", body.metadata["namespace"], body.metadata["name"])
     else:
-        await _login(memo, dict(body), logger, builds_by_namespace)
+        await _login(memo, dict(body), logger)
 
 
 @kopf.on.event("", "v1", "secrets", labels=LOGIN_SECRETS)
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
-                         logins_by_secret: kopf.Index, builds_by_namespace: kopf.Index, **kwargs) -> None:
-    memo.runtime.cache.bind({"builds_by_namespace": builds_by_namespace, **kwargs})
+                         logins_by_secret: kopf.Index, **kwargs) -> None:
+    memo.runtime.handling(kwargs)
     for login in list(logins_by_secret.get((namespace, name), [])):  # rotation: re-verify without a restart
         obj = memo.runtime.cache.login(namespace, login)
         if obj:
-            await _login(memo, obj, logger, builds_by_namespace)
+            await _login(memo, obj, logger)

@@ -29,13 +29,18 @@ class Runtime:
     registries: Registries = field(init=False)
     _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     _job_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
-    reconciles: int = 0  # ImageBuild reconciles so far: whether anything happened since the last resync round
+    events: int = 0  # watch events handled so far: whether anything happened since the last resync round
     reconcile_slots: asyncio.Semaphore = field(init=False)
     _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reconcile_slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
         self.registries = Registries(self.settings)
+
+    def handling(self, kwargs: Mapping) -> None:
+        """A watch event reached a handler, whose keyword arguments carry kopf's indexes."""
+        self.events += 1
+        self.cache.bind(kwargs)
 
     def retry_delay(self, key: Key) -> float:
         """The next delay for an object whose reconcile failed again (exponential, capped)."""
@@ -77,11 +82,13 @@ class Runtime:
     def job_state_changed(self, namespace: str, job: Mapping, event: str) -> bool:
         """Whether a Job concluded, is being deleted or is gone, or is one kiln did not know: the echo of kiln's
         own create and the Job controller's progress reports (startTime, active, ready) change nothing kiln decides."""
-        key = (namespace, job["metadata"]["name"])
         if event == "DELETED":
-            self._job_states.pop(key, None)
+            self.job_gone(namespace, job["metadata"]["name"])
             return True
-        return _news(self._job_states, key, _job_state(job))
+        return _news(self._job_states, (namespace, job["metadata"]["name"]), _job_state(job))
+
+    def job_gone(self, namespace: str, name: str) -> None:
+        self._job_states.pop((namespace, name), None)
 
     def reader(self) -> Reader:
         return Reader(self.kube, self.cache)
