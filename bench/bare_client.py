@@ -1,7 +1,8 @@
 """Create N ImageBuilds at once, alone or with what a bare client would write for each (bench/test_scale.py).
 
-  python bench/bare_client.py create SERVER NAMESPACE N IMAGE   only the ImageBuilds: the operator does the rest
-  python bench/bare_client.py bare   SERVER NAMESPACE N IMAGE   each ImageBuild, then at once its Secret and Job
+  python bench/bare_client.py create SERVER NAMESPACE N IMAGE PREFIX   only the ImageBuilds PREFIX-0 ... PREFIX-(N-1):
+      the operator does the rest
+  python bench/bare_client.py bare   SERVER NAMESPACE N IMAGE PREFIX   each ImageBuild, then at once its Secret and Job
       (rendered by kiln's own pure functions), a status patch and an event: the writes kiln makes for a build
       that starts, with no watch, no cache and no registry check — the floor kiln's latency is compared with.
 
@@ -55,7 +56,7 @@ async def one(session: aiohttp.ClientSession, mode: str, namespace: str, name: s
         "reason": "BuildStarted", "message": "build started", "type": "Normal", "source": {"component": "bench"}})
 
 
-async def main(mode: str, server: str, namespace: str, count: int, image: str) -> None:
+async def main(mode: str, server: str, namespace: str, count: int, image: str, prefix: str) -> None:
     async with aiohttp.ClientSession(server, headers={"User-Agent": f"bench-{mode}"},
                                      connector=aiohttp.TCPConnector(limit=100)) as session:
         # Warm, as a running controller is: a connection open, the renderer's first call behind it.
@@ -64,9 +65,9 @@ async def main(mode: str, server: str, namespace: str, count: int, image: str) -
         render_build(spec, [], build_plan(spec), SETTINGS)
         async with session.get("/version") as response:
             await response.read()
-        await asyncio.gather(*(one(session, mode, namespace, f"n{count}-{i}", image) for i in range(count)))
+        await asyncio.gather(*(one(session, mode, namespace, f"{prefix}-{i}", image) for i in range(count)))
 
 
 if __name__ == "__main__":
-    mode, server, namespace, count, image = sys.argv[1:]
-    asyncio.run(main(mode, server, namespace, int(count), image))
+    mode, server, namespace, count, image, prefix = sys.argv[1:]
+    asyncio.run(main(mode, server, namespace, int(count), image, prefix))

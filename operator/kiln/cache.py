@@ -106,7 +106,8 @@ class Cache:
     indexes: dict[str, Mapping] = field(default_factory=dict)
     # (kind, namespace, name) -> the object as kiln's own last status write returned it
     written: dict[tuple[str, str, str], dict] = field(default_factory=dict)
-    expected: dict[tuple[str, str], tuple[float, dict]] = field(default_factory=dict)  # (namespace, Job) -> (when, Job)
+    # (namespace, build label) -> Job name -> (when created, Job): Jobs kiln made that the watch has not shown yet
+    expected: dict[tuple[str, str | None], dict[str, tuple[float, dict]]] = field(default_factory=dict)
 
     def bind(self, kwargs: Mapping) -> None:
         """Keep kopf's indexes (every handler gets them as keyword arguments)."""
@@ -171,12 +172,15 @@ class Cache:
         watched = self._at("jobs_by_build", (namespace, build)) if build else self._in_namespace("jobs_by_build", namespace)
         names = {job["metadata"]["name"] for job in watched}
         now = time.monotonic()
-        for (ns, name), (when, job) in list(self.expected.items()):
-            if name in names or now - when > EXPECTATION_SECONDS:
-                if ns == namespace:  # seen by the watch (or long enough expected): the watch decides now
-                    del self.expected[(ns, name)]
-            elif ns == namespace and build in (None, build_key(ns, job)[1]):
-                watched.append(job)
+        for key in [(namespace, build)] if build else [key for key in self.expected if key[0] == namespace]:
+            pending = self.expected.get(key) or {}
+            for name, (when, job) in list(pending.items()):
+                if name in names or now - when > EXPECTATION_SECONDS:  # the watch shows it, or decides now
+                    del pending[name]
+                else:
+                    watched.append(job)
+            if not pending:
+                self.expected.pop(key, None)
         return watched
 
     def pods(self, namespace: str, build: str | None = None) -> list[dict]:
@@ -192,10 +196,11 @@ class Cache:
                      if not _kilns(s) and s["metadata"]["name"] == name), None)
 
     def created(self, namespace: str, job: dict) -> None:
-        self.expected[(namespace, job["metadata"]["name"])] = (time.monotonic(), job_body(job))
+        self.expected.setdefault(build_key(namespace, job), {})[job["metadata"]["name"]] = (time.monotonic(), job_body(job))
 
     def deleted(self, namespace: str, job_name: str) -> None:
-        self.expected.pop((namespace, job_name), None)
+        for key in [key for key in self.expected if key[0] == namespace]:
+            self.expected[key].pop(job_name, None)
 
     def echo(self, kind: str, namespace: str, name: str, version: str | None) -> bool:
         """Is this the watch's echo of kiln's own last write? Then the watch holds it, and so kiln need not."""
