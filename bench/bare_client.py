@@ -41,8 +41,14 @@ async def _post(session: aiohttp.ClientSession, path: str, body: dict) -> dict:
 async def one(session: aiohttp.ClientSession, mode: str, namespace: str, name: str, image: str) -> None:
     builds = f"/apis/kiln.dev/v1alpha1/namespaces/{namespace}/imagebuilds"
     created = await _post(session, builds, image_build(namespace, name, image))
-    if mode == "create":
-        return
+    if mode == "bare":
+        await writes(session, created)
+
+
+async def writes(session: aiohttp.ClientSession, created: dict) -> None:
+    """What kiln writes for a build that starts: its Secret and Job, a status patch and an event."""
+    namespace, name = created["metadata"]["namespace"], created["metadata"]["name"]
+    builds = f"/apis/kiln.dev/v1alpha1/namespaces/{namespace}/imagebuilds"
     spec = parse_image_build(created)
     for obj in render_build(spec, [], build_plan(spec), SETTINGS):
         await _post(session, _collection(obj, namespace), obj)

@@ -4,7 +4,8 @@ The operator runs as its own process (`kiln run --namespace=kiln-bench`), as it 
 bare client (bench/bare_client.py) is another process, writing in a namespace the operator does not serve.
 - create-to-Job latency for N = 1, 100 and 500 ImageBuilds created at once: from the first ImageBuild's
   creation to the last build Job's, as the emulator saw them; the ratio to the bare client is the figure,
-  the median of a few runs in which the two take turns at going first;
+  the median of a few runs in which the clients take turns at going first. A third client, kopf alone
+  making the bare client's writes (bench/kopf_floor.py), shows what of kiln's time is kopf's;
 - RSS of the operator per ImageBuild with 1,000 finished builds (their Jobs and pods kept): of the operator
   that built them, above its RSS before the first; and of kiln and of a no-op kopf operator watching the
   same (bench/noop_operator.py), each started afresh, above the same process started with no objects;
@@ -28,13 +29,16 @@ from benchfake import BenchFake
 from kubefake import Cluster, declare_resources, eventually, kubeconfig
 from registries import start_htpasswd_registry
 
-OPERATED, BARE = "kiln-bench", "bare-bench"
-SIZES = {1: 3, 100: 3, 500: 1}  # N -> runs (the median is the figure): all of them and the rest make FINISHED
+OPERATED, BARE, FLOORED = "kiln-bench", "bare-bench", "floor-bench"
+CLIENTS = ("bare", "create", "floor")  # the bare client; kiln; kopf with the bare client's writes
+SIZES = {1: 9, 100: 4, 500: 1}  # N -> runs (the median is the figure): all of them and the rest make FINISHED
 FINISHED = 1000
 RESYNC = 5
-BARE_CLIENT = pathlib.Path(__file__).parent / "bare_client.py"
+BENCH = pathlib.Path(__file__).parent
+BARE_CLIENT = BENCH / "bare_client.py"
+FLOOR = [sys.executable, "-m", "kopf", "run", "--standalone", str(BENCH / "kopf_floor.py")]
 KILN = [sys.executable, "-m", "kiln", "run", "--standalone"]
-NOOP = [sys.executable, "-m", "kopf", "run", "--standalone", str(pathlib.Path(__file__).parent / "noop_operator.py")]
+NOOP = [sys.executable, "-m", "kopf", "run", "--standalone", str(BENCH / "noop_operator.py")]
 DIGEST = "sha256:" + "ab" * 32
 METADATA = json.dumps({"containerimage.digest": DIGEST,
                        "containerimage.descriptor": {"mediaType": "application/vnd.oci.image.manifest.v1+json"}})
@@ -124,7 +128,7 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
     cluster = Cluster(kmock, namespace=OPERATED)
     env = {**os.environ, "KUBECONFIG": kubeconfig(kmock, tmp_path / "kubeconfig"), "KILN_METRICS_PORT": "0",
            "KILN_RESYNC_INTERVAL": str(RESYNC)}
-    operator = _start(KILN, OPERATED, env, tmp_path / "operator.log")
+    operator, floor = _start(KILN, OPERATED, env, tmp_path / "operator.log"), None
     try:
         await cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
                              "metadata": {"name": "reg-creds", "labels": {"kiln.dev/registry-login": "true"}},
@@ -144,22 +148,25 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
         figures.record("create-to-Job latency, first build to a repository",
                        round((first - kmock.build_created[(OPERATED, "first")]) * 1000, 1),
                        "ms, with kiln's push check against the registry")
+        floor = _start(FLOOR, FLOORED, {**env, "KOPF_FLOOR_SERVER": str(kmock.url), "PYTHONPATH": str(BENCH)},
+                       tmp_path / "floor.log")
+        await asyncio.sleep(3)  # its watch is open
         for count, repeats in SIZES.items():
             runs = []
-            for run in range(repeats):  # the two clients take turns at going first: the emulator warms up, too
+            for run in range(repeats):  # the clients take turns at going first: the emulator warms up, too
                 prefix = f"r{run}n{count}"
                 measured = {}
-                for mode in ("bare", "create") if run % 2 == 0 else ("create", "bare"):
-                    namespace = BARE if mode == "bare" else OPERATED
+                for mode in CLIENTS[run % 3:] + CLIENTS[:run % 3]:
+                    namespace = {"bare": BARE, "create": OPERATED, "floor": FLOORED}[mode]
                     cpu = _cpu_seconds(operator.pid), _own_cpu_seconds()
-                    await _client(mode, kmock, namespace, count, image, prefix)
+                    await _client("create" if mode == "floor" else mode, kmock, namespace, count, image, prefix)
                     latency = await eventually(lambda ns=namespace, p=prefix, n=count: _latency(kmock, ns, p, n),
                                                timeout=600, interval=0.05)
                     measured[mode] = (*latency, _cpu_seconds(operator.pid) - cpu[0], _own_cpu_seconds() - cpu[1])
                 runs.append(measured)
             ratios = sorted(r["create"][0] / r["bare"][0] for r in runs)
             ratio = statistics.median(ratios)
-            kiln, bare = (statistics.median(r[mode][0] for r in runs) for mode in ("create", "bare"))
+            kiln, bare, kopf_alone = (statistics.median(r[mode][0] for r in runs) for mode in ("create", "bare", "floor"))
             figures.record(f"create-to-Job latency, N={count}", round(kiln * 1000, 1), "ms, first create to last Job",
                            baseline=round(bare * 1000, 1), goal=f"<= 1.5x bare (is {ratio:.1f}x)", met=ratio <= 1.5,
                            runs=repeats, ratios=[round(r, 2) for r in ratios],
@@ -168,6 +175,11 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
                            operator_cpu_seconds=round(statistics.median(r["create"][2] for r in runs), 2),
                            emulator_cpu_seconds=round(statistics.median(r["create"][3] for r in runs), 2),
                            emulator_cpu_seconds_for_bare=round(statistics.median(r["bare"][3] for r in runs), 2))
+            floor_ratios = sorted(r["floor"][0] / r["bare"][0] for r in runs)
+            figures.record(f"create-to-Job latency, N={count}, kopf alone", round(kopf_alone * 1000, 1),
+                           "ms, bench/kopf_floor.py: kopf and the bare writes", baseline=round(bare * 1000, 1),
+                           goal=f"(is {statistics.median(floor_ratios):.1f}x)", ratios=[round(r, 2) for r in floor_ratios])
+        _stop(floor)
 
         more = FINISHED - sum(n * repeats for n, repeats in SIZES.items()) - 1  # and the first build
         await _client("create", kmock, OPERATED, more, image, "rest")
@@ -204,5 +216,7 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
                        "KiB above the same operator with none", baseline=round(per_build["no-op kopf"], 1),
                        goal=f"<= no-op + 20 KiB (+{above:.0f})", met=above <= 20)
     finally:
-        _stop(operator)
+        for process in (operator, floor):
+            if process:
+                _stop(process)
         registry.stop()
