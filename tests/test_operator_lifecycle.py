@@ -11,7 +11,7 @@ import pytest
 
 from kiln import reasons
 from kiln.cache import Cache
-from kiln.parse import parse_image_build
+from kiln.parse import parse_image_build, spec_identity
 from kiln.render import build_secret_name
 from test_operator_builds import (
     DIGEST,
@@ -175,19 +175,23 @@ async def test_the_cache_volume_stays_busy_while_a_deleted_jobs_pod_still_runs(c
     assert not [j for j in cluster.jobs() if j["metadata"]["name"].startswith("two-")]
 
 
-async def test_a_login_event_while_builds_are_being_created_reaches_every_build_without_crashing(monkeypatch):
-    """The index of builds grows while the handler walks it (kopf's indexer runs between awaits)."""
+async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_are_being_created(monkeypatch):
+    """The index of builds grows while the handler walks it (kopf's indexer runs between awaits); a finished
+    build is left alone."""
     from kiln import handlers
 
     def built(n: int) -> dict:
         return {("default", f"app-{n}"): [{"metadata": {"name": f"app-{n}", "namespace": "default"}}]}
 
-    index = built(1)
+    finished = {"metadata": {"name": "done", "namespace": "default", "generation": 1, "resourceVersion": "4"},
+                "spec": {}, "status": {"phase": "Succeeded", "observedGeneration": 1}}
+    finished["status"]["specIdentity"] = spec_identity(finished)
+    index = {**built(1), ("default", "done"): [finished]}
     started = []
 
     async def build(memo, namespace, name, logger):
         started.append(name)
-        index.update(built(len(index) + 1))  # another arrives meanwhile
+        index.update(built(len(index)))  # another arrives meanwhile
 
     async def verified(runtime, body, logger):
         return {"conditions": []}

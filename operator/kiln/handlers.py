@@ -183,7 +183,8 @@ async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger) -> None:
     if await handle_login.reconcile_login(memo.runtime, body, logger) is None:
         return
     namespace = body["metadata"]["namespace"]
-    waiting = [b["metadata"]["name"] for b in memo.runtime.cache.builds(namespace)]  # a copy: the index changes
+    # A copy (the index changes meanwhile) of the builds a login can matter to: a finished one is done with logins.
+    waiting = [b["metadata"]["name"] for b in memo.runtime.cache.builds(namespace) if not handle_build.settled(b)]
     for build in waiting:
         await _build(memo, namespace, build, logger)
 
