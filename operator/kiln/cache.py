@@ -25,6 +25,7 @@ INDEXES = ("builds_by_name",  # (namespace, name)
            "jobs_by_build", "pods_by_build",  # (namespace, the kiln.dev/imagebuild label)
            "secrets_by_build_or_name")  # a build's own: (namespace, its build label); a login's: (namespace, name)
 BUILD_LABEL = "kiln.dev/imagebuild"
+MANAGED = {"app.kubernetes.io/managed-by": "kiln"}  # the label of everything kiln makes
 EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this is looked at as it is
 
 
@@ -84,7 +85,7 @@ def secret_key(namespace: str, obj: Mapping) -> tuple[str, str | None]:
 
 
 def _kilns(obj: Mapping) -> bool:
-    return ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == "kiln"
+    return labels_match(obj, MANAGED)
 
 
 def secret_body(obj: Mapping) -> dict:

@@ -12,7 +12,7 @@ import logging
 
 from kiln import API_VERSION, reasons
 from kiln.apply import Kube, KubeError, path
-from kiln.cache import Reader
+from kiln.cache import BUILD_LABEL, MANAGED, Reader
 from kiln.credentials import CredentialsProblem, ResolvedLogin, merged_docker_config, resolved_login, selected_logins
 from kiln.decide import (
     AssembleIndex,
@@ -121,7 +121,7 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
         spec, problem = parse_image_build(obj), None
     except InvalidSpec as exc:
         spec, problem = None, str(exc)
-    mine = {"kiln.dev/imagebuild": short_name(meta["name"]), "app.kubernetes.io/managed-by": "kiln"}
+    mine = {BUILD_LABEL: short_name(meta["name"]), **MANAGED}
     jobs = tuple(j for j in await reader.jobs(namespace, mine)
                  if _owned(j, uid) and not j["metadata"].get("deletionTimestamp"))
     pods: dict[str, dict] = {}

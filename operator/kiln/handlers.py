@@ -18,7 +18,6 @@ from kiln.settings import Settings
 
 IMAGEBUILDS = ("kiln.dev", "v1alpha1", "imagebuilds")
 LOGINS = ("kiln.dev", "v1alpha1", "registrylogins")
-MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
 LOGIN_SECRETS = {handle_login.WATCHED_LABEL: "true"}
 
 
@@ -53,8 +52,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
         logging.getLogger("kopf.objects").addFilter(not_routine)
     # Only what is kiln's streams in: the API server filters Jobs, Pods and Secrets for the operator,
     # so its memory and work follow kiln's objects, not the cluster's size.
-    settings.watching.label_selectors["batch/jobs"] = "app.kubernetes.io/managed-by=kiln"
-    settings.watching.label_selectors["pods"] = "app.kubernetes.io/managed-by=kiln"
+    managed = ",".join(f"{key}={value}" for key, value in cache.MANAGED.items())
+    settings.watching.label_selectors["batch/jobs"] = managed
+    settings.watching.label_selectors["pods"] = managed
     settings.watching.label_selectors["secrets"] = f"{handle_login.WATCHED_LABEL}=true"
     apply.load_config()
     memo.runtime = Runtime(apply.Kube(), Settings.from_env())
@@ -120,23 +120,23 @@ async def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> d
     return {(namespace, (spec.get("secretRef") or {}).get("name")): name}
 
 
+# What reconciles read instead of the API server (cache.py): the watches fill these before any handler runs.
 @kopf.index(*IMAGEBUILDS)
 async def builds_by_name(namespace: str, name: str, body: kopf.Body, **_) -> dict:
     return {(namespace, name): cache.body(body)}
 
 
-# What reconciles read instead of the API server (cache.py): the watches fill these before any handler runs.
 @kopf.index(*LOGINS)
 async def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: cache.body(body)}
 
 
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+@kopf.index("batch", "v1", "jobs", labels=cache.MANAGED)
 async def jobs_by_build(namespace: str, body: kopf.Body, **_) -> dict:
     return {cache.build_key(namespace, body): cache.job_body(body)}
 
 
-@kopf.index("", "v1", "pods", labels=MANAGED)
+@kopf.index("", "v1", "pods", labels=cache.MANAGED)
 async def pods_by_build(namespace: str, body: kopf.Body, **_) -> dict:
     return {cache.build_key(namespace, body): cache.pod_body(body)}
 
@@ -215,7 +215,7 @@ def _finished(runtime: Runtime, namespace: str, owner: str | None) -> bool:
     return build is not None and handle_build.settled(build)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("batch", "v1", "jobs", labels=cache.MANAGED)
 async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger,
                       **kwargs) -> None:
     runtime: Runtime = memo.runtime
@@ -227,7 +227,7 @@ async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Mem
         await _build(memo, namespace, owner, logger)
 
 
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=cache.MANAGED)
 async def pod_changed(type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo,
                       logger: logging.Logger, **kwargs) -> None:
     """A pod matters when its container starts, waits on something (an image pull), or ends; its Job says the rest,
