@@ -4,12 +4,20 @@ import logging
 
 import kopf
 import kubernetes
+from kopf._core.intents.registries import _matches_metadata
 
 from kiln import handlers
 from kiln.apply import Kube
+from kiln.parse import parse_image_build
+from kiln.render import render_build
+from kiln.resolve import build_plan
 from kiln.runtime import Runtime
 from kiln.settings import Settings
 
+BUILD = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+         "metadata": {"name": "app", "namespace": "team", "uid": "u", "generation": 1},
+         "spec": {"registryLogins": ["reg"], "source": {"git": {"url": "https://git.example/app.git"}},
+                  "output": {"image": "registry.example/team/app"}}}
 JOB = {"metadata": {"name": "app-g1-abc", "namespace": "team"}, "spec": {"template": {}}}
 
 
@@ -52,10 +60,28 @@ def test_every_kopf_handler_is_an_async_event_handler_or_index_so_no_diff_base_i
     assert isinstance(handlers.NoDiffBase(), kopf.DiffBaseStorage)
 
 
-def test_kopfs_line_for_each_successful_event_handler_is_dropped_and_failures_are_kept():
-    def record(level: int, message: str) -> logging.LogRecord:
-        return logging.LogRecord("kopf.objects", level, __file__, 1, message, None, None)
+def test_kopfs_per_object_info_is_off_unless_verbose_and_kilns_own_lines_and_kopfs_failures_show():
+    root, objects = logging.getLogger(), logging.getLogger("kopf.objects")
+    before = root.level, objects.level
+    try:
+        root.setLevel(logging.INFO)  # `kopf run`
+        handlers.quiet_kopf_objects()
+        assert not objects.isEnabledFor(logging.INFO) and objects.isEnabledFor(logging.WARNING)
+        assert handlers.LOG.isEnabledFor(logging.INFO)
+        objects.setLevel(logging.NOTSET)
+        root.setLevel(logging.DEBUG)  # `kopf run --verbose`
+        handlers.quiet_kopf_objects()
+        assert objects.isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(before[0])
+        objects.setLevel(before[1])
 
-    assert not handlers.not_routine(record(logging.INFO, "Handler 'job_changed' succeeded."))
-    assert handlers.not_routine(record(logging.ERROR, "Handler 'job_changed' failed with an exception. Will ignore."))
-    assert handlers.not_routine(record(logging.INFO, "ImageBuild team/app: BuildSucceeded: pushed"))
+
+def test_a_builds_own_secret_calls_no_handler_and_a_login_secret_does():
+    """A build's Secret is watched for its index only: kopf matches it against no event handler."""
+    (handler,) = [h for h in kopf.get_default_registry()._watching.get_all_handlers() if h.fn is handlers.secret_changed]
+    spec = parse_image_build(BUILD)
+    (secret,) = [o for o in render_build(spec, [], build_plan(spec), Settings()) if o["kind"] == "Secret"]
+    login_secret = {"kiln.dev/registry-login": "true", "app.kubernetes.io/managed-by": "Helm"}
+    assert not _matches_metadata(pattern=handler.labels, content=secret["metadata"]["labels"], kwargs={}, cause=None)
+    assert _matches_metadata(pattern=handler.labels, content=login_secret, kwargs={}, cause=None)

@@ -15,6 +15,7 @@ from kiln.status import condition, now_iso, status_patch
 
 # Logins that are not Ready are checked again at least this often (seconds), for registries that come back.
 RETRY_INTERVAL = 60.0
+LOG = logging.getLogger("kiln.logins")  # kopf's per-object INFO is off (handlers.configure)
 # The operator watches only Secrets with this label (least privilege): a change to one is seen at once;
 # a change to an unlabelled one at the next resync.
 WATCHED_LABEL = "kiln.dev/registry-login"
@@ -105,7 +106,7 @@ async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -
     written = await _write(kube, obj, new)
     if written is not None:
         runtime.cache.wrote("RegistryLogin", written)  # builds looking at it next see this, not the watch's last word
-        logger.info("RegistryLogin %s/%s: Ready=%s (%s)", login.namespace, login.name, ready["status"], ready["reason"])
+        LOG.info("RegistryLogin %s/%s: Ready=%s (%s)", login.namespace, login.name, ready["status"], ready["reason"])
     return written
 
 
