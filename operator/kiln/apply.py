@@ -187,10 +187,10 @@ class Kube:
                 return False
             raise
 
-    async def post_event(self, obj: dict, kind: str, reason: str, message: str) -> None:
-        """A core/v1 Event about obj (what `kubectl describe` and `kubectl get events` show)."""
+    async def post_event(self, obj: dict, kind: str, reason: str, message: str, when: str | None = None) -> None:
+        """A core/v1 Event about obj (what `kubectl describe` and `kubectl get events` show), of `when` or now."""
         meta = obj["metadata"]
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = when or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},

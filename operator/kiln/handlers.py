@@ -65,6 +65,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
         # Serving named namespaces: nothing to discover, so no namespace or CRD scanning (and no RBAC for it).
         settings.scanning.disabled = True
     memo.resync = asyncio.create_task(_resync(memo, logging.getLogger("kiln.resync")))
+    memo.recorder = asyncio.create_task(memo.runtime.recorder.run())
 
 
 async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
@@ -109,6 +110,8 @@ def login(**_) -> kopf.ConnectionInfo:
 async def close(memo: kopf.Memo, **_) -> None:
     memo.resync.cancel()
     memo.runtime.cancel_timers()
+    await memo.runtime.recorder.flush(timeout=5)
+    memo.recorder.cancel()
     await memo.runtime.registries.close()
     if memo.metrics:
         memo.metrics.shutdown()
@@ -175,10 +178,7 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
             spec = outcome.obj.get("spec") or {}
             metrics.build_finished(outcome.status, (spec.get("cache") or {}).get("type", "registry"),
                                    (spec.get("multiArch") or {}).get("strategy", "qemu"))
-        try:
-            await runtime.kube.post_event(outcome.obj, kind, reason, message)
-        except apply.KubeError as exc:  # an event is a courtesy: the status already says it
-            logger.warning("event %s for ImageBuild %s/%s not posted: %s", reason, namespace, name, exc)
+        runtime.recorder.record(outcome.obj, kind, reason, message)
 
 
 async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger) -> None:

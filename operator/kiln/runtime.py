@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from kiln.apply import Kube
 from kiln.cache import Cache, Reader
+from kiln.events import Recorder
 from kiln.observe import true_condition
 from kiln.registries import Registries
 from kiln.settings import Settings
@@ -27,6 +28,7 @@ class Runtime:
     failures: dict[Key, int] = field(default_factory=dict)
     cache: Cache = field(default_factory=Cache)
     registries: Registries = field(init=False)
+    recorder: Recorder = field(init=False)  # Kubernetes Events, posted in the background
     _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     _job_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     events: int = 0  # watch events handled so far: whether anything happened since the last resync round
@@ -36,6 +38,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.reconcile_slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
         self.registries = Registries(self.settings)
+        self.recorder = Recorder(self.kube)
 
     def handling(self, kwargs: Mapping) -> None:
         """A watch event reached a handler, whose keyword arguments carry kopf's indexes."""
