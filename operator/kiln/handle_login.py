@@ -66,7 +66,7 @@ async def verify(login: LoginSpec, credentials: Credentials, ca_pem: str | None,
         return (await client.verify()).scheme
 
 
-async def reconcile_login(runtime: Runtime, obj: dict, logger: logging.Logger) -> dict | None:
+async def reconcile_login(runtime: Runtime, obj: dict) -> dict | None:
     """Bring the status of one RegistryLogin up to date; returns the status written, or None if unchanged."""
     kube, settings = runtime.kube, runtime.settings
     meta = obj["metadata"]

@@ -82,7 +82,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
         logins, builds = runtime.cache.everything("RegistryLogin"), runtime.cache.everything("ImageBuild")
         for obj in logins:
             try:
-                await handle_login.reconcile_login(runtime, obj, logger)
+                await handle_login.reconcile_login(runtime, obj)
             except Exception as exc:  # one object's trouble must not keep the others waiting
                 logger.warning("resync of RegistryLogin %s/%s failed: %s: %s", obj["metadata"]["namespace"],
                                obj["metadata"]["name"], type(exc).__name__, exc)
@@ -182,7 +182,7 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
 
 
 async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger) -> None:
-    if await handle_login.reconcile_login(memo.runtime, body, logger) is None:
+    if await handle_login.reconcile_login(memo.runtime, body) is None:
         return
     namespace = body["metadata"]["namespace"]
     # A copy (the index changes meanwhile) of the builds a login can matter to: a finished one is done with logins.
