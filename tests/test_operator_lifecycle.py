@@ -193,7 +193,7 @@ async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_ar
         started.append(name)
         index.update(built(len(index)))  # another arrives meanwhile
 
-    async def verified(runtime, body, logger):
+    async def verified(runtime, body):
         return {"conditions": []}
 
     monkeypatch.setattr(handlers, "_build", build)
