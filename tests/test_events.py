@@ -17,7 +17,7 @@ class SlowKube:
         self.open = asyncio.Event()
         self.refuse = refuse
 
-    async def post_event(self, obj: dict, kind: str, reason: str, message: str, when: str | None = None) -> None:
+    async def post_event(self, obj: dict, kind: str, reason: str, message: str, when: str) -> None:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:

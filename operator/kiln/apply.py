@@ -7,7 +7,6 @@ deterministic names, so 409 means "already there", never a second build.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import ssl
@@ -187,17 +186,16 @@ class Kube:
                 return False
             raise
 
-    async def post_event(self, obj: dict, kind: str, reason: str, message: str, when: str | None = None) -> None:
-        """A core/v1 Event about obj (what `kubectl describe` and `kubectl get events` show), of `when` or now."""
+    async def post_event(self, obj: dict, kind: str, reason: str, message: str, when: str) -> None:
+        """A core/v1 Event about obj (what `kubectl describe` and `kubectl get events` show), of the moment `when`."""
         meta = obj["metadata"]
-        now = when or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta.get("uid", "")},
             "type": kind, "reason": reason, "message": message[:1024], "count": 1,
-            "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "kiln"},
+            "firstTimestamp": when, "lastTimestamp": when, "source": {"component": "kiln"},
         }
         await self.request("POST", path("v1", "events", meta["namespace"]), body=event)
 

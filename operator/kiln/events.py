@@ -6,10 +6,10 @@ burst, the builds' own writes reach the API server first and their events follow
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 
 from kiln.apply import Kube
+from kiln.status import now_iso
 
 LOG = logging.getLogger("kiln.events")
 QUEUED_AT_MOST = 1000  # as client-go's recorder: past that the API server is not keeping up, and events give way
@@ -23,9 +23,8 @@ class Recorder:
 
     def record(self, obj: dict, kind: str, reason: str, message: str) -> None:
         """Queue an event about obj, stamped now; dropped (and logged) when the queue is full."""
-        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
-            self._queue.put_nowait((obj, kind, reason, message, when))
+            self._queue.put_nowait((obj, kind, reason, message, now_iso()))
             self._pending += 1
         except asyncio.QueueFull:
             meta = obj["metadata"]
