@@ -7,8 +7,9 @@ object again before what happens next; here a watch from a resourceVersion (kopf
 the last event it saw when it reconnects) gets only what came after it, as from a real API server: otherwise
 an operator that lists 3,000 objects at its start receives 6,000, and holds them. Schema validation
 and owner-reference garbage collection (KubeFake's additions, proven in tests/) are off: their cost is the
-emulator's, not kiln's. Requests are counted by client, verb and resource, and the moment each ImageBuild
-and each build Job is created is noted for the latency figures.
+emulator's, not kiln's. Label selectors are honoured, as by the API server (kmock ignores them): a watch
+streams only what its client asked for. Requests are counted by client, verb and resource, and the moment
+each ImageBuild and each build Job is created is noted for the latency figures.
 """
 import asyncio
 import collections
@@ -52,7 +53,8 @@ class BenchFake(KubeFake):
     async def _serve_list(self, request):
         listed = await super()._serve_list(request)
         # Read with the objects, under the same lock as the writes: the list is as of this version.
-        return {**listed, "metadata": {"resourceVersion": self._events[-1][1] if self._events else "0"}}
+        return {**listed, "items": [item for item in listed.get("items", []) if _selected(request, item)],
+                "metadata": {"resourceVersion": self._events[-1][1] if self._events else "0"}}
 
     async def _serve_watch(self, request):
         """What came after the event of the given resourceVersion, then what comes; a version it does not know
@@ -64,7 +66,8 @@ class BenchFake(KubeFake):
             if since else None
         if after is None:
             async for event in super()._serve_watch(request):
-                yield event
+                if not isinstance(event, dict) or _selected(request, event.get("object") or {}):
+                    yield event
             return
         bus = self._buses[request.resource]
         marker = await bus.mark()  # from here on the bus has it; before, the log (one event may come twice)
@@ -83,7 +86,7 @@ class BenchFake(KubeFake):
     def _watched(self, request, event: dict) -> bool:
         meta = event.get("object", {}).get("metadata", {})
         return self._KubernetesEmulator__check(request, request.resource, meta.get("namespace"), meta.get("name"),
-                                               strict=False)
+                                               strict=False) and _selected(request, event.get("object") or {})
 
     async def _handle(self, request):
         self._in_flight.add(id(request))
@@ -124,6 +127,25 @@ class BenchFake(KubeFake):
             if who == client and verb != "watch":
                 out[(verb, resource)] += n - (since or {}).get((who, verb, resource), 0)
         return +out
+
+
+def _selected(request, obj: dict) -> bool:
+    """Whether an object's labels satisfy the request's labelSelector: the equality and existence terms
+    (`k=v`, `k==v`, `k!=v`, `k`, `!k`) that clients of this bench send."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, (request.params.get("labelSelector") or "").split(",")):
+        key, op, value = term.partition("!=") if "!=" in term else term.replace("==", "=").partition("=")
+        if op == "!=":
+            ok = labels.get(key) != value
+        elif op:
+            ok = labels.get(key) == value
+        elif term.startswith("!"):
+            ok = term[1:] not in labels
+        else:
+            ok = term in labels
+        if not ok:
+            return False
+    return True
 
 
 class _LoggedBus(aiobus.Bus):

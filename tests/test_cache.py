@@ -6,7 +6,7 @@ import kopf
 import pytest
 
 from kiln import handlers
-from kiln.cache import Cache, body, job_body, pod_body, secret_body
+from kiln.cache import Cache, body, job_body, pod_body
 from kiln.handle_build import settled
 from kiln.observe import observe_unit
 from kiln.parse import parse_image_build
@@ -65,13 +65,16 @@ def test_a_kept_job_or_pod_has_no_pod_spec_and_no_managed_fields():
     assert pod["status"]["containerStatuses"] == [{"name": "buildkit", "state": {"running": {}}}]
 
 
-def test_a_builds_own_secret_is_kept_without_its_credentials_and_a_logins_secret_whole():
-    login_secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
-                    "metadata": {"name": "creds", "labels": {"kiln.dev/registry-login": "true"}},
-                    "data": {"username": "YQ==", "password": "Yg=="}}
-    kept = secret_body(as_served(SECRET, {}))
+def test_kilns_own_secrets_are_known_from_its_writes_without_their_credentials_until_deleted():
+    cache = Cache()
+    cache.made_secret("team", as_served(SECRET, {}))
+    (kept,) = cache.secrets("team", "app")
     assert kept == {"metadata": {k: v for k, v in as_served(SECRET, {})["metadata"].items() if k != "managedFields"}}
-    assert secret_body(login_secret) == login_secret
+    assert cache.secrets("team", "web") == [] and cache.secrets("other", "app") == []
+    cache.deleted_secret("other", SECRET["metadata"]["name"])  # another namespace's of the same name
+    assert len(cache.secrets("team", "app")) == 1
+    cache.deleted_secret("team", SECRET["metadata"]["name"])
+    assert cache.secrets("team", "app") == [] and cache.credentials == {}
 
 
 def test_kilns_own_write_is_read_until_the_watch_catches_up_and_then_forgotten():
@@ -135,7 +138,7 @@ async def test_a_builds_children_are_found_by_its_build_and_a_logins_secret_by_i
     login_secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {  # a login's Secret named as a build's label
         "name": "app", "namespace": "team", "labels": {"kiln.dev/registry-login": "true"}}, "data": {"password": "cHc="}}
     indexes = {"builds_by_name": {}, "logins_by_namespace": {}, "jobs_by_build": {}, "pods_by_build": {},
-               "secrets_by_build_or_name": {}}
+               "secrets_by_name": {}}
 
     async def watched(index, *objects):
         for obj in objects:
@@ -145,8 +148,10 @@ async def test_a_builds_children_are_found_by_its_build_and_a_logins_secret_by_i
 
     await watched("builds_by_name", BUILD, other)
     await watched("jobs_by_build", as_served(JOB, {}), as_served(other_job, {}))
-    await watched("secrets_by_build_or_name", SECRET, other_secret, login_secret)
+    await watched("secrets_by_name", login_secret)
     cache = Cache(indexes=indexes)
+    cache.made_secret("team", SECRET)
+    cache.made_secret("team", other_secret)
     assert cache.build("team", "web")["metadata"]["uid"] == "u-2" and cache.build("team", "api") is None
     assert [j["metadata"]["name"] for j in cache.jobs("team", "app")] == [JOB["metadata"]["name"]]
     assert len(cache.jobs("team")) == 2  # the whole namespace, for the cache volume's users

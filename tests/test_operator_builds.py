@@ -83,6 +83,10 @@ async def succeed(cluster, job: dict, digest: str = DIGEST) -> dict:
     return await phase(cluster, "Succeeded")
 
 
+def build_secrets(cluster) -> list[str]:
+    return [s["metadata"]["name"] for s in cluster.all("v1", "secrets") if "kiln.dev/imagebuild" in s["metadata"]["labels"]]
+
+
 def event_reasons(cluster) -> list[str]:
     return [e.get("reason") for e in cluster.events()]
 
@@ -413,8 +417,10 @@ async def test_operator_restarts_at_any_point_never_duplicate_or_lose_a_build(cl
     async with operator():
         await phase(cluster, "Building")
     await cluster.finish(job, pod, exit_code=0, message=metadata(DIGEST))  # and finishes while it is down
+    assert build_secrets(cluster)  # its credentials, which no watch brings to the operator
     async with operator():
         done = await phase(cluster, "Succeeded")
+        assert not build_secrets(cluster)  # found by the listing at start, and deleted
     async with operator():  # restarted after completion: nothing new, nothing lost
         await eventually(lambda: status(cluster).get("phase") == "Succeeded")
         import asyncio

@@ -6,7 +6,7 @@ import kopf
 import kubernetes
 from kopf._core.intents.registries import _matches_metadata
 
-from kiln import handlers
+from kiln import cache, handle_login, handlers
 from kiln.apply import Kube
 from kiln.parse import parse_image_build
 from kiln.render import render_build
@@ -77,11 +77,43 @@ def test_kopfs_per_object_info_is_off_unless_verbose_and_kilns_own_lines_and_kop
         objects.setLevel(before[1])
 
 
-def test_a_builds_own_secret_calls_no_handler_and_a_login_secret_does():
-    """A build's Secret is watched for its index only: kopf matches it against no event handler."""
-    (handler,) = [h for h in kopf.get_default_registry()._watching.get_all_handlers() if h.fn is handlers.secret_changed]
+def test_no_watch_brings_a_builds_own_secret_and_a_login_secret_reaches_its_index_and_handler():
+    """kiln's Secrets hold every login of a build: they stay out of the Secret watch's label selector, and out of
+    its index and handler where a watch delivers them anyway (one made by an older kiln, which labelled it
+    as a login's; an emulator without selectors)."""
+    registry = kopf.get_default_registry()
+    (handler,) = [h for h in registry._watching.get_all_handlers() if h.fn is handlers.secret_changed]
+    (index,) = [h for h in registry._indexing.get_all_handlers() if h.fn is handlers.secrets_by_name]
     spec = parse_image_build(BUILD)
     (secret,) = [o for o in render_build(spec, [], build_plan(spec), Settings()) if o["kind"] == "Secret"]
-    login_secret = {"kiln.dev/registry-login": "true", "app.kubernetes.io/managed-by": "Helm"}
-    assert not _matches_metadata(pattern=handler.labels, content=secret["metadata"]["labels"], kwargs={}, cause=None)
-    assert _matches_metadata(pattern=handler.labels, content=login_secret, kwargs={}, cause=None)
+    older = {**secret["metadata"]["labels"], handle_login.WATCHED_LABEL: "true"}
+    login_secret = {handle_login.WATCHED_LABEL: "true", "app.kubernetes.io/managed-by": "Helm"}
+    assert handle_login.WATCHED_LABEL not in secret["metadata"]["labels"]  # the selector is that label's
+    for labels, matched in ((secret["metadata"]["labels"], False), (older, False), (login_secret, True)):
+        for pattern in (handler.labels, index.labels):
+            assert _matches_metadata(pattern=pattern, content=labels, kwargs={}, cause=None) is matched
+
+
+class Listing:
+    """The API server's answer to a list of Secrets by the managed-by label."""
+
+    def __init__(self, items: list[dict]):
+        self.items, self.asked = items, []
+
+    async def list(self, url: str, labels: dict[str, str]) -> list[dict]:
+        self.asked.append((url, labels))
+        return self.items
+
+
+async def test_at_start_kiln_knows_its_own_secrets_from_one_listing_per_namespace_served():
+    spec = parse_image_build(BUILD)
+    (secret,) = [o for o in render_build(spec, [], build_plan(spec), Settings()) if o["kind"] == "Secret"]
+    no_build = {"metadata": {"name": "x", "namespace": "team", "labels": {"app.kubernetes.io/managed-by": "kiln"}}}
+    listing = Listing([secret, no_build])
+    rt = Runtime(listing, Settings(namespaces=("team", "ci")))
+    await rt.find_own_secrets()
+    assert listing.asked == [("/api/v1/namespaces/team/secrets", cache.MANAGED), ("/api/v1/namespaces/ci/secrets", cache.MANAGED)]
+    assert rt.cache.secrets("team", "app") == [{"metadata": secret["metadata"]}] and len(rt.cache.credentials) == 1
+    everywhere = Runtime(Listing([]), Settings())
+    await everywhere.find_own_secrets()
+    assert everywhere.kube.asked == [("/api/v1/secrets", cache.MANAGED)]

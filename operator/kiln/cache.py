@@ -1,13 +1,14 @@
 """What the watches delivered, so that a reconcile reads no object the operator already holds.
 
 kopf's indexes (declared in handlers.py) keep the latest body of every ImageBuild, RegistryLogin, Job
-and Pod kiln serves, and of the Secrets labelled kiln.dev/registry-login=true: whole for what kiln reads
-whole, only metadata and status of Jobs and Pods (their pod specs are most of their size, and memory per
-build is what the bench measures). Two things a watch
-shows late are kept here too: the ImageBuild as kiln's own status write returned it, and Jobs kiln
-just created (an expectation, as the Job controller keeps for its pods), so that a Job the watch has
-not shown yet is not taken for one deleted by hand. Writes still go to the API server, whose 409
-decides whether something already exists.
+and Pod kiln serves, and of the login Secrets labelled kiln.dev/registry-login=true: whole for what kiln
+reads whole, only metadata and status of Jobs and Pods (their pod specs are most of their size, and memory
+per build is what the bench measures). Kept here too, from kiln's own writes rather than a watch: the
+ImageBuild as kiln's own status write returned it; Jobs kiln just created (an expectation, as the Job
+controller keeps for its pods), so that a Job the watch has not shown yet is not taken for one deleted by
+hand; and which of its own Secrets exist (what it created and has not deleted, and what one listing at
+start found), so that no watch streams every build's credentials back to the operator. Writes still go
+to the API server, whose 409 decides whether something already exists.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from kiln.apply import Kube, labels_match, path
 INDEXES = ("builds_by_name",  # (namespace, name)
            "logins_by_namespace",  # namespace
            "jobs_by_build", "pods_by_build",  # (namespace, the kiln.dev/imagebuild label)
-           "secrets_by_build_or_name")  # a build's own: (namespace, its build label); a login's: (namespace, name)
+           "secrets_by_name")  # a login's Secret: (namespace, name)
 BUILD_LABEL = "kiln.dev/imagebuild"
 MANAGED = {"app.kubernetes.io/managed-by": "kiln"}  # the label of everything kiln makes
 EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this is looked at as it is
@@ -74,25 +75,13 @@ def pod_body(obj: Mapping) -> dict:
 
 
 def build_key(namespace: str, obj: Mapping) -> tuple[str, str | None]:
-    """Where a Job, Pod or build Secret of kiln's is indexed: with the other children of its ImageBuild."""
+    """Where a Job, Pod or build Secret of kiln's is kept: with the other children of its ImageBuild."""
     return namespace, ((obj.get("metadata") or {}).get("labels") or {}).get(BUILD_LABEL)
 
 
-def secret_key(namespace: str, obj: Mapping) -> tuple[str, str | None]:
-    """A build's own Secret with its build; a login's Secret by its name (a build label and a name may be the same:
-    readers tell them apart by their labels)."""
-    return build_key(namespace, obj) if _kilns(obj) else (namespace, (obj.get("metadata") or {}).get("name"))
-
-
-def _kilns(obj: Mapping) -> bool:
-    return labels_match(obj, MANAGED)
-
-
-def secret_body(obj: Mapping) -> dict:
-    """A login's Secret whole (kiln reads its credentials); of a build's own Secret only whose it is."""
-    if _kilns(obj):
-        return {"metadata": _metadata(obj)}
-    return body(obj)
+def own_secret(obj: Mapping) -> bool:
+    """One of the Secrets kiln makes for its builds (an older kiln labelled them as login Secrets too)."""
+    return labels_match(obj, MANAGED) and BUILD_LABEL in ((obj.get("metadata") or {}).get("labels") or {})
 
 
 def _version(obj: dict | None) -> int:
@@ -109,6 +98,8 @@ class Cache:
     written: dict[tuple[str, str, str], dict] = field(default_factory=dict)
     # (namespace, build label) -> Job name -> (when created, Job): Jobs kiln made that the watch has not shown yet
     expected: dict[tuple[str, str | None], dict[str, tuple[float, dict]]] = field(default_factory=dict)
+    # (namespace, build label) -> Secret name -> its metadata: kiln's own Secrets that exist
+    credentials: dict[tuple[str, str | None], dict[str, dict]] = field(default_factory=dict)
 
     def bind(self, kwargs: Mapping) -> None:
         """Keep kopf's indexes (every handler gets them as keyword arguments)."""
@@ -188,13 +179,22 @@ class Cache:
         return self._at("pods_by_build", (namespace, build)) if build else self._in_namespace("pods_by_build", namespace)
 
     def secrets(self, namespace: str, build: str) -> list[dict]:
-        """A build's own Secrets."""
-        return [s for s in self._at("secrets_by_build_or_name", (namespace, build)) if _kilns(s)]
+        """A build's own Secrets: those kiln made or found at its start, and has not deleted since."""
+        return list(self.credentials.get((namespace, build), {}).values())
 
     def secret(self, namespace: str, name: str) -> dict | None:
         """A login's Secret, by name."""
-        return next((s for s in self._at("secrets_by_build_or_name", (namespace, name))
-                     if not _kilns(s) and s["metadata"]["name"] == name), None)
+        return next(iter(self._at("secrets_by_name", (namespace, name))), None)
+
+    def made_secret(self, namespace: str, secret: Mapping) -> None:
+        """kiln created one of its own Secrets, or found it (at its start, or as a 409)."""
+        key = build_key(namespace, secret)
+        self.credentials.setdefault(key, {})[secret["metadata"]["name"]] = {"metadata": _metadata(secret)}
+
+    def deleted_secret(self, namespace: str, name: str) -> None:
+        for key in [key for key in self.credentials if key[0] == namespace]:
+            if self.credentials[key].pop(name, None) is not None and not self.credentials[key]:
+                del self.credentials[key]
 
     def created(self, namespace: str, job: dict) -> None:
         self.expected.setdefault(build_key(namespace, job), {})[job["metadata"]["name"]] = (time.monotonic(), job_body(job))

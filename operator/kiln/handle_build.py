@@ -277,12 +277,16 @@ async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Deci
         await kube.delete(path("batch/v1", "jobs", namespace, name))
         runtime.cache.deleted(namespace, name)
     for build_id in decision.delete_credentials:
-        await kube.delete(path("v1", "secrets", namespace, build_secret_name(build, build_id)))
+        name = build_secret_name(build, build_id)
+        await kube.delete(path("v1", "secrets", namespace, name))
+        runtime.cache.deleted_secret(namespace, name)
     for child in decision.create:
         try:
             await kube.create(path(child["apiVersion"], _PLURALS[child["kind"]], namespace), child)
             if child["kind"] == "Job":  # until the watch shows it, it is known to exist
                 runtime.job_created(namespace, child)
+            elif child["kind"] == "Secret":  # no watch shows kiln's own Secrets: this is how it knows
+                runtime.cache.made_secret(namespace, child)
         except KubeError as exc:
             if exc.status >= 500 or exc.status == 429:
                 raise

@@ -18,7 +18,9 @@ from kiln.settings import Settings
 
 IMAGEBUILDS = ("kiln.dev", "v1alpha1", "imagebuilds")
 LOGINS = ("kiln.dev", "v1alpha1", "registrylogins")
-LOGIN_SECRETS = {handle_login.WATCHED_LABEL: "true"}
+# Login Secrets. kiln's own carry no such label (a listing at start and its own writes say which exist), but
+# an older kiln's did, and an emulator without label selectors streams them all: they are no login's.
+LOGIN_SECRETS = {handle_login.WATCHED_LABEL: "true", cache.BUILD_LABEL: kopf.ABSENT}
 LOG = logging.getLogger("kiln.builds")  # what happens to builds, at INFO (kiln's lines are not kopf's: see below)
 
 
@@ -60,6 +62,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     settings.watching.label_selectors["secrets"] = f"{handle_login.WATCHED_LABEL}=true"
     apply.load_config()
     memo.runtime = Runtime(apply.Kube(), Settings.from_env())
+    await memo.runtime.find_own_secrets()
     memo.metrics = metrics.serve(memo.runtime.settings.metrics_port)
     if memo.runtime.settings.namespaces:
         # Serving named namespaces: nothing to discover, so no namespace or CRD scanning (and no RBAC for it).
@@ -147,8 +150,8 @@ async def pods_by_build(namespace: str, body: kopf.Body, **_) -> dict:
 
 
 @kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS)
-async def secrets_by_build_or_name(namespace: str, body: kopf.Body, **_) -> dict:
-    return {cache.secret_key(namespace, body): cache.secret_body(body)}
+async def secrets_by_name(namespace: str, name: str, body: kopf.Body, **_) -> dict:
+    return {(namespace, name): cache.body(body)}
 
 
 async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
@@ -254,8 +257,7 @@ async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: log
         await _login(memo, dict(body), logger)
 
 
-# A build's own Secret carries the label too (its index needs it), but no login names it: kopf need not call.
-@kopf.on.event("", "v1", "secrets", labels={**LOGIN_SECRETS, cache.BUILD_LABEL: kopf.ABSENT})
+@kopf.on.event("", "v1", "secrets", labels=LOGIN_SECRETS)
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger,
                          logins_by_secret: kopf.Index, **kwargs) -> None:
     memo.runtime.handling(kwargs)

@@ -87,8 +87,7 @@ def render_build_secret(spec: BuildSpec, logins: list[ResolvedLogin]) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        # The label puts it among the Secrets the operator watches (registry credentials): no read to find it.
-        "metadata": _metadata(spec, build_secret_name(spec.name, spec.build_id), **{"kiln.dev/registry-login": "true"}),
+        "metadata": _metadata(spec, build_secret_name(spec.name, spec.build_id)),
         "type": "kubernetes.io/dockerconfigjson",
         "data": {key: base64.b64encode(text.encode()).decode() for key, text in sorted(files.items())},
     }

@@ -7,8 +7,8 @@ import collections
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from kiln.apply import Kube
-from kiln.cache import Cache, Reader
+from kiln.apply import Kube, path
+from kiln.cache import MANAGED, Cache, Reader, own_secret
 from kiln.events import Recorder
 from kiln.observe import true_condition
 from kiln.registries import Registries
@@ -44,6 +44,14 @@ class Runtime:
         """A watch event reached a handler, whose keyword arguments carry kopf's indexes."""
         self.events += 1
         self.cache.bind(kwargs)
+
+    async def find_own_secrets(self) -> None:
+        """Before any handler runs: kiln's own Secrets, which no watch brings (a build that ended while the
+        operator was down still has one to delete). One listing per served namespace, or one in all."""
+        for namespace in self.settings.namespaces or (None,):
+            for secret in await self.kube.list(path("v1", "secrets", namespace), MANAGED):
+                if own_secret(secret):
+                    self.cache.made_secret(secret["metadata"]["namespace"], secret)
 
     def retry_delay(self, key: Key) -> float:
         """The next delay for an object whose reconcile failed again (exponential, capped)."""
