@@ -1,9 +1,7 @@
 """The operator's Prometheus endpoint counts what happened: a build through the real operator, then a scrape."""
-import urllib.request
-
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from scrape import delta, scrape
 from test_operator_builds import first_job, phase, succeed
 
 from kubefake import KubeFake, eventually, operator
@@ -12,25 +10,11 @@ from registries import free_port
 pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return None  # not up yet
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def delta(after: dict, before: dict, name: str, **labels) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0.0) - before.get(key, 0.0)
-
-
 async def test_a_build_is_counted_started_and_succeeded_with_its_duration_and_cache_steps(cluster, basic_registry,
                                                                                          monkeypatch):
     port = free_port()
     monkeypatch.setenv("KILN_METRICS_PORT", str(port))
+    monkeypatch.setenv("KILN_METRICS_ADDRESS", "127.0.0.1")
     async with operator():
         before = await eventually(lambda: scrape(port), message="the metrics endpoint answers")
         job = await first_job(cluster, basic_registry)

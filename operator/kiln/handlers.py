@@ -63,7 +63,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     apply.load_config()
     memo.runtime = Runtime(apply.Kube(), Settings.from_env())
     await memo.runtime.find_own_secrets()
-    memo.metrics = metrics.serve(memo.runtime.settings.metrics_port)
+    memo.metrics = metrics.serve(memo.runtime.settings.metrics_port, memo.runtime.settings.metrics_address)
     if memo.runtime.settings.namespaces:
         # Serving named namespaces: nothing to discover, so no namespace or CRD scanning (and no RBAC for it).
         settings.scanning.disabled = True

@@ -27,9 +27,9 @@ API_REQUESTS = Counter("kiln_api_requests_total", "Requests the operator made to
                        ["method"])
 
 
-def serve(port: int):
-    """Serve /metrics on port (all addresses, as a pod's metrics are scraped); the server, to shut down, or None."""
-    return start_http_server(port)[0] if port else None
+def serve(port: int, address: str):
+    """Serve /metrics on address:port; the server, to shut down, or None."""
+    return start_http_server(port, address)[0] if port else None
 
 
 def build_finished(status: dict, cache: str, strategy: str) -> None:

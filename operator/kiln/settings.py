@@ -23,6 +23,8 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     # Where Prometheus scrapes /metrics; 0 turns the endpoint off.
     metrics_port: int = 9090
+    # The address it listens on: every one in a pod; 127.0.0.1 where the operator runs on a shared host.
+    metrics_address: str = "0.0.0.0"
     # How many builds may run at once in one namespace (0: no limit); the others wait in line, Queued.
     max_builds_per_namespace: int = 0
     # How many ImageBuilds are reconciled at once; a burst of creates queues in the operator.
@@ -40,6 +42,7 @@ class Settings:
             image_pull_grace=float(env.get("KILN_IMAGE_PULL_GRACE", cls.image_pull_grace)),
             namespaces=tuple(n for n in env.get("KILN_NAMESPACES", "").split(",") if n),
             metrics_port=int(env.get("KILN_METRICS_PORT", cls.metrics_port)),
+            metrics_address=env.get("KILN_METRICS_ADDRESS", cls.metrics_address),
             max_builds_per_namespace=int(env.get("KILN_MAX_BUILDS_PER_NAMESPACE", cls.max_builds_per_namespace)),
             max_concurrent_reconciles=int(env.get("KILN_MAX_CONCURRENT_RECONCILES", cls.max_concurrent_reconciles)),
         )

@@ -22,7 +22,7 @@ import yaml
 
 import netns
 from gitserver import GitServer
-from harness import GIT_TOKEN, ROOT, Kubectl, diagnosis, operator_kubeconfig, short_id
+from harness import GIT_TOKEN, ROOT, Kubectl, diagnosis, operator_env, short_id
 from registries import RunningRegistry, push_image, start_htpasswd_registry, start_token_registry
 
 BRIDGE, TEST_HOST, PREFIX = "kiln0", "10.88.0.2", 16  # the local cluster's pod bridge (cluster/up.py)
@@ -116,6 +116,7 @@ class Operator:
     process: subprocess.Popen
     log: Path
     started: str  # UTC, as the API server's audit log writes times: what came before is another run's
+    metrics_port: int
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -130,12 +131,12 @@ def operator(kubectl, lab, tmp_path_factory) -> Operator:
     kubectl.apply(*[doc for doc in rendered if doc["kind"] not in ("Deployment", "CustomResourceDefinition")])
     work = tmp_path_factory.mktemp("operator")
     log = work / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig(kubectl, work / "kubeconfig"))}
+    env = operator_env(kubectl, work)
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "kiln", "run", "--all-namespaces", "--standalone"],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
-    running = Operator(process, log, started)
+    running = Operator(process, log, started, int(env["KILN_METRICS_PORT"]))
     time.sleep(3)
     assert process.poll() is None, running.tail()
     yield running

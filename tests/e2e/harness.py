@@ -4,11 +4,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import tarfile
 import time
 import uuid
 from pathlib import Path
+
+from registries import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IB = "imagebuilds.kiln.dev"
@@ -145,3 +148,10 @@ def operator_kubeconfig(kubectl: Kubectl, path: Path) -> Path:
     }))
     path.chmod(0o600)
     return path
+
+
+def operator_env(kubectl: Kubectl, work: Path) -> dict[str, str]:
+    """`kiln run`'s environment on this host: the ServiceAccount's kubeconfig, /metrics on 127.0.0.1 only
+    (every address is for a pod) at a port no other operator of the run holds."""
+    return {**os.environ, "KUBECONFIG": str(operator_kubeconfig(kubectl, work / "kubeconfig")),
+            "KILN_METRICS_ADDRESS": "127.0.0.1", "KILN_METRICS_PORT": str(free_port())}

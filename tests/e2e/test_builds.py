@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+from scrape import delta, scrape
+
 from harness import GIT_TOKEN, IB, condition, diagnosis, eventually, host_volume, image_build, layer_files, registry_login, secret
 from registries import Client
 
@@ -57,7 +59,7 @@ def workspace(tmp_path, dockerfile: str) -> dict:
 
 
 def test_seed_story_from_a_private_registry_to_another_with_two_platforms_and_registry_cache(
-        kubectl, lab, namespace, tmp_path, record_property):
+        kubectl, lab, namespace, operator, tmp_path, record_property):
     """FROM a private image in registry A (account A), pushed to registry B (account B): both logins in one
     build, linux/amd64 natively and linux/arm64 under QEMU in one pod, cache at <image>:build-cache in B;
     then the same spec rebuilt with fresh BuildKit state takes every layer from the registry cache."""
@@ -91,6 +93,7 @@ def test_seed_story_from_a_private_registry_to_another_with_two_platforms_and_re
     assert kubectl.items("secrets", namespace, "kiln.dev/imagebuild=app1") == []  # credentials gone with the build
 
     # The same spec again: a new pod, so a fresh BuildKit state; only the registry cache can give it the layers.
+    counted = scrape(operator.metrics_port)
     started = time.monotonic()
     kubectl("annotate", f"{IB}/app1", "kiln.dev/rebuild=again", f"--namespace={namespace}")
     eventually(lambda: kubectl.get(IB, "app1", namespace)["status"].get("buildID") != status["buildID"], 60,
@@ -103,6 +106,12 @@ def test_seed_story_from_a_private_registry_to_another_with_two_platforms_and_re
                [layer["digest"] for layer in images[platform]["manifest"]["layers"]], platform
     cache = second["status"]["cache"]
     assert cache["cachedSteps"] == cache["totalSteps"] > 0, cache
+    # What Prometheus scrapes says the same: one more build succeeded, every step of it from the cache.
+    now = scrape(operator.metrics_port)
+    assert delta(now, counted, "kiln_builds_started_total") == delta(now, counted, "kiln_builds_succeeded_total") == 1
+    assert delta(now, counted, "kiln_build_duration_seconds_count", cache="registry", strategy="qemu", result="succeeded") == 1
+    assert delta(now, counted, "kiln_cache_steps_total", cached="true") == cache["cachedSteps"]
+    assert delta(now, counted, "kiln_cache_steps_total", cached="false") == 0
     record_property("seed cold build seconds", round(cold))
     record_property("seed rebuild seconds", round(warm))
     print(f"\nseed story: cold build {cold:.0f}s, rebuild from registry cache {warm:.0f}s ({warm / cold:.2f}x); "

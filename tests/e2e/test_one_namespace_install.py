@@ -8,7 +8,6 @@ not read a Secret of any other namespace.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import time
 import yaml
 from test_least_privilege import SERVICE_ACCOUNT, audit_events
 
-from harness import IB, ROOT, Kubectl, condition, eventually, image_build, operator_kubeconfig, registry_login
+from harness import IB, ROOT, Kubectl, condition, eventually, image_build, operator_env, registry_login
 
 
 def test_the_namespaced_install_builds_with_roles_only(kubectl: Kubectl, lab, operator, namespace, tmp_path):
@@ -28,7 +27,7 @@ def test_the_namespaced_install_builds_with_roles_only(kubectl: Kubectl, lab, op
         "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")])
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     log = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig(kubectl, tmp_path / "kubeconfig"))}
+    env = operator_env(kubectl, tmp_path)
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "kiln", "run", f"--namespace={namespace}", "--standalone"],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
