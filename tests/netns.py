@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -35,10 +36,14 @@ def bridge_exists(bridge: str) -> bool:
     return _ip("link", "show", bridge, check=False).returncode == 0
 
 
+def _host_end(name: str) -> str:
+    return f"{name}-br"[:15]
+
+
 def create(name: str, bridge: str, address: str, prefix: int) -> Namespace:
     """A namespace with one interface on `bridge` at `address`, and loopback (replaces a leftover one)."""
     delete(name)
-    host_end = f"{name}-br"[:15]
+    host_end = _host_end(name)
     _ip("netns", "add", name)
     _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", name)
     _ip("link", "set", host_end, "master", bridge, "up")
@@ -49,7 +54,15 @@ def create(name: str, bridge: str, address: str, prefix: int) -> Namespace:
 
 
 def delete(name: str) -> None:
-    _ip("netns", "delete", name, check=False)  # its veth pair goes with it
+    """The namespace and its veth pair, also what a killed run left: a server still running in it would keep
+    the namespace, and so the veth's host end, alive after its name is gone."""
+    for pid in _ip("netns", "pids", name, check=False).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _ip("netns", "delete", name, check=False)
+    _ip("link", "delete", _host_end(name), check=False)
 
 
 def listening_socket(host: str, port: int, namespace: Namespace | None) -> socket.socket:
