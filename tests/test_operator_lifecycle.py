@@ -146,6 +146,15 @@ async def test_an_api_error_in_a_reconcile_is_retried_for_that_object_not_at_the
         await eventually(lambda: status(cluster).get("phase") == "Pending", timeout=10, message="the build started")
 
 
+async def test_a_failed_listing_of_kilns_own_secrets_at_start_is_tried_again_within_seconds(cluster, basic_registry):
+    cluster.fake.fail("get", "/secrets", status=500)  # the first read of Secrets is that listing: no watch is open yet
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await cluster.apply(image_build(basic_registry.host))
+        await jobs(cluster, 1)
+    assert cluster.fake.faults[0][3] == 0  # it did fail once
+
+
 async def test_a_stalled_build_asks_the_registry_again_only_after_its_backoff(cluster, token_registry):
     async with operator():
         await ready_login(cluster, token_registry, user="reader", password=TOKEN_USERS["reader"][0])

@@ -114,6 +114,8 @@ async def test_at_start_kiln_knows_its_own_secrets_from_one_listing_per_namespac
     await rt.find_own_secrets()
     assert listing.asked == [("/api/v1/namespaces/team/secrets", cache.MANAGED), ("/api/v1/namespaces/ci/secrets", cache.MANAGED)]
     assert rt.cache.secrets("team", "app") == [{"metadata": secret["metadata"]}] and len(rt.cache.credentials) == 1
+    rt.forget(("team", "app"))  # the ImageBuild is gone, and its Secret with it
+    assert rt.cache.secrets("team", "app") == [] and rt.cache.credentials == {}
     everywhere = Runtime(Listing([]), Settings())
     await everywhere.find_own_secrets()
     assert everywhere.kube.asked == [("/api/v1/secrets", cache.MANAGED)]

@@ -47,7 +47,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
         pass
 
 
-@kopf.on.startup()
+# Tried again in seconds, not kopf's minute, when the listing of kiln's own Secrets meets an API server
+# still starting (everything before it can run twice; nothing after it can fail).
+@kopf.on.startup(backoff=2)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # kopf's own bookkeeping goes to annotations: status belongs to users.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kiln.dev")

@@ -12,6 +12,7 @@ from kiln.cache import MANAGED, Cache, Reader, own_secret
 from kiln.events import Recorder
 from kiln.observe import true_condition
 from kiln.registries import Registries
+from kiln.render import short_name
 from kiln.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)
@@ -111,6 +112,7 @@ class Runtime:
     def forget(self, key: Key) -> None:
         """An ImageBuild is gone: nothing of it is kept."""
         self.cache.forget("ImageBuild", *key)
+        self.cache.credentials.pop((key[0], short_name(key[1])), None)  # the garbage collector takes its Secrets
         self.failures.pop(key, None)
         self.locks.pop(key, None)
         pending = self._timers.pop(key, None)
