@@ -3,6 +3,9 @@ import re
 
 import pytest
 
+from kiln import parse
+from kiln.parse import InvalidSpec, parse_image_build
+
 from conftest import SAMPLES, load_yaml_docs
 from crdcheck import cel_rules, crds, errors, schema_of, with_defaults
 from malformed import BUILD, LOGIN, MALFORMED_BUILDS, MALFORMED_LOGINS, changed
@@ -38,6 +41,26 @@ def test_defaults_fill_in_what_a_user_leaves_out():
     assert (spec["timeout"], spec["retries"], spec["historyLimit"], spec["suspend"]) == ("30m", 1, 5, False)
     login = with_defaults(schema_of("RegistryLogin"), LOGIN)["spec"]
     assert (login["verify"], login["insecure"]) == (True, False)
+
+
+def test_a_spec_that_passed_the_schema_is_not_checked_again_and_one_that_failed_always_is(monkeypatch):
+    """The operator parses a build's spec at every reconcile: the check runs once per distinct spec."""
+    checked = []
+    check = parse.structural_errors
+    monkeypatch.setattr(parse, "structural_errors", lambda kind, obj: checked.append(kind) or check(kind, obj))
+    monkeypatch.setattr(parse, "_PASSED", {})
+    parse_image_build(BUILD)
+    parse_image_build(changed(BUILD, metadata__annotations={"kiln.dev/rebuild": "again"}))  # the same spec
+    assert checked == ["ImageBuild"]
+    unknown = changed(BUILD, spec__outputs={"image": "r.io/a"})
+    for _ in range(2):
+        with pytest.raises(InvalidSpec, match="spec.outputs"):
+            parse_image_build(unknown)
+    assert checked == ["ImageBuild"] * 3
+    monkeypatch.setattr(parse, "PASSED_KEPT", 2)
+    for tag in ("a", "b", "c"):
+        parse_image_build(changed(BUILD, spec__output={"image": "r.io/a", "tags": [tag]}))
+    assert len(parse._PASSED) == 2 and checked == ["ImageBuild"] * 6
 
 
 @pytest.mark.parametrize(("changes", "expected"), [pytest.param(c, e, id=i) for i, c, e in MALFORMED_BUILDS])

@@ -257,13 +257,30 @@ def parse_registry_login(obj: dict) -> LoginSpec:
     )
 
 
+# Specs that passed the schema check, by kind and content (oldest first). The operator parses the same spec at
+# every reconcile of a build and of its logins, and the check is most of a parse.
+_PASSED: dict[tuple[str, str], None] = {}
+PASSED_KEPT = 4096
+
+
 def _schema(kind: str, obj: dict) -> None:
     """The CRD's own schema (bounds, enums, patterns, unknown fields): what the API server would refuse is
     refused here too, whatever the checks above let through."""
-    found = structural_errors(kind, {"spec": obj.get("spec")})
+    spec = obj.get("spec")
+    try:
+        key = (kind, json.dumps(spec, sort_keys=True))
+    except TypeError:  # not JSON (a date from a YAML file): checked, not remembered
+        key = None
+    if key in _PASSED:
+        return
+    found = structural_errors(kind, {"spec": spec})
     if found:
         where, _, message = found[0].partition(": ")
         raise InvalidSpec(where.removeprefix('unknown field "').rstrip('"'), message or found[0])
+    if key is not None:
+        _PASSED[key] = None
+        if len(_PASSED) > PASSED_KEPT:
+            del _PASSED[next(iter(_PASSED))]
 
 
 def parse_duration(value, where: str) -> int:
