@@ -1,10 +1,11 @@
-"""python3 -m cluster up | down | build [COMPONENT...] | kubeconfig
+"""python3 -m cluster up | down | build [COMPONENT...] | kubeconfig | watchdog PID_FILE
 
 up and down need root: they start node agents and make a bridge.
 """
 import sys
+from pathlib import Path
 
-from cluster import build, up
+from cluster import build, up, watchdog
 from cluster.versions import COMPONENTS
 
 
@@ -25,6 +26,8 @@ def main(argv: list[str]) -> None:
         build.build_all()
     elif command == "kubeconfig":
         print(up.KUBECONFIG)
+    elif command == "watchdog" and len(names) == 1:  # started by up, one per kubelet
+        watchdog.watch(Path(names[0]))
     else:
         sys.exit(__doc__)
 

@@ -330,6 +330,8 @@ def start_node(node: Node, configs: dict[str, Path], archives: list[Path]) -> No
         str(kubelet), f"--config={node.dir / 'kubelet.yaml'}", f"--kubeconfig={configs[node.name]}",
         f"--root-dir={node.dir / 'kubelet'}", f"--hostname-override={node.name}", f"--node-ip={GATEWAY}",
     ])
+    start(f"watchdog-{node.name}", [sys.executable, "-m", "cluster", "watchdog", str(PIDS / f"kubelet-{node.name}.pid")],
+          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
 
 
 def node_ready(name: str) -> bool:
@@ -462,6 +464,7 @@ def _kill_strays() -> None:
 def down(quiet: bool = False) -> None:
     """Stop every process the cluster started, remove its containers, mounts, network and state."""
     for node in NODES:
+        _stop(f"watchdog-{node.name}")
         _stop(f"kubelet-{node.name}")
     for node in NODES:
         _remove_containers(node)

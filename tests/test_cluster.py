@@ -3,9 +3,10 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 
-from cluster import up
+from cluster import up, watchdog
 from cluster.versions import BUILDKIT, BUILDKIT_IMAGE, COMPONENTS, HERE
 
 from kiln.settings import DEFAULT_BUILDKIT_IMAGE
@@ -57,3 +58,21 @@ def test_down_kills_a_process_naming_the_cluster_state_that_has_no_pid_file(tmp_
         assert stray.wait(timeout=5) == -signal.SIGKILL
     finally:
         stray.kill()
+
+
+def test_the_watchdog_kills_a_kubelets_child_that_outlived_its_time_and_spares_younger_ones(tmp_path):
+    """A stand-in kubelet with a child that never ends (the emulated kubelet's hung `mount`)."""
+    kubelet = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                                "child = subprocess.Popen(['sleep', '300'])\n"
+                                "print(child.pid, flush=True)\n"
+                                "sys.exit(0 if child.wait() == -9 else 1)"], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(kubelet.stdout.readline())
+        assert watchdog.kill_stuck(kubelet.pid, seconds=300) == []  # young: a mount at work
+        time.sleep(1.1)
+        assert watchdog.kill_stuck(kubelet.pid, seconds=1) == [child]
+        assert kubelet.wait(timeout=10) == 0  # the kubelet's wait ended: killed
+        (tmp_path / "kubelet.pid").write_text(str(kubelet.pid))
+        watchdog.watch(tmp_path / "kubelet.pid")  # its kubelet is gone: it returns
+    finally:
+        kubelet.kill()
