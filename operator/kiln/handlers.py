@@ -48,7 +48,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 # Tried again in seconds, not kopf's minute, when the listing of kiln's own Secrets meets an API server
-# still starting (everything before it can run twice; nothing after it can fail).
+# still starting. It may run again from the top: what it starts (the metrics server, tasks) comes last.
 @kopf.on.startup(backoff=2)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # kopf's own bookkeeping goes to annotations: status belongs to users.
