@@ -6,8 +6,8 @@ import kopf
 import pytest
 
 from kiln import handlers
-from kiln.cache import Cache, body, job_body, pod_body
-from kiln.handle_build import settled
+from kiln.cache import Cache, Reader, body, job_body, pod_body
+from kiln.handle_build import _namespace_load, settled
 from kiln.observe import observe_unit
 from kiln.parse import parse_image_build
 from kiln.render import render_build
@@ -164,3 +164,16 @@ async def test_a_builds_children_are_found_by_its_build_and_a_logins_secret_by_i
     assert [j["metadata"]["name"] for j in cache.jobs("team", "app")] == [JOB["metadata"]["name"]]
     indexes["jobs_by_build"][("team", "web")] = seen  # the watch shows it: the expectation is done with
     assert len(cache.jobs("team", "web")) == 1 and cache.expected == {}
+
+
+async def test_a_build_whose_job_was_just_created_counts_as_running_before_its_status_says_so():
+    """kiln writes a build's status after creating its Job: a reconcile of another build in between must not take
+    it for one waiting in line (KILN_MAX_BUILDS_PER_NAMESPACE)."""
+    first = {**BUILD, "metadata": {**BUILD["metadata"], "creationTimestamp": "2026-11-29T10:00:00Z"}}
+    second = {**BUILD, "metadata": {**BUILD["metadata"], "name": "web", "uid": "u-2",
+                                    "creationTimestamp": "2026-11-29T10:00:01Z"}}
+    cache = Cache(indexes={"builds_by_name": {("team", "app"): [first], ("team", "web"): [second]}, "jobs_by_build": {}})
+    reader = Reader(None, cache)
+    assert await _namespace_load(reader, second) == (0, 1)  # not started: it is in line before the second
+    cache.created("team", JOB)  # its Job is made; its status is not written yet
+    assert await _namespace_load(reader, second) == (1, 0)

@@ -162,12 +162,19 @@ def _running(build: dict) -> bool:
 
 
 async def _namespace_load(reader: Reader, obj: dict) -> tuple[int, int]:
-    """(builds running in obj's namespace, builds not yet started that came before obj): its place in line."""
+    """(builds running in obj's namespace, builds not yet started that came before obj): its place in line.
+
+    A build with a Job that may still run is running, whatever its status says yet: kiln writes the status
+    after it creates the Jobs, and another build's reconcile may come in between."""
     meta = obj["metadata"]
-    builds = [b for b in await reader.builds(meta["namespace"]) if b["metadata"]["name"] != meta["name"]]
+    namespace = meta["namespace"]
+    builds = [b for b in await reader.builds(namespace) if b["metadata"]["name"] != meta["name"]]
+    running = {b["metadata"]["name"] for b in builds if _running(b) or any(
+        active(j) for j in await reader.jobs(namespace, {BUILD_LABEL: short_name(b["metadata"]["name"]), **MANAGED}))}
     place = (meta.get("creationTimestamp") or "", meta["name"])
-    ahead = [b for b in builds if _in_line(b) and ((b["metadata"].get("creationTimestamp") or ""), b["metadata"]["name"]) < place]
-    return sum(_running(b) for b in builds), len(ahead)
+    ahead = [b for b in builds if _in_line(b) and b["metadata"]["name"] not in running
+             and ((b["metadata"].get("creationTimestamp") or ""), b["metadata"]["name"]) < place]
+    return len(running), len(ahead)
 
 
 async def _ready_archs(reader: Reader) -> frozenset[str]:
