@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster import pki
+from cluster import pki, procs
 from cluster.build import build, build_all
 from cluster.images import buildkit_image, pause_image
 from cluster.versions import BUILDKIT_IMAGE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE
@@ -403,13 +403,12 @@ def _stop(name: str, grace: float = 10.0) -> None:
 
 def _processes_mentioning(text: str) -> list[int]:
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+    for pid in procs.pids():
+        try:
+            if text in procs.command_line(pid):
+                found.append(pid)
+        except OSError:
+            continue
     return found
 
 
@@ -439,8 +438,8 @@ def _ancestors() -> set[int]:
     pids, pid = set(), os.getpid()
     while pid > 1:
         pids.add(pid)
-        try:  # the parent is the field after the parenthesised command name
-            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        try:
+            pid = int(procs.stat_fields(pid)[1])
         except (OSError, IndexError, ValueError):
             break
     return pids

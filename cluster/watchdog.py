@@ -14,28 +14,23 @@ import sys
 import time
 from pathlib import Path
 
+from cluster import procs
+
 STUCK_SECONDS = 90.0
 EVERY_SECONDS = 5.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command name (which may hold spaces): [0] state, [1] parent, [19] start."""
-    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-
-
 def children_older_than(parent: int, seconds: float) -> list[int]:
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in procs.pids():
         try:
-            fields = _stat(int(entry.name))
+            fields = procs.stat_fields(pid)
         except (OSError, IndexError):
             continue  # gone meanwhile
         if int(fields[1]) == parent and uptime - int(fields[19]) / _TICKS > seconds:
-            found.append(int(entry.name))
+            found.append(pid)
     return found
 
 
@@ -44,7 +39,7 @@ def kill_stuck(parent: int, seconds: float = STUCK_SECONDS) -> list[int]:
     killed = []
     for pid in children_older_than(parent, seconds):
         try:
-            command = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            command = procs.command_line(pid)
             os.kill(pid, signal.SIGKILL)
         except OSError:
             continue

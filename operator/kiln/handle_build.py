@@ -109,6 +109,11 @@ async def write_status(kube: Kube, obj: dict, new: dict) -> dict | None:
 
 # -- observe --
 
+def _children_of(name: str) -> dict[str, str]:
+    """The labels of an ImageBuild's Jobs, Pods and Secret."""
+    return {BUILD_LABEL: short_name(name), **MANAGED}
+
+
 def _owned(obj: dict, uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
 
@@ -121,7 +126,7 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
         spec, problem = parse_image_build(obj), None
     except InvalidSpec as exc:
         spec, problem = None, str(exc)
-    mine = {BUILD_LABEL: short_name(meta["name"]), **MANAGED}
+    mine = _children_of(meta["name"])
     jobs = tuple(j for j in await reader.jobs(namespace, mine)
                  if _owned(j, uid) and not j["metadata"].get("deletionTimestamp"))
     pods: dict[str, dict] = {}
@@ -169,8 +174,8 @@ async def _namespace_load(reader: Reader, obj: dict) -> tuple[int, int]:
     meta = obj["metadata"]
     namespace = meta["namespace"]
     builds = [b for b in await reader.builds(namespace) if b["metadata"]["name"] != meta["name"]]
-    running = {b["metadata"]["name"] for b in builds if _running(b) or any(
-        active(j) for j in await reader.jobs(namespace, {BUILD_LABEL: short_name(b["metadata"]["name"]), **MANAGED}))}
+    running = {b["metadata"]["name"] for b in builds
+               if _running(b) or any(active(j) for j in await reader.jobs(namespace, _children_of(b["metadata"]["name"])))}
     place = (meta.get("creationTimestamp") or "", meta["name"])
     ahead = [b for b in builds if _in_line(b) and b["metadata"]["name"] not in running
              and ((b["metadata"].get("creationTimestamp") or ""), b["metadata"]["name"]) < place]
