@@ -10,12 +10,14 @@ bare client (bench/bare_client.py) is another process, writing in a namespace th
   leftover work;
 - RSS of the operator per ImageBuild with 1,000 finished builds (their Jobs and pods kept): of the operator
   that built them, above its RSS before the first; and of kiln and of a no-op kopf operator watching the
-  same (bench/noop_operator.py), each started afresh, above the same process started with no objects;
+  same (bench/noop_operator.py), each started afresh, above the same process started with no objects (the
+  median of a few starts each);
 - requests the operator sends in an idle minute with those 1,000 finished builds (resync every 5 s).
 All builds push to one repository (a tag each), so kiln's push check is made once, for a first build
 measured apart, and then cached.
 """
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -35,6 +37,7 @@ OPERATED, BARE, FLOORED = "kiln-bench", "bare-bench", "floor-bench"
 CLIENTS = ("bare", "create", "floor")  # the bare client; kiln; kopf with the bare client's writes
 SIZES = {1: 15, 100: 4, 500: 1}  # N -> runs (the median is the figure): all of them and the rest make FINISHED
 FINISHED = 1000
+FRESH_STARTS = 3  # of each operator, for the memory figure
 RESYNC = 5
 BENCH = pathlib.Path(__file__).parent
 BARE_CLIENT = BENCH / "bare_client.py"
@@ -90,10 +93,18 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _client(mode: str, fake: BenchFake, namespace: str, count: int, image: str, prefix: str) -> None:
+@contextlib.asynccontextmanager
+async def _client(mode: str, fake: BenchFake, namespace: str, count: int, image: str, prefix: str):
+    """The client's writes are answered on entry; it exits on leaving, after what is measured (bare_client.py)."""
     process = await asyncio.create_subprocess_exec(sys.executable, str(BARE_CLIENT), mode, str(fake.url), namespace,
-                                                   str(count), image, prefix)
-    assert await process.wait() == 0
+                                                   str(count), image, prefix, stdin=asyncio.subprocess.PIPE,
+                                                   stdout=asyncio.subprocess.PIPE)
+    try:
+        assert await process.stdout.readline() == b"written\n", "the client failed: its stderr is above"
+        yield
+    finally:
+        process.stdin.close()
+        assert await process.wait() == 0
 
 
 def _latency(fake: BenchFake, namespace: str, prefix: str, count: int) -> tuple[float, float] | None:
@@ -151,7 +162,8 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
         await asyncio.sleep(3)
         baseline_rss = _rss_kib(operator.pid)
 
-        await _client("bare", kmock, "warm-up", 1, image, "w")  # the emulator's first write of a kind costs it more
+        async with _client("bare", kmock, "warm-up", 1, image, "w"):  # the emulator's first write of a kind costs it more
+            pass
         # kiln's first build to a repository checks that the login may push there; later ones reuse the answer
         # (per login revision and repository). Measured on its own, so that N=1 is a build like any later one.
         await cluster.apply(image_build(OPERATED, "first", image))
@@ -171,9 +183,9 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
                 for mode in CLIENTS[run % 3:] + CLIENTS[:run % 3]:
                     namespace = {"bare": BARE, "create": OPERATED, "floor": FLOORED}[mode]
                     cpu = _cpu_seconds(operator.pid), _own_cpu_seconds()
-                    await _client("create" if mode == "floor" else mode, kmock, namespace, count, image, prefix)
-                    latency = await eventually(lambda ns=namespace, p=prefix, n=count: _latency(kmock, ns, p, n),
-                                               timeout=600, interval=0.05)
+                    async with _client("create" if mode == "floor" else mode, kmock, namespace, count, image, prefix):
+                        latency = await eventually(lambda ns=namespace, p=prefix, n=count: _latency(kmock, ns, p, n),
+                                                   timeout=600, interval=0.05)
                     measured[mode] = (*latency, _cpu_seconds(operator.pid) - cpu[0], _own_cpu_seconds() - cpu[1])
                     if mode == "create":
                         built += count
@@ -197,8 +209,8 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
         _stop(floor)
 
         more = FINISHED - sum(n * repeats for n, repeats in SIZES.items()) - 1  # and the first build
-        await _client("create", kmock, OPERATED, more, image, "rest")
-        await eventually(lambda: _latency(kmock, OPERATED, "rest", more), timeout=600)
+        async with _client("create", kmock, OPERATED, more, image, "rest"):
+            await eventually(lambda: _latency(kmock, OPERATED, "rest", more), timeout=600)
         await _end_builds(cluster, FINISHED)
         await asyncio.sleep(2 * RESYNC)
         rss = _rss_kib(operator.pid)
@@ -219,16 +231,19 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
         _stop(operator)
 
         # Side by side, each freshly started: kiln and a no-op kopf operator watching the same, with the
-        # 1,000 finished builds' objects and with none.
-        per_build = {}
-        for name, command in (("kiln", KILN), ("no-op kopf", NOOP)):
-            empty, loaded = [await _settled_rss(command, namespace, env, tmp_path / f"{name}-{namespace}.log")
-                             for namespace in ("empty-bench", OPERATED)]
-            per_build[name] = (loaded - empty) / FINISHED
-        above = per_build["kiln"] - per_build["no-op kopf"]
-        figures.record(f"RSS per ImageBuild, {FINISHED} finished, fresh start", round(per_build["kiln"], 1),
-                       "KiB above the same operator with none", baseline=round(per_build["no-op kopf"], 1),
-                       goal=f"<= no-op + 20 KiB (+{above:.0f})", met=above <= 20)
+        # 1,000 finished builds' objects and with none; a few times each, in turns, the median the figure (one
+        # start's figure moves by more than the goal's margin, the no-op's most: 63 to 76 KiB on one day).
+        per_build: dict[str, list[float]] = {"kiln": [], "no-op kopf": []}
+        for _ in range(FRESH_STARTS):
+            for name, command in (("kiln", KILN), ("no-op kopf", NOOP)):
+                empty, loaded = [await _settled_rss(command, namespace, env, tmp_path / f"{name}-{namespace}.log")
+                                 for namespace in ("empty-bench", OPERATED)]
+                per_build[name].append((loaded - empty) / FINISHED)
+        kiln, noop = (statistics.median(per_build[name]) for name in ("kiln", "no-op kopf"))
+        figures.record(f"RSS per ImageBuild, {FINISHED} finished, fresh start", round(kiln, 1),
+                       "KiB above the same operator with none", baseline=round(noop, 1),
+                       goal=f"<= no-op + 20 KiB (+{kiln - noop:.0f})", met=kiln - noop <= 20,
+                       per_start={name: [round(v, 1) for v in values] for name, values in per_build.items()})
     finally:
         for process in (operator, floor):
             if process:
