@@ -80,12 +80,12 @@ def test_kilns_own_secrets_are_known_from_its_writes_without_their_credentials_u
 def test_kilns_own_write_is_read_until_the_watch_catches_up_and_then_forgotten():
     cache = Cache()
     meta = {"name": "app", "namespace": "team"}
-    cache.indexes["builds_by_name"] = {("team", "app"): [{"metadata": {**meta, "resourceVersion": "5"}, "status": {}}]}
+    cache.saw_build({"metadata": {**meta, "resourceVersion": "5"}, "status": {}})
     cache.wrote("ImageBuild", {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}})
     assert cache.build("team", "app")["status"]["phase"] == "Building"
     echo = {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}}
-    cache.indexes["builds_by_name"] = {("team", "app"): [echo]}
-    assert cache.build("team", "app") is echo
+    cache.saw_build(echo)
+    assert cache.build("team", "app") == echo
     assert cache.echo("ImageBuild", "team", "app", "6") and cache.written == {}
     assert not cache.echo("ImageBuild", "team", "app", "6")  # the next event of that version is someone else's
 
@@ -95,8 +95,8 @@ def test_a_write_whose_echo_was_overtaken_is_forgotten_once_the_watch_is_past_it
     meta = {"name": "app", "namespace": "team"}
     cache.wrote("ImageBuild", {"metadata": {**meta, "resourceVersion": "6"}, "status": {"phase": "Building"}})
     newer = {"metadata": {**meta, "resourceVersion": "9"}, "status": {"phase": "Succeeded"}}
-    cache.indexes["builds_by_name"] = {("team", "app"): [newer]}
-    assert cache.build("team", "app") is newer and cache.written == {}
+    cache.saw_build(newer)
+    assert cache.build("team", "app") == newer and cache.written == {}
 
 
 def test_a_kept_imagebuild_has_all_but_the_api_servers_and_kubectls_bookkeeping():
@@ -137,8 +137,7 @@ async def test_a_builds_children_are_found_by_its_build_and_a_logins_secret_by_i
     other_secret, other_job = render_build(parse_image_build(other), [], build_plan(parse_image_build(other)), Settings())
     login_secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {  # a login's Secret named as a build's label
         "name": "app", "namespace": "team", "labels": {"kiln.dev/registry-login": "true"}}, "data": {"password": "cHc="}}
-    indexes = {"builds_by_name": {}, "logins_by_namespace": {}, "jobs_by_build": {}, "pods_by_build": {},
-               "secrets_by_name": {}}
+    indexes = {"logins_by_namespace": {}, "jobs_by_build": {}, "pods_by_build": {}, "secrets_by_name": {}}
 
     async def watched(index, *objects):
         for obj in objects:
@@ -146,10 +145,11 @@ async def test_a_builds_children_are_found_by_its_build_and_a_logins_secret_by_i
                                                               body=kopf.Body(obj))).items():
                 indexes[index].setdefault(key, []).append(value)
 
-    await watched("builds_by_name", BUILD, other)
     await watched("jobs_by_build", as_served(JOB, {}), as_served(other_job, {}))
     await watched("secrets_by_name", login_secret)
     cache = Cache(indexes=indexes)
+    cache.saw_build(BUILD)
+    cache.saw_build(other)
     cache.made_secret("team", SECRET)
     cache.made_secret("team", other_secret)
     assert cache.build("team", "web")["metadata"]["uid"] == "u-2" and cache.build("team", "api") is None
@@ -172,8 +172,32 @@ async def test_a_build_whose_job_was_just_created_counts_as_running_before_its_s
     first = {**BUILD, "metadata": {**BUILD["metadata"], "creationTimestamp": "2026-11-29T10:00:00Z"}}
     second = {**BUILD, "metadata": {**BUILD["metadata"], "name": "web", "uid": "u-2",
                                     "creationTimestamp": "2026-11-29T10:00:01Z"}}
-    cache = Cache(indexes={"builds_by_name": {("team", "app"): [first], ("team", "web"): [second]}, "jobs_by_build": {}})
+    cache = Cache(indexes={"jobs_by_build": {}})
+    cache.saw_build(first)
+    cache.saw_build(second)
     reader = Reader(None, cache)
     assert await _namespace_load(reader, second) == (0, 1)  # not started: it is in line before the second
     cache.created("team", JOB)  # its Job is made; its status is not written yet
     assert await _namespace_load(reader, second) == (1, 0)
+
+
+async def test_right_after_a_start_a_build_only_kilns_listing_has_shown_keeps_its_place_in_line():
+    """The first build reconciled after a start may come before its namespace's other builds reach their handler:
+    kiln's listing at start says who is in line before it. Such a build is not reconciled until its watch shows it
+    (it may have been deleted since), and the resync drops what the watch never showed."""
+    first = {**BUILD, "metadata": {**BUILD["metadata"], "creationTimestamp": "2026-11-29T10:00:00Z"}}
+    second = {**BUILD, "metadata": {**BUILD["metadata"], "name": "web", "uid": "u-2",
+                                    "creationTimestamp": "2026-11-29T10:00:01Z"}}
+    cache = Cache(indexes={"jobs_by_build": {}})
+    reader = Reader(None, cache)
+    cache.listed_build(first)
+    cache.listed_build(second)
+    cache.saw_build(second)
+    assert await _namespace_load(reader, second) == (0, 1)  # the first is ahead, though no event brought it yet
+    assert cache.build("team", "app") is None and [b["metadata"]["name"] for b in cache.everything("ImageBuild")] == ["web"]
+    cache.saw_build(first)
+    assert await _namespace_load(reader, second) == (0, 1) and cache.listed_builds == {}
+    cache.build_gone("team", "app")
+    cache.listed_build(first)  # listed, then deleted before kopf's own listing: no event will ever bring it
+    cache.unseen_gone()  # the resync's rounds: the watch has shown by then every build that still exists
+    assert await _namespace_load(reader, second) == (0, 0)

@@ -185,22 +185,22 @@ async def test_the_cache_volume_stays_busy_while_a_deleted_jobs_pod_still_runs(c
 
 
 async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_are_being_created(monkeypatch):
-    """The index of builds grows while the handler walks it (kopf's indexer runs between awaits); a finished
-    build is left alone."""
+    """The builds kept grow while the handler walks them (their handler runs between awaits); a finished
+    build is left alone, and so is one only kiln's listing at start has shown (it may be gone)."""
     from kiln import handlers
-
-    def built(n: int) -> dict:
-        return {("default", f"app-{n}"): [{"metadata": {"name": f"app-{n}", "namespace": "default"}}]}
 
     finished = {"metadata": {"name": "done", "namespace": "default", "generation": 1, "resourceVersion": "4"},
                 "spec": {}, "status": {"phase": "Succeeded", "observedGeneration": 1}}
     finished["status"]["specIdentity"] = spec_identity(finished)
-    index = {**built(1), ("default", "done"): [finished]}
+    kept = Cache()
+    kept.saw_build({"metadata": {"name": "app-1", "namespace": "default"}})
+    kept.saw_build(finished)
+    kept.listed_build({"metadata": {"name": "listed", "namespace": "default"}})
     started = []
 
     async def build(memo, namespace, name, logger):
         started.append(name)
-        index.update(built(len(index)))  # another arrives meanwhile
+        kept.saw_build({"metadata": {"name": f"app-{len(started) + 1}", "namespace": "default"}})  # another arrives
 
     async def verified(runtime, body):
         return {"conditions": []}
@@ -208,7 +208,7 @@ async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_ar
     monkeypatch.setattr(handlers, "_build", build)
     monkeypatch.setattr(handlers.handle_login, "reconcile_login", verified)
     body = {"metadata": {"namespace": "default", "name": "reg"}}
-    runtime = types.SimpleNamespace(cache=Cache(indexes={"builds_by_name": index}))
+    runtime = types.SimpleNamespace(cache=kept)
     await handlers._login(memo=types.SimpleNamespace(runtime=runtime), body=body, logger=None)
     assert started == ["app-1"]
 

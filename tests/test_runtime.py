@@ -1,6 +1,8 @@
 """Which watch events are news to kiln: its own writes' echoes and progress reports are not (no reconcile)."""
+import asyncio
 import inspect
 import logging
+import types
 
 import kopf
 import kubernetes
@@ -13,6 +15,8 @@ from kiln.render import render_build
 from kiln.resolve import build_plan
 from kiln.runtime import Runtime
 from kiln.settings import Settings
+
+from kubefake import eventually
 
 BUILD = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
          "metadata": {"name": "app", "namespace": "team", "uid": "u", "generation": 1},
@@ -55,7 +59,7 @@ def test_every_kopf_handler_is_an_async_event_handler_or_index_so_no_diff_base_i
     function would run in a thread for every event."""
     registry = kopf.get_default_registry()
     handled = [*registry._watching.get_all_handlers(), *registry._indexing.get_all_handlers()]
-    assert len(handled) == 11 and all(inspect.iscoroutinefunction(h.fn) for h in handled)
+    assert len(handled) == 10 and all(inspect.iscoroutinefunction(h.fn) for h in handled)
     assert not registry._changing.get_all_handlers() and not registry._spawning.get_all_handlers()
     assert isinstance(handlers.NoDiffBase(), kopf.DiffBaseStorage)
 
@@ -95,27 +99,44 @@ def test_no_watch_brings_a_builds_own_secret_and_a_login_secret_reaches_its_inde
 
 
 class Listing:
-    """The API server's answer to a list of Secrets by the managed-by label."""
+    """The API server's answers to lists: of Secrets (by the managed-by label), and of ImageBuilds."""
 
-    def __init__(self, items: list[dict]):
-        self.items, self.asked = items, []
+    def __init__(self, secrets: list[dict], builds: list[dict] = ()):
+        self.secrets, self.builds, self.asked = secrets, list(builds), []
 
-    async def list(self, url: str, labels: dict[str, str]) -> list[dict]:
+    async def list(self, url: str, labels: dict[str, str] | None = None) -> list[dict]:
         self.asked.append((url, labels))
-        return self.items
+        return self.builds if url.endswith("/imagebuilds") else self.secrets
 
 
-async def test_at_start_kiln_knows_its_own_secrets_from_one_listing_per_namespace_served():
+async def test_at_start_kiln_knows_its_own_secrets_and_every_build_from_one_listing_of_each_per_namespace_served():
     spec = parse_image_build(BUILD)
     (secret,) = [o for o in render_build(spec, [], build_plan(spec), Settings()) if o["kind"] == "Secret"]
     no_build = {"metadata": {"name": "x", "namespace": "team", "labels": {"app.kubernetes.io/managed-by": "kiln"}}}
-    listing = Listing([secret, no_build])
+    listing = Listing([secret, no_build], [BUILD])
     rt = Runtime(listing, Settings(namespaces=("team", "ci")))
-    await rt.find_own_secrets()
-    assert listing.asked == [("/api/v1/namespaces/team/secrets", cache.MANAGED), ("/api/v1/namespaces/ci/secrets", cache.MANAGED)]
+    await rt.list_at_start()
+    assert listing.asked == [("/api/v1/namespaces/team/secrets", cache.MANAGED),
+                             ("/apis/kiln.dev/v1alpha1/namespaces/team/imagebuilds", None),
+                             ("/api/v1/namespaces/ci/secrets", cache.MANAGED),
+                             ("/apis/kiln.dev/v1alpha1/namespaces/ci/imagebuilds", None)]
     assert rt.cache.secrets("team", "app") == [{"metadata": secret["metadata"]}] and len(rt.cache.credentials) == 1
+    # The build holds its place in its namespace's line, but is reconciled only once its watch shows it.
+    assert rt.cache.builds("team", listed=True) == [BUILD] and rt.cache.builds("team") == []
+    assert rt.cache.build("team", "app") is None and rt.cache.everything("ImageBuild") == []
     rt.forget(("team", "app"))  # the ImageBuild is gone, and its Secret with it
-    assert rt.cache.secrets("team", "app") == [] and rt.cache.credentials == {}
+    assert rt.cache.secrets("team", "app") == [] and rt.cache.credentials == {} and rt.cache.listed_builds == {}
     everywhere = Runtime(Listing([]), Settings())
-    await everywhere.find_own_secrets()
-    assert everywhere.kube.asked == [("/api/v1/secrets", cache.MANAGED)]
+    await everywhere.list_at_start()
+    assert everywhere.kube.asked == [("/api/v1/secrets", cache.MANAGED), ("/apis/kiln.dev/v1alpha1/imagebuilds", None)]
+
+
+async def test_a_resync_round_forgets_the_builds_of_the_listing_at_start_that_no_watch_has_shown():
+    rt = Runtime(Listing([], [BUILD]), Settings(namespaces=("team",), resync_interval=0.01))
+    await rt.list_at_start()
+    assert rt.cache.builds("team", listed=True) == [BUILD]
+    resync = asyncio.create_task(handlers._resync(types.SimpleNamespace(runtime=rt), logging.getLogger("test")))
+    try:
+        await eventually(lambda: not rt.cache.listed_builds, timeout=5, interval=0.01, message="the listed build is dropped")
+    finally:
+        resync.cancel()

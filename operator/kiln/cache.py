@@ -1,14 +1,19 @@
 """What the watches delivered, so that a reconcile reads no object the operator already holds.
 
-kopf's indexes (declared in handlers.py) keep the latest body of every ImageBuild, RegistryLogin, Job
-and Pod kiln serves, and of the login Secrets labelled kiln.dev/registry-login=true: whole for what kiln
-reads whole, only metadata and status of Jobs and Pods (their pod specs are most of their size, and memory
-per build is what the bench measures). Kept here too, from kiln's own writes rather than a watch: the
-ImageBuild as kiln's own status write returned it; Jobs kiln just created (an expectation, as the Job
-controller keeps for its pods), so that a Job the watch has not shown yet is not taken for one deleted by
-hand; and which of its own Secrets exist (what it created and has not deleted, and what one listing at
-start found), so that no watch streams every build's credentials back to the operator. Writes still go
-to the API server, whose 409 decides whether something already exists.
+kopf's indexes (declared in handlers.py) keep the latest body of every RegistryLogin, Job and Pod kiln
+serves, and of the login Secrets labelled kiln.dev/registry-login=true: whole for what kiln reads whole,
+only metadata and status of Jobs and Pods (their pod specs are most of their size, and memory per build is
+what the bench measures). ImageBuilds are kept by their own handler instead, which runs for each of their
+events anyway: a kopf index would cost a second handler call on every event of the busiest kind. What kopf's
+index gave for free, every build known before any handler runs, comes from one listing at start, kept apart
+until the watch shows each build (a build deleted meanwhile never shows).
+
+Kept here too, from kiln's own writes rather than a watch: the ImageBuild as kiln's own status write
+returned it; Jobs kiln just created (an expectation, as the Job controller keeps for its pods), so that a
+Job the watch has not shown yet is not taken for one deleted by hand; and which of its own Secrets exist
+(what it created and has not deleted, and what one listing at start found), so that no watch streams every
+build's credentials back to the operator. Writes still go to the API server, whose 409 decides whether
+something already exists.
 """
 from __future__ import annotations
 
@@ -21,8 +26,7 @@ from kiln.apply import Kube, labels_match, path
 
 # kopf indexes (handlers.py) and their keys: what a reconcile of one build reads is found at once, not by a
 # walk of its namespace, so a build costs the same in a namespace of ten builds or ten thousand.
-INDEXES = ("builds_by_name",  # (namespace, name)
-           "logins_by_namespace",  # namespace
+INDEXES = ("logins_by_namespace",  # namespace
            "jobs_by_build", "pods_by_build",  # (namespace, the kiln.dev/imagebuild label)
            "secrets_by_name")  # a login's Secret: (namespace, name)
 BUILD_LABEL = "kiln.dev/imagebuild"
@@ -94,6 +98,11 @@ def _version(obj: dict | None) -> int:
 @dataclass
 class Cache:
     indexes: dict[str, Mapping] = field(default_factory=dict)
+    # namespace -> name -> the ImageBuild as its watch last delivered it
+    watched_builds: dict[str, dict[str, dict]] = field(default_factory=dict)
+    # namespace -> name -> an ImageBuild of kiln's listing at start that its watch has not delivered yet: counted
+    # in its namespace's line, never reconciled (it may be gone); dropped at the first resync round
+    listed_builds: dict[str, dict[str, dict]] = field(default_factory=dict)
     # (kind, namespace, name) -> the object as kiln's own last status write returned it
     written: dict[tuple[str, str, str], dict] = field(default_factory=dict)
     # (namespace, build label) -> Job name -> (when created, Job): Jobs kiln made that the watch has not shown yet
@@ -137,18 +146,44 @@ class Cache:
             del self.written[key]  # past kiln's write (whose echo own_write drops): one copy of each is enough
         return watched
 
+    def saw_build(self, obj: Mapping) -> None:
+        """The watch delivered an ImageBuild (not its deletion)."""
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        self.watched_builds.setdefault(namespace, {})[name] = body(obj)
+        _pop(self.listed_builds, namespace, name)
+
+    def listed_build(self, obj: Mapping) -> None:
+        """kiln's listing at start (before any watch) found this ImageBuild."""
+        self.listed_builds.setdefault(obj["metadata"]["namespace"], {})[obj["metadata"]["name"]] = body(obj)
+
+    def unseen_gone(self) -> None:
+        """A build of kiln's listing at start that no watch event has shown since was deleted before kopf's own
+        listing (which comes seconds after kiln's)."""
+        self.listed_builds.clear()
+
+    def build_gone(self, namespace: str, name: str) -> None:
+        _pop(self.watched_builds, namespace, name)
+        _pop(self.listed_builds, namespace, name)
+        self.forget("ImageBuild", namespace, name)
+
     def everything(self, kind: str) -> list[dict]:
         """Every ImageBuild or RegistryLogin the watches delivered, in every namespace served."""
-        index = self.indexes.get({"ImageBuild": "builds_by_name", "RegistryLogin": "logins_by_namespace"}[kind]) or {}
+        if kind == "ImageBuild":
+            return [self._newest(kind, obj) for builds in list(self.watched_builds.values()) for obj in list(builds.values())]
+        index = self.indexes.get("logins_by_namespace") or {}
         return [self._newest(kind, obj) for key in list(index) for obj in list(index[key])]
 
     def build(self, namespace: str, name: str) -> dict | None:
         """None when the watch has not got it (deleted, or not delivered yet): the watch decides what exists."""
-        watched = self._at("builds_by_name", (namespace, name))
-        return self._newest("ImageBuild", watched[0]) if watched else None
+        watched = self.watched_builds.get(namespace, {}).get(name)
+        return self._newest("ImageBuild", watched) if watched else None
 
-    def builds(self, namespace: str) -> list[dict]:
-        return [self._newest("ImageBuild", b) for b in self._in_namespace("builds_by_name", namespace)]
+    def builds(self, namespace: str, listed: bool = False) -> list[dict]:
+        """The ImageBuilds of a namespace the watch delivered; with listed, also those only kiln's listing at
+        start has shown yet (who else is in a namespace's line, right after a start)."""
+        found = [self._newest("ImageBuild", b) for b in list(self.watched_builds.get(namespace, {}).values())]
+        return found + list(self.listed_builds.get(namespace, {}).values()) if listed else found
 
     def logins(self, namespace: str) -> list[dict]:
         return [self._newest("RegistryLogin", b) for b in self._at("logins_by_namespace", namespace)]
@@ -215,6 +250,12 @@ class Cache:
         self.written.pop((kind, namespace, name), None)
 
 
+def _pop(nested: dict[str, dict[str, dict]], namespace: str, name: str) -> None:
+    inner = nested.get(namespace)
+    if inner is not None and inner.pop(name, None) is not None and not inner:
+        del nested[namespace]
+
+
 class Reader:
     """What a reconcile reads: what the watches delivered; only what no watch delivers (nodes, a Secret without
     the label) is asked for."""
@@ -226,7 +267,8 @@ class Reader:
         return self.cache.build(namespace, name)
 
     async def builds(self, namespace: str) -> list[dict]:
-        return self.cache.builds(namespace)
+        """Every build of a namespace that may hold a place in its line."""
+        return self.cache.builds(namespace, listed=True)
 
     async def logins(self, namespace: str) -> list[dict]:
         return self.cache.logins(namespace)

@@ -64,7 +64,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     settings.watching.label_selectors["secrets"] = f"{handle_login.WATCHED_LABEL}=true"
     apply.load_config()
     memo.runtime = Runtime(apply.Kube(), Settings.from_env())
-    await memo.runtime.find_own_secrets()
+    await memo.runtime.list_at_start()
     memo.metrics = metrics.serve(memo.runtime.settings.metrics_port, memo.runtime.settings.metrics_address)
     if memo.runtime.settings.namespaces:
         # Serving named namespaces: nothing to discover, so no namespace or CRD scanning (and no RBAC for it).
@@ -98,6 +98,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
         # after a start) they would wait for a full collection that a heap of long-lived cached objects makes rare,
         # and hold the memory meanwhile. Only after events, though: a full collection of a big heap is not free,
         # and an idle operator costs nothing.
+        runtime.cache.unseen_gone()
         if runtime.events != collected_after:
             collected_after = runtime.events
             gc.collect()
@@ -131,11 +132,7 @@ async def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> d
 
 
 # What reconciles read instead of the API server (cache.py): the watches fill these before any handler runs.
-@kopf.index(*IMAGEBUILDS)
-async def builds_by_name(namespace: str, name: str, body: kopf.Body, **_) -> dict:
-    return {(namespace, name): cache.body(body)}
-
-
+# (ImageBuilds are kept by imagebuild_changed: see cache.py.)
 @kopf.index(*LOGINS)
 async def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: cache.body(body)}
@@ -203,6 +200,7 @@ async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: s
     if type == "DELETED":  # the children go with their owner reference
         memo.runtime.forget((namespace, name))
         return
+    memo.runtime.cache.saw_build(body)
     if memo.runtime.own_write((namespace, name), body.metadata.get("resourceVersion")):
         return  # the echo of kiln's own status write: nothing changed that kiln did not know
     if handle_build.settled(body):
@@ -215,11 +213,13 @@ def _owner(obj: kopf.Body | dict) -> str | None:
                  if ref.get("kind") == "ImageBuild" and ref.get("controller")), None)
 
 
-def _finished(runtime: Runtime, namespace: str, owner: str | None) -> bool:
-    """Whether a Job's or Pod's ImageBuild has its result recorded: its old children's comings and goings
-    (a restart lists them all, the garbage collector deletes them) change nothing, and are not remembered."""
+def _done_with(runtime: Runtime, namespace: str, owner: str | None) -> bool:
+    """Whether nothing a Job or Pod does matters, and nothing of it is remembered: its ImageBuild has its result
+    recorded (its old children's comings and goings change nothing: a restart lists them all, the garbage
+    collector deletes them), or is not known: deleted, or, right after a start, not delivered yet, and then its
+    own event reconciles it, reading its children from their indexes."""
     build = runtime.cache.build(namespace, owner) if owner else None
-    return build is not None and handle_build.settled(build)
+    return build is None or handle_build.settled(build)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=cache.MANAGED)
@@ -228,9 +228,9 @@ async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Mem
     runtime: Runtime = memo.runtime
     runtime.handling(kwargs)
     owner = _owner(body)
-    if _finished(runtime, namespace, owner):
+    if _done_with(runtime, namespace, owner):
         runtime.job_gone(namespace, body["metadata"]["name"])
-    elif runtime.job_state_changed(namespace, body, type) and owner:
+    elif runtime.job_state_changed(namespace, body, type):
         await _build(memo, namespace, owner, logger)
 
 
@@ -244,9 +244,9 @@ async def pod_changed(type: str, body: kopf.Body, labels: kopf.Labels, namespace
     job = next((j for j in runtime.cache.jobs(*cache.build_key(namespace, body))
                 if j["metadata"]["name"] == labels.get("job-name")), None)
     owner = _owner(job) if job else None
-    if type == "DELETED" or _finished(runtime, namespace, owner):
+    if type == "DELETED" or _done_with(runtime, namespace, owner):
         runtime.pod_gone(namespace, body["metadata"]["name"])
-    elif runtime.pod_state_changed(namespace, body) and owner:
+    elif runtime.pod_state_changed(namespace, body):
         await _build(memo, namespace, owner, logger)
 
 

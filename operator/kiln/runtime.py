@@ -7,6 +7,7 @@ import collections
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from kiln import API_VERSION
 from kiln.apply import Kube, path
 from kiln.cache import MANAGED, Cache, Reader, own_secret
 from kiln.events import Recorder
@@ -46,13 +47,16 @@ class Runtime:
         self.events += 1
         self.cache.bind(kwargs)
 
-    async def find_own_secrets(self) -> None:
-        """Before any handler runs: kiln's own Secrets, which no watch brings (a build that ended while the
-        operator was down still has one to delete). One listing per served namespace, or one in all."""
+    async def list_at_start(self) -> None:
+        """Before any watch: kiln's own Secrets, which no watch brings (a build that ended while the operator was
+        down still has one to delete); and every ImageBuild, so that the first builds reconciled know who else
+        is in their namespace's line. One listing of each per served namespace, or one in all."""
         for namespace in self.settings.namespaces or (None,):
             for secret in await self.kube.list(path("v1", "secrets", namespace), MANAGED):
                 if own_secret(secret):
                     self.cache.made_secret(secret["metadata"]["namespace"], secret)
+            for build in await self.kube.list(path(API_VERSION, "imagebuilds", namespace)):
+                self.cache.listed_build(build)
 
     def retry_delay(self, key: Key) -> float:
         """The next delay for an object whose reconcile failed again (exponential, capped)."""
@@ -111,7 +115,7 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         """An ImageBuild is gone: nothing of it is kept."""
-        self.cache.forget("ImageBuild", *key)
+        self.cache.build_gone(*key)
         self.cache.credentials.pop((key[0], short_name(key[1])), None)  # the garbage collector takes its Secrets
         self.failures.pop(key, None)
         self.locks.pop(key, None)
