@@ -113,7 +113,8 @@ async def test_at_start_kiln_knows_its_own_secrets_and_every_build_from_one_list
     spec = parse_image_build(BUILD)
     (secret,) = [o for o in render_build(spec, [], build_plan(spec), Settings()) if o["kind"] == "Secret"]
     no_build = {"metadata": {"name": "x", "namespace": "team", "labels": {"app.kubernetes.io/managed-by": "kiln"}}}
-    listing = Listing([secret, no_build], [BUILD])
+    finished = {**BUILD, "metadata": {**BUILD["metadata"], "name": "done"}, "status": {"phase": "Succeeded"}}
+    listing = Listing([secret, no_build], [BUILD, finished])
     rt = Runtime(listing, Settings(namespaces=("team", "ci")))
     await rt.list_at_start()
     assert listing.asked == [("/api/v1/namespaces/team/secrets", cache.MANAGED),
@@ -121,7 +122,8 @@ async def test_at_start_kiln_knows_its_own_secrets_and_every_build_from_one_list
                              ("/api/v1/namespaces/ci/secrets", cache.MANAGED),
                              ("/apis/kiln.dev/v1alpha1/namespaces/ci/imagebuilds", None)]
     assert rt.cache.secrets("team", "app") == [{"metadata": secret["metadata"]}] and len(rt.cache.credentials) == 1
-    # The build holds its place in its namespace's line, but is reconciled only once its watch shows it.
+    # The build holds its place in its namespace's line (a finished one holds none), but is reconciled only once
+    # its watch shows it.
     assert rt.cache.builds("team", listed=True) == [BUILD] and rt.cache.builds("team") == []
     assert rt.cache.build("team", "app") is None and rt.cache.everything("ImageBuild") == []
     rt.forget(("team", "app"))  # the ImageBuild is gone, and its Secret with it

@@ -15,6 +15,7 @@ from kiln.observe import true_condition
 from kiln.registries import Registries
 from kiln.render import short_name
 from kiln.settings import Settings
+from kiln.status import BUILDING, PENDING
 
 Key = tuple[str, str]  # (namespace, name)
 # A failed reconcile is tried again after 1s, 2s, 4s ... at most every 5 minutes.
@@ -56,7 +57,8 @@ class Runtime:
                 if own_secret(secret):
                     self.cache.made_secret(secret["metadata"]["namespace"], secret)
             for build in await self.kube.list(path(API_VERSION, "imagebuilds", namespace)):
-                self.cache.listed_build(build)
+                if (build.get("status") or {}).get("phase") in (None, PENDING, BUILDING):  # the rest hold no place
+                    self.cache.listed_build(build)
 
     def retry_delay(self, key: Key) -> float:
         """The next delay for an object whose reconcile failed again (exponential, capped)."""
