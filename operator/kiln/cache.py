@@ -5,8 +5,8 @@ serves, and of the login Secrets labelled kiln.dev/registry-login=true: whole fo
 only metadata and status of Jobs and Pods (their pod specs are most of their size, and memory per build is
 what the bench measures). ImageBuilds are kept by their own handler instead, which runs for each of their
 events anyway: a kopf index would cost a second handler call on every event of the busiest kind. What kopf's
-index gave for free, every build known before any handler runs, comes from one listing at start, kept apart
-until the watch shows each build (a build deleted meanwhile never shows).
+index gave for free, every build known before any handler runs, comes from one listing at start: its unfinished
+builds are kept apart until the watch shows each (a build deleted meanwhile never shows).
 
 Kept here too, from kiln's own writes rather than a watch: the ImageBuild as kiln's own status write
 returned it; Jobs kiln just created (an expectation, as the Job controller keeps for its pods), so that a
