@@ -10,7 +10,7 @@ from kopf._core.intents.registries import _matches_metadata
 
 from kiln import cache, handle_login, handlers
 from kiln.apply import Kube
-from kiln.parse import parse_image_build
+from kiln.parse import parse_image_build, spec_identity
 from kiln.render import render_build
 from kiln.resolve import build_plan
 from kiln.runtime import Runtime
@@ -142,3 +142,38 @@ async def test_a_resync_round_forgets_the_builds_of_the_listing_at_start_that_no
         await eventually(lambda: not rt.cache.listed_builds, timeout=5, interval=0.01, message="the listed build is dropped")
     finally:
         resync.cancel()
+
+
+async def test_a_jobs_or_pods_event_reconciles_only_a_known_unfinished_build_and_nothing_else_is_remembered(monkeypatch):
+    """Right after a start a Job's or Pod's event may come before its build's own: it is left to that build's
+    event. A finished build's children change nothing either."""
+    rt = runtime()
+    reconciled = []
+
+    async def build(memo, namespace, name, logger):
+        reconciled.append(name)
+
+    monkeypatch.setattr(handlers, "_build", build)
+    memo = types.SimpleNamespace(runtime=rt)
+    job = {**served(active=1), "metadata": {**served()["metadata"], "labels": {cache.BUILD_LABEL: "app"},
+                                            "ownerReferences": [{"kind": "ImageBuild", "name": "app", "controller": True}]}}
+    pod = {"metadata": {"name": "app-g1-abc-x", "namespace": "team",
+                        "labels": {cache.BUILD_LABEL: "app", "job-name": job["metadata"]["name"]}},
+           "status": {"containerStatuses": [{"name": "buildkit", "state": {"running": {}}}]}}
+    rt.cache.indexes["jobs_by_build"] = {("team", "app"): [job]}
+
+    async def events() -> None:
+        await handlers.job_changed(type="MODIFIED", body=kopf.Body(job), namespace="team", memo=memo, logger=None)
+        await handlers.pod_changed(type="MODIFIED", body=kopf.Body(pod), labels=pod["metadata"]["labels"],
+                                   namespace="team", memo=memo, logger=None)
+
+    await events()  # its build is not known yet
+    assert reconciled == [] and not rt._job_states and not rt._pod_states
+    rt.cache.saw_build(BUILD)
+    await events()
+    assert reconciled == ["app", "app"] and rt._job_states and rt._pod_states
+    done = {**BUILD, "metadata": {**BUILD["metadata"], "resourceVersion": "9"}, "status": {
+        "phase": "Succeeded", "observedGeneration": 1, "specIdentity": spec_identity(BUILD)}}
+    rt.cache.saw_build(done)
+    await events()
+    assert reconciled == ["app", "app"] and not rt._job_states and not rt._pod_states
