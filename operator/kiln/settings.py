@@ -27,8 +27,10 @@ class Settings:
     metrics_address: str = "0.0.0.0"
     # How many builds may run at once in one namespace (0: no limit); the others wait in line, Queued.
     max_builds_per_namespace: int = 0
-    # How many ImageBuilds are reconciled at once; a burst of creates queues in the operator.
-    max_concurrent_reconciles: int = 16
+    # How many ImageBuilds are reconciled at once; a burst of creates queues in the operator. As many as the
+    # connections kiln keeps to the API server (aiohttp's 100): against a real API server, 16 made a burst of
+    # 100 builds wait on kiln's own slots, 1.3x to 1.4x slower to their Jobs than kopf alone (bench/).
+    max_concurrent_reconciles: int = 100
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
