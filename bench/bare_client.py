@@ -6,12 +6,17 @@
       (rendered by kiln's own pure functions), a status patch and an event: the writes kiln makes for a build
       that starts, with no watch, no cache and no registry check — the floor kiln's latency is compared with.
 
+Against a real API server (bench/test_real_apiserver.py), BENCH_CA, BENCH_CERT and BENCH_KEY name its CA and
+the client certificate to present.
+
 Runs as its own process, as the operator does, so that neither shares the emulator's CPU time. Once its writes
 are answered it says "written" and stays until the bench closes its stdin: its exit (the interpreter's teardown,
 some milliseconds of CPU) would otherwise fall inside kiln's measured time and not inside its own, on a machine
 of two cores where the emulator and the operator run too.
 """
 import asyncio
+import os
+import ssl
 import sys
 
 import aiohttp
@@ -28,6 +33,15 @@ def image_build(namespace: str, name: str, image: str) -> dict:
     return {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name, "namespace": namespace},
             "spec": {"registryLogins": ["reg"], "source": {"git": {"url": "https://git.example/app.git"}},
                      "output": {"image": image, "tags": [name]}, "cache": {"type": "none"}}}
+
+
+def session(server: str, agent: str) -> aiohttp.ClientSession:
+    context = None
+    if "BENCH_CA" in os.environ:
+        context = ssl.create_default_context(cafile=os.environ["BENCH_CA"])
+        context.load_cert_chain(os.environ["BENCH_CERT"], os.environ["BENCH_KEY"])
+    return aiohttp.ClientSession(server, headers={"User-Agent": agent},
+                                 connector=aiohttp.TCPConnector(limit=100, ssl=context or True))
 
 
 def _collection(obj: dict, namespace: str) -> str:
@@ -66,15 +80,14 @@ async def writes(session: aiohttp.ClientSession, created: dict) -> None:
 
 
 async def main(mode: str, server: str, namespace: str, count: int, image: str, prefix: str) -> None:
-    async with aiohttp.ClientSession(server, headers={"User-Agent": f"bench-{mode}"},
-                                     connector=aiohttp.TCPConnector(limit=100)) as session:
+    async with session(server, f"bench-{mode}") as client:
         # Warm, as a running controller is: a connection open, the renderer's first call behind it.
         spec = parse_image_build({**image_build(namespace, "warm-up", image), "metadata": {
             "name": "warm-up", "namespace": namespace, "uid": "0", "generation": 1}})
         render_build(spec, [], build_plan(spec), SETTINGS)
-        async with session.get("/version") as response:
+        async with client.get("/version") as response:
             await response.read()
-        await asyncio.gather(*(one(session, mode, namespace, f"{prefix}-{i}", image) for i in range(count)))
+        await asyncio.gather(*(one(client, mode, namespace, f"{prefix}-{i}", image) for i in range(count)))
 
 
 if __name__ == "__main__":

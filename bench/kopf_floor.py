@@ -8,16 +8,15 @@ the bare client's and kiln's, so that what kopf costs and what kiln costs can be
 """
 import os
 
-import aiohttp
 import kopf
 
-from bare_client import writes
+from bare_client import session, writes
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.scanning.disabled = True
-    memo.session = aiohttp.ClientSession(os.environ["KOPF_FLOOR_SERVER"], headers={"User-Agent": "bench-floor"})
+    memo.session = session(os.environ["KOPF_FLOOR_SERVER"], "bench-floor")
 
 
 @kopf.on.cleanup()

@@ -17,13 +17,11 @@ All builds push to one repository (a tag each), so kiln's push check is made onc
 measured apart, and then cached.
 """
 import asyncio
-import contextlib
 import json
 import os
 import pathlib
 import resource
 import statistics
-import subprocess
 import sys
 
 import pytest
@@ -31,18 +29,14 @@ import pytest
 from bare_client import image_build
 from benchfake import BenchFake
 from kubefake import Cluster, declare_resources, eventually, kubeconfig
+from processes import BENCH, FLOOR, KILN, client, cpu_seconds, latency, record_latency, start, stop, turns
 from registries import start_htpasswd_registry
 
 OPERATED, BARE, FLOORED = "kiln-bench", "bare-bench", "floor-bench"
-CLIENTS = ("bare", "create", "floor")  # the bare client; kiln; kopf with the bare client's writes
 SIZES = {1: 15, 100: 4, 500: 1}  # N -> runs (the median is the figure): all of them and the rest make FINISHED
 FINISHED = 1000
 FRESH_STARTS = 3  # of each operator, for the memory figure
 RESYNC = 5
-BENCH = pathlib.Path(__file__).parent
-BARE_CLIENT = BENCH / "bare_client.py"
-FLOOR = [sys.executable, "-m", "kopf", "run", "--standalone", str(BENCH / "kopf_floor.py")]
-KILN = [sys.executable, "-m", "kiln", "run", "--standalone"]
 NOOP = [sys.executable, "-m", "kopf", "run", "--standalone", str(BENCH / "noop_operator.py")]
 DIGEST = "sha256:" + "ab" * 32
 METADATA = json.dumps({"containerimage.digest": DIGEST,
@@ -57,25 +51,9 @@ def _rss_kib(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _start(command: list[str], namespace: str, env: dict, log: pathlib.Path) -> subprocess.Popen:
-    return subprocess.Popen([*command, f"--namespace={namespace}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "wb"))
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 async def _settled_rss(command: list[str], namespace: str, env: dict, log: pathlib.Path) -> int:
     """RSS of an operator started afresh, once it has listed and handled everything: steady over two resyncs."""
-    process = _start(command, namespace, env, log)
+    process = start(command, namespace, env, log)
     try:
         samples = [0]
         while True:
@@ -84,37 +62,13 @@ async def _settled_rss(command: list[str], namespace: str, env: dict, log: pathl
             if abs(samples[-1] - samples[-2]) <= samples[-1] / 100:
                 return samples[-1]
     finally:
-        _stop(process)
+        stop(process)
 
 
 def _own_cpu_seconds() -> float:
     """CPU time of this process, the emulator's (a wait in the bench's own loop costs none)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-@contextlib.asynccontextmanager
-async def _client(mode: str, fake: BenchFake, namespace: str, count: int, image: str, prefix: str):
-    """The client's writes are answered on entry; it exits on leaving, after what is measured (bare_client.py)."""
-    process = await asyncio.create_subprocess_exec(sys.executable, str(BARE_CLIENT), mode, str(fake.url), namespace,
-                                                   str(count), image, prefix, stdin=asyncio.subprocess.PIPE,
-                                                   stdout=asyncio.subprocess.PIPE)
-    try:
-        assert await process.stdout.readline() == b"written\n", "the client failed: its stderr is above"
-        yield
-    finally:
-        process.stdin.close()
-        assert await process.wait() == 0
-
-
-def _latency(fake: BenchFake, namespace: str, prefix: str, count: int) -> tuple[float, float] | None:
-    """(seconds from the first ImageBuild to the last Job, median seconds per build), once every Job exists."""
-    names = [(namespace, f"{prefix}-{i}") for i in range(count)]
-    if not all(name in fake.job_created for name in names):
-        return None
-    per_build = [fake.job_created[name] - fake.build_created[name] for name in names]
-    return (max(fake.job_created[name] for name in names) - min(fake.build_created[name] for name in names),
-            statistics.median(per_build))
 
 
 async def _finish_every_build(cluster: Cluster) -> None:
@@ -150,7 +104,7 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
     cluster = Cluster(kmock, namespace=OPERATED)
     env = {**os.environ, "KUBECONFIG": kubeconfig(kmock, tmp_path / "kubeconfig"), "KILN_METRICS_PORT": "0",
            "KILN_RESYNC_INTERVAL": str(RESYNC)}
-    operator, floor = _start(KILN, OPERATED, env, tmp_path / "operator.log"), None
+    operator, floor = start(KILN, OPERATED, env, tmp_path / "operator.log"), None
     try:
         await cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
                              "metadata": {"name": "reg-creds", "labels": {"kiln.dev/registry-login": "true"}},
@@ -162,7 +116,7 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
         await asyncio.sleep(3)
         baseline_rss = _rss_kib(operator.pid)
 
-        async with _client("bare", kmock, "warm-up", 1, image, "w"):  # the emulator's first write of a kind costs it more
+        async with client("bare", str(kmock.url), "warm-up", 1, image, "w"):  # the first write of a kind costs more
             pass
         # kiln's first build to a repository checks that the login may push there; later ones reuse the answer
         # (per login revision and repository). Measured on its own, so that N=1 is a build like any later one.
@@ -171,7 +125,7 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
         figures.record("create-to-Job latency, first build to a repository",
                        round((first - kmock.build_created[(OPERATED, "first")]) * 1000, 1),
                        "ms, with kiln's push check against the registry")
-        floor = _start(FLOOR, FLOORED, {**env, "KOPF_FLOOR_SERVER": str(kmock.url), "PYTHONPATH": str(BENCH)},
+        floor = start(FLOOR, FLOORED, {**env, "KOPF_FLOOR_SERVER": str(kmock.url), "PYTHONPATH": str(BENCH)},
                        tmp_path / "floor.log")
         await asyncio.sleep(3)  # its watch is open
         built = 1  # kiln's builds so far: the first one
@@ -180,55 +134,45 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
             for run in range(repeats):  # the clients take turns at going first: the emulator warms up, too
                 prefix = f"r{run}n{count}"
                 measured = {}
-                for mode in CLIENTS[run % 3:] + CLIENTS[:run % 3]:
+                for mode in turns(run):
                     namespace = {"bare": BARE, "create": OPERATED, "floor": FLOORED}[mode]
-                    cpu = _cpu_seconds(operator.pid), _own_cpu_seconds()
-                    async with _client("create" if mode == "floor" else mode, kmock, namespace, count, image, prefix):
-                        latency = await eventually(lambda ns=namespace, p=prefix, n=count: _latency(kmock, ns, p, n),
+                    cpu = cpu_seconds(operator.pid), _own_cpu_seconds()
+                    async with client("create" if mode == "floor" else mode, str(kmock.url), namespace, count, image, prefix):
+                        seen = await eventually(lambda ns=namespace, p=prefix, n=count: latency(kmock, ns, p, n),
                                                    timeout=600, interval=0.05)
-                    measured[mode] = (*latency, _cpu_seconds(operator.pid) - cpu[0], _own_cpu_seconds() - cpu[1])
+                    measured[mode] = (*seen, cpu_seconds(operator.pid) - cpu[0], _own_cpu_seconds() - cpu[1])
                     if mode == "create":
                         built += count
                         await _end_builds(cluster, built)
                 runs.append(measured)
-            ratios = sorted(r["create"][0] / r["bare"][0] for r in runs)
-            ratio = statistics.median(ratios)
-            kiln, bare, kopf_alone = (statistics.median(r[mode][0] for r in runs) for mode in ("create", "bare", "floor"))
-            figures.record(f"create-to-Job latency, N={count}", round(kiln * 1000, 1), "ms, first create to last Job",
-                           baseline=round(bare * 1000, 1), goal=f"<= 1.5x bare (is {ratio:.1f}x)", met=ratio <= 1.5,
-                           runs=repeats, ratios=[round(r, 2) for r in ratios],
-                           median_per_build_ms=round(statistics.median(r["create"][1] for r in runs) * 1000, 1),
-                           bare_median_per_build_ms=round(statistics.median(r["bare"][1] for r in runs) * 1000, 1),
+            record_latency(figures, f"create-to-Job latency, N={count}", runs,
+                           "bench/kopf_floor.py: kopf and the bare writes",
                            operator_cpu_seconds=round(statistics.median(r["create"][2] for r in runs), 2),
                            emulator_cpu_seconds=round(statistics.median(r["create"][3] for r in runs), 2),
                            emulator_cpu_seconds_for_bare=round(statistics.median(r["bare"][3] for r in runs), 2))
-            floor_ratios = sorted(r["floor"][0] / r["bare"][0] for r in runs)
-            figures.record(f"create-to-Job latency, N={count}, kopf alone", round(kopf_alone * 1000, 1),
-                           "ms, bench/kopf_floor.py: kopf and the bare writes", baseline=round(bare * 1000, 1),
-                           goal=f"(is {statistics.median(floor_ratios):.1f}x)", ratios=[round(r, 2) for r in floor_ratios])
-        _stop(floor)
+        stop(floor)
 
         more = FINISHED - sum(n * repeats for n, repeats in SIZES.items()) - 1  # and the first build
-        async with _client("create", kmock, OPERATED, more, image, "rest"):
-            await eventually(lambda: _latency(kmock, OPERATED, "rest", more), timeout=600)
+        async with client("create", str(kmock.url), OPERATED, more, image, "rest"):
+            await eventually(lambda: latency(kmock, OPERATED, "rest", more), timeout=600)
         await _end_builds(cluster, FINISHED)
         await asyncio.sleep(2 * RESYNC)
         rss = _rss_kib(operator.pid)
         figures.record(f"RSS per ImageBuild, {FINISHED} built in this run", round((rss - baseline_rss) / FINISHED, 1),
                        "KiB above the operator before its first build", empty_kib=baseline_rss, loaded_kib=rss)
 
-        before, cpu = kmock.counts.copy(), _cpu_seconds(operator.pid)
+        before, cpu = kmock.counts.copy(), cpu_seconds(operator.pid)
         await asyncio.sleep(60)
         idle = kmock.requests_of("operator", since=before)
         reads = sum(n for (verb, _), n in idle.items() if verb in ("get", "list"))
         figures.record(f"idle requests per minute, {FINISHED} finished", sum(idle.values()), "requests",
                        baseline=0, goal="0 reads per resync", met=reads == 0,
-                       resync_rounds=60 // RESYNC, cpu_seconds=round(_cpu_seconds(operator.pid) - cpu, 2),
+                       resync_rounds=60 // RESYNC, cpu_seconds=round(cpu_seconds(operator.pid) - cpu, 2),
                        by_request={f"{v} {r}": n for (v, r), n in sorted(idle.items())},
                        # kmock replays every object to a watch that restarts: how often that happened.
                        watches_opened=sum(n for (who, verb, _), n in kmock.counts.items()
                                           if who == "operator" and verb == "watch"))
-        _stop(operator)
+        stop(operator)
 
         # Side by side, each freshly started: kiln and a no-op kopf operator watching the same, with the
         # 1,000 finished builds' objects and with none; a few times each, in turns, the median the figure (one
@@ -247,5 +191,5 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
     finally:
         for process in (operator, floor):
             if process:
-                _stop(process)
+                stop(process)
         registry.stop()

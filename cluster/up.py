@@ -115,11 +115,11 @@ def kubectl(*args: str, check: bool = True, capture: bool = True) -> subprocess.
 
 # -- configuration files --
 
-def kubeconfig(path: Path, user: str, cert: Path, key: Path) -> Path:
+def kubeconfig(path: Path, user: str, cert: Path, key: Path, server: str = SERVER, ca: Path = PKI / "ca.crt") -> Path:
     """JSON is YAML: kubeconfigs are written with json, never by pasting text."""
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "kiln-local",
-        "clusters": [{"name": "kiln-local", "cluster": {"server": SERVER, "certificate-authority": str(PKI / "ca.crt")}}],
+        "clusters": [{"name": "kiln-local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
         "contexts": [{"name": "kiln-local", "context": {"cluster": "kiln-local", "user": user}}],
         "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
     }, indent=2))
@@ -248,28 +248,40 @@ def audit_policy() -> dict:
             "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}]}
 
 
+def etcd_command(data_dir: Path, client_port: int = 2379, peer_port: int = 2380) -> list[str]:
+    """A one-member etcd on 127.0.0.1."""
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return [str(build(ETCD) / "etcd"), "--name=kiln", f"--data-dir={data_dir}", f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=kiln={peer}", "--log-level=warn"]
+
+
+def apiserver_command(pki_dir: Path, etcd_port: int, port: int, audit_policy: Path, audit_log: Path) -> list[str]:
+    """kube-apiserver on 127.0.0.1:port, with the certificates and ServiceAccount key in pki_dir: the flags the
+    local cluster and the bench's lone API server share."""
+    return [
+        str(build(KUBERNETES) / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        "--bind-address=127.0.0.1", f"--secure-port={port}", f"--service-cluster-ip-range={SERVICE_RANGE}",
+        f"--tls-cert-file={pki_dir / 'apiserver.crt'}", f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
+        f"--client-ca-file={pki_dir / 'ca.crt'}",
+        f"--service-account-key-file={pki_dir / 'sa.pub'}", f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local", "--profiling=false",
+        f"--audit-policy-file={audit_policy}", f"--audit-log-path={audit_log}",
+    ]
+
+
 def start_control_plane(configs: dict[str, Path]) -> None:
-    etcd, kube = build(ETCD), build(KUBERNETES)
+    kube = build(KUBERNETES)
     (STATE / "audit-policy.json").write_text(json.dumps(audit_policy()))
-    start("etcd", [str(etcd / "etcd"), "--name=kiln", f"--data-dir={STATE / 'etcd'}",
-                   "--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
-                   "--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-                   "--initial-cluster=kiln=http://127.0.0.1:2380", "--log-level=warn"])
+    start("etcd", etcd_command(STATE / "etcd"))
     wait_for("etcd", lambda: _answers("http://127.0.0.1:2379/health"), 60, "etcd")
     start("kube-apiserver", [
-        str(kube / "kube-apiserver"), "--etcd-servers=http://127.0.0.1:2379",
-        "--bind-address=127.0.0.1", "--secure-port=6443", f"--advertise-address={GATEWAY}",
-        f"--service-cluster-ip-range={SERVICE_RANGE}",
-        f"--tls-cert-file={PKI / 'apiserver.crt'}", f"--tls-private-key-file={PKI / 'apiserver.key'}",
-        f"--client-ca-file={PKI / 'ca.crt'}",
+        *apiserver_command(PKI, 2379, 6443, STATE / "audit-policy.json", AUDIT_LOG), f"--advertise-address={GATEWAY}",
         f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
         f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
         "--kubelet-preferred-address-types=InternalIP",  # never a DNS lookup of a node name
-        f"--service-account-key-file={PKI / 'sa.pub'}", f"--service-account-signing-key-file={PKI / 'sa.key'}",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
-        "--allow-privileged=true", "--profiling=false",
-        f"--audit-policy-file={STATE / 'audit-policy.json'}", f"--audit-log-path={AUDIT_LOG}",
+        "--allow-privileged=true",
     ])
     context = ssl.create_default_context(cafile=str(PKI / "ca.crt"))
     context.load_cert_chain(str(PKI / "admin.crt"), str(PKI / "admin.key"))
