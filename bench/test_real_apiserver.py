@@ -2,7 +2,8 @@
 
 The emulator of bench/test_scale.py is one Python thread: at N = 100 it is the bottleneck for every client,
 and what a client does beyond its writes hides behind it. Here etcd and kube-apiserver (the pinned builds,
-bench/apiserver.py) serve the three clients of bench/test_scale.py in turns, and the figure is the same:
+bench/apiserver.py) serve the three clients of bench/test_scale.py in turns, with a fourth: kopf alone that
+also watches its Jobs (bench/kopf_floor.py), which kiln must do and kopf alone does not. The figure is the same:
 from the server's receipt of the first ImageBuild's create to that of the last build Job's, as a ratio to
 the bare client's, the median of a few runs. No Job controller runs, so a turn's ImageBuilds, Jobs and
 Secrets are deleted before the next turn (their pods would never come, and kiln would look into them).
@@ -24,7 +25,10 @@ from kubefake import eventually
 from processes import BENCH, FLOOR, KILN, client, cpu_seconds, latency, record_latency, start, stop, turns
 from registries import start_htpasswd_registry
 
-NAMESPACES = {"bare": "bare-bench", "create": "kiln-bench", "floor": "floor-bench"}
+# The three clients of bench/test_scale.py, and kopf alone watching its Jobs too, as kiln must to follow them.
+NAMESPACES = {"bare": "bare-bench", "create": "kiln-bench", "floor": "floor-bench", "floor-jobs": "floor-jobs-bench"}
+FLOORS = {"floor": ("kopf alone", "kopf and the bare writes on its events"),
+          "floor-jobs": ("kopf + Job watch", "kopf alone, watching its Jobs too (a do-nothing handler)")}
 SIZES = {1: 9, 100: 9, 500: 3}  # N -> runs (the median is the figure): single runs range widely
 CRDS = pathlib.Path(__file__).parent.parent / "crds"
 BUILT_BY_KILN = urllib.parse.urlencode({"labelSelector": "app.kubernetes.io/managed-by=kiln"})
@@ -73,7 +77,7 @@ async def _clear(server, namespace: str, count: int) -> None:
 async def test_create_to_job_latency_against_a_real_api_server_beside_a_bare_client(tmp_path, figures):
     registry = start_htpasswd_registry(tmp_path / "registry", {"alice": "alice-pw"})
     image = f"{registry.host}/team/app"
-    operator = floor = None
+    operators = {}
     try:
         with api_server(tmp_path / "apiserver") as server:
             _install(server)
@@ -81,9 +85,11 @@ async def test_create_to_job_latency_against_a_real_api_server_beside_a_bare_cli
             env = {**os.environ, "KUBECONFIG": str(server.kubeconfig), "KILN_METRICS_PORT": "0",
                    "KILN_METRICS_ADDRESS": "127.0.0.1"}
             clients = {**os.environ, **server.client_tls}
-            operator = start(KILN, NAMESPACES["create"], env, tmp_path / "operator.log")
-            floor = start(FLOOR, NAMESPACES["floor"], {**env, **server.client_tls, "KOPF_FLOOR_SERVER": server.url,
-                                                       "PYTHONPATH": str(BENCH)}, tmp_path / "floor.log")
+            operators["create"] = start(KILN, NAMESPACES["create"], env, tmp_path / "operator.log")
+            for mode, jobs in (("floor", ""), ("floor-jobs", "1")):
+                operators[mode] = start(FLOOR, NAMESPACES[mode], {
+                    **env, **server.client_tls, "KOPF_FLOOR_SERVER": server.url, "KOPF_FLOOR_WATCH_JOBS": jobs,
+                    "PYTHONPATH": str(BENCH)}, tmp_path / f"{mode}.log")
             await eventually(lambda: _login_ready(server), timeout=60, interval=0.5)
             # Warm: the server's first writes of each kind, and kiln's push check of the repository.
             async with client("bare", server.url, "warm-up", 1, image, "w", clients):
@@ -95,23 +101,22 @@ async def test_create_to_job_latency_against_a_real_api_server_beside_a_bare_cli
                 runs = []
                 for run in range(repeats):
                     measured = {}
-                    for mode in turns(run):
+                    for mode in turns(run, tuple(NAMESPACES)):
                         namespace, prefix = NAMESPACES[mode], f"r{run}n{count}"
-                        process = {"create": operator, "floor": floor}.get(mode)
+                        process = operators.get(mode)
                         cpu = cpu_seconds(process.pid) if process else 0
-                        async with client("create" if mode == "floor" else mode, server.url, namespace, count, image,
+                        async with client("bare" if mode == "bare" else "create", server.url, namespace, count, image,
                                           prefix, clients):
                             seen = await _seen(server, namespace, prefix, count)
                         measured[mode] = (*seen, (cpu_seconds(process.pid) - cpu) / count if process else None)
                         await _clear(server, namespace, count)
                     runs.append(measured)
-                record_latency(figures, f"real API server, N={count}", runs, "kopf alone: the bare writes on its events",
+                record_latency(figures, f"real API server, N={count}", runs, FLOORS,
                                operator_cpu_ms_per_build={mode: round(statistics.median(r[mode][2] for r in runs) * 1000, 1)
-                                                          for mode in ("create", "floor")})
+                                                          for mode in operators})
     finally:
-        for process in (operator, floor):
-            if process:
-                stop(process)
+        for process in operators.values():
+            stop(process)
         registry.stop()
 
 

@@ -146,7 +146,7 @@ async def test_latency_memory_and_idle_requests_at_scale_beside_a_bare_client(km
                         await _end_builds(cluster, built)
                 runs.append(measured)
             record_latency(figures, f"create-to-Job latency, N={count}", runs,
-                           "bench/kopf_floor.py: kopf and the bare writes",
+                           {"floor": ("kopf alone", "bench/kopf_floor.py: kopf and the bare writes")},
                            operator_cpu_seconds=round(statistics.median(r["create"][2] for r in runs), 2),
                            emulator_cpu_seconds=round(statistics.median(r["create"][3] for r in runs), 2),
                            emulator_cpu_seconds_for_bare=round(statistics.median(r["bare"][3] for r in runs), 2))
