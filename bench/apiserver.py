@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from cluster import pki, up
@@ -72,12 +73,16 @@ class ApiServer:
     client_tls: dict[str, str]  # BENCH_CA, BENCH_CERT, BENCH_KEY: how bench/bare_client.py reaches it
     audit: AuditLog
 
-    def request(self, method: str, path: str, body: dict | None = None) -> bytes:
+    @cached_property
+    def _tls(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.client_tls["BENCH_CA"])
         context.load_cert_chain(self.client_tls["BENCH_CERT"], self.client_tls["BENCH_KEY"])
+        return context
+
+    def request(self, method: str, path: str, body: dict | None = None) -> bytes:
         request = urllib.request.Request(f"{self.url}{path}", method=method, headers={"Content-Type": "application/json"},
                                          data=json.dumps(body).encode() if body is not None else None)
-        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+        with urllib.request.urlopen(request, context=self._tls, timeout=30) as response:
             return response.read()
 
 
@@ -127,6 +132,6 @@ def _wait_ready(server: ApiServer, processes: list[subprocess.Popen], timeout: f
         try:
             server.request("GET", "/readyz")
             return
-        except (OSError, ValueError):
+        except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"kube-apiserver not ready after {timeout:.0f}s")

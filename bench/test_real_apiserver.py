@@ -41,7 +41,7 @@ def _install(server) -> None:
                        yaml.safe_load((CRDS / crd).read_text()))
     for namespace in ("warm-up", *NAMESPACES.values()):
         server.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-    server.request("POST", "/api/v1/namespaces/kiln-bench/secrets", {
+    server.request("POST", f"/api/v1/namespaces/{NAMESPACES['create']}/secrets", {
         "type": "kubernetes.io/basic-auth", "stringData": {"username": "alice", "password": "alice-pw"},
         "metadata": {"name": "reg-creds", "labels": {"kiln.dev/registry-login": "true"}}})
 
@@ -49,7 +49,7 @@ def _install(server) -> None:
 def _login_created(server, registry_host: str) -> bool:
     """The RegistryLogin created; False while its new CRD's kind is not served yet."""
     try:
-        server.request("POST", "/apis/kiln.dev/v1alpha1/namespaces/kiln-bench/registrylogins", {
+        server.request("POST", f"/apis/kiln.dev/v1alpha1/namespaces/{NAMESPACES['create']}/registrylogins", {
             "apiVersion": "kiln.dev/v1alpha1", "kind": "RegistryLogin", "metadata": {"name": "reg"},
             "spec": {"server": registry_host, "secretRef": {"name": "reg-creds"}, "insecure": True}})
     except urllib.error.HTTPError as error:
@@ -60,7 +60,7 @@ def _login_created(server, registry_host: str) -> bool:
 
 
 def _login_ready(server) -> bool:
-    login = json.loads(server.request("GET", "/apis/kiln.dev/v1alpha1/namespaces/kiln-bench/registrylogins/reg"))
+    login = json.loads(server.request("GET", f"/apis/kiln.dev/v1alpha1/namespaces/{NAMESPACES['create']}/registrylogins/reg"))
     return any(c["type"] == "Ready" and c["status"] == "True" for c in login.get("status", {}).get("conditions", []))
 
 
