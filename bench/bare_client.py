@@ -21,6 +21,7 @@ import sys
 
 import aiohttp
 
+from kiln.apply import CONNECTIONS, IDLE_CONNECTION_SECONDS
 from kiln.parse import parse_image_build
 from kiln.render import render_build
 from kiln.resolve import build_plan
@@ -36,12 +37,14 @@ def image_build(namespace: str, name: str, image: str) -> dict:
 
 
 def session(server: str, agent: str) -> aiohttp.ClientSession:
+    """Connections as many and kept open as long as kiln's: kopf alone (bench/kopf_floor.py) writes through this."""
     context = None
     if "BENCH_CA" in os.environ:
         context = ssl.create_default_context(cafile=os.environ["BENCH_CA"])
         context.load_cert_chain(os.environ["BENCH_CERT"], os.environ["BENCH_KEY"])
     return aiohttp.ClientSession(server, headers={"User-Agent": agent},
-                                 connector=aiohttp.TCPConnector(limit=100, ssl=context or True))
+                                 connector=aiohttp.TCPConnector(limit=CONNECTIONS, keepalive_timeout=IDLE_CONNECTION_SECONDS,
+                                                                ssl=context or True))
 
 
 def _collection(obj: dict, namespace: str) -> str:

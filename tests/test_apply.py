@@ -1,4 +1,8 @@
-"""The API client: a token looked up once for a burst of requests, and again as soon as the server refuses it."""
+"""The API client: a token looked up once for a burst of requests, and again as soon as the server refuses it;
+connections kept open between bursts."""
+import time
+
+import aiohttp.connector
 import aiohttp.web
 import kubernetes
 import pytest
@@ -34,6 +38,30 @@ async def test_the_token_is_looked_up_once_for_many_requests_and_again_after_a_4
         for _ in range(5):
             assert await kube.request("GET", "/version") == {"major": "1"}
         assert len(lookups) == 2
+    finally:
+        await kube.close()
+        await server.close()
+
+
+async def test_a_connection_idle_for_half_a_minute_is_used_again_but_not_one_the_api_server_has_closed(monkeypatch):
+    """A burst of builds soon after the last does not open its connections (and pay their TLS handshakes) again;
+    the API server closes a connection idle for 90 s, so kiln does not keep it that long."""
+    peers = []
+
+    async def version(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        peers.append(request.transport.get_extra_info("peername"))
+        return aiohttp.web.json_response({"major": "1"})
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/version", version)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    kube = Kube(kubernetes.client.Configuration(host=str(server.make_url(""))))
+    try:
+        for idle in (0, 30, 30 + 90):  # seconds since the first request: past aiohttp's own 15, past the server's 90
+            monkeypatch.setattr(aiohttp.connector, "monotonic", lambda idle=idle: time.monotonic() + idle)
+            await kube.request("GET", "/version")
+        assert peers[1] == peers[0] and peers[2] != peers[0]
     finally:
         await kube.close()
         await server.close()

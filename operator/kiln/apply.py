@@ -19,6 +19,13 @@ from kiln import metrics
 
 # In-cluster tokens are re-read by the library every minute; kubeconfig tokens when they expire.
 TOKEN_RECHECK = 10.0
+# Connections kept to the API server: HTTP/1.1 carries one request at a time on each, so a burst of reconciles
+# (KILN_MAX_CONCURRENT_RECONCILES) opens as many.
+CONNECTIONS = 100
+# How long an idle one stays open. A TLS handshake costs the operator more CPU than the requests it carries, and a
+# burst of builds a minute after the last would otherwise open every connection again (aiohttp keeps them 15 s).
+# Below the 90 s after which the API server closes them itself (k8s.io/apiserver, secure_serving.go).
+IDLE_CONNECTION_SECONDS = 60.0
 
 
 class KubeError(Exception):
@@ -119,8 +126,8 @@ class Kube:
                       content_type: str = "application/json", text: bool = False):
         metrics.API_REQUESTS.labels(method).inc()
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl()),
-                                                  timeout=aiohttp.ClientTimeout(total=30))
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=CONNECTIONS, keepalive_timeout=IDLE_CONNECTION_SECONDS)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
         headers = {**self._headers(), "Accept": "application/json"}
         data = None
         if body is not None:
