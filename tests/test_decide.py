@@ -367,6 +367,36 @@ def test_one_pod_that_reports_no_digest_takes_the_digest_its_tag_has_in_the_regi
     assert (w.status["phase"], w.status["digest"]) == ("Succeeded", digest(3))
 
 
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_a_job_that_concluded_before_kiln_saw_its_pod_waits_for_the_pods_final_state(exit_code):
+    """A busy operator may get a fast build's Job before its pod (separate watch streams): concluding without the
+    pod would look for the digest in the registry, or call a failed build's pod evicted."""
+    w = world()
+    w.decide()
+    name = w.job("all")
+    w.finish(name, metadata(digest(1)) if exit_code == 0 else "error: failed to solve: exit code: 1", exit_code)
+    pod = w.pods.pop(name)
+    w.now += datetime.timedelta(seconds=4)
+    decision = w.decide()
+    assert w.status["phase"] == "Building" and decision.requeue_after == 6
+    w.pods[name] = pod
+    w.decide()
+    assert w.status["phase"] == ("Succeeded" if exit_code == 0 else "Failed")
+    assert w.status.get("digest") == (digest(1) if exit_code == 0 else None)
+    assert exit_code == 0 or w.status["failure"]["reason"] != reasons.EVICTED
+
+
+def test_a_job_that_concluded_with_no_pod_seen_for_ten_seconds_is_concluded_from_the_job_and_the_registry():
+    w = world()
+    w.decide()
+    w.finish(w.job("all"), metadata(digest(1)))
+    del w.pods[w.job("all")]  # deleted, or collected, before kiln saw it
+    w.now += datetime.timedelta(seconds=10)
+    w.answers[TagDigest("r.example/team/app", "v1")] = (digest(3), OCI_MANIFEST)
+    w.decide()
+    assert (w.status["phase"], w.status["digest"]) == ("Succeeded", digest(3))
+
+
 def test_one_pod_that_reports_no_digest_for_a_tag_the_registry_lacks_fails():
     w = world()
     w.decide()

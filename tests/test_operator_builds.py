@@ -148,6 +148,19 @@ async def test_a_job_that_completes_before_its_pod_is_seen_ending_waits_for_the_
     assert done["digest"] == DIGEST
 
 
+async def test_a_job_that_completes_before_any_pod_of_it_is_seen_waits_for_the_pods_digest(cluster, basic_registry):
+    """A busy operator may get a fast build's Job before the first event of its pod."""
+    async with operator():
+        job = await first_job(cluster, basic_registry, cache={"type": "none"})
+        await cluster.finish(job, None, exit_code=0)
+        await asyncio.sleep(1)  # kiln sees it with no pod (it would have failed the build here: no tag in the registry)
+        assert status(cluster)["phase"] in ("Pending", "Building") and not status(cluster).get("failure")
+        pod = await cluster.start_pod(job)
+        await cluster.finish(job, pod, exit_code=0, message=metadata(DIGEST))
+        done = await phase(cluster, "Succeeded")
+    assert done["digest"] == DIGEST
+
+
 async def test_qemu_multiarch_reports_the_digest_of_every_platform_in_the_pushed_index(cluster, basic_registry):
     platforms = ["linux/amd64", "linux/arm64"]
     index, digests = await _push(basic_registry, platforms, tag="v1")

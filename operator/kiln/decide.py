@@ -349,6 +349,8 @@ def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus
             state = _why_no_pod(facts, job, state, decision)
             if decision.ask:
                 return
+        if job and record["job"] not in facts.pods and state.phase in (SUCCEEDED, FAILED):
+            state = _pod_on_its_way(facts, state, decision)
         if state.phase == SUCCEEDED:
             state = _with_digest(facts, spec, record, state, decision)
             if decision.ask:
@@ -423,6 +425,18 @@ def _why_no_pod(facts: Facts, job: dict, state: UnitState, decision: Decision) -
         return dataclasses.replace(state, reason=reasons.POD_CREATE_FAILED,
                                    message=f"the Job cannot create its pod: {refusals[-1][-300:]}")
     return state
+
+
+def _pod_on_its_way(facts: Facts, state: UnitState, decision: Decision) -> UnitState:
+    """A Job concluded, and kiln has seen no pod of it: Jobs and Pods come on separate watch streams, and a busy
+    operator may get a fast build's Job before its pod. The pod's final state (digest, exit code, log) is on its
+    way: kiln waits for it a while, and only then concludes from the Job alone (the pod was deleted, or collected)."""
+    ended = state.completion_time
+    waited = (facts.now - _parse(ended)).total_seconds() if ended else POD_PATIENCE
+    if waited >= POD_PATIENCE:
+        return state
+    _look_again(decision, POD_PATIENCE - waited)
+    return UnitState(RUNNING, reasons.BUILDING, "building")
 
 
 def _with_digest(facts: Facts, spec: BuildSpec, record: dict, state: UnitState, decision: Decision) -> UnitState:
