@@ -430,7 +430,8 @@ def _why_no_pod(facts: Facts, job: dict, state: UnitState, decision: Decision) -
 def _pod_on_its_way(facts: Facts, state: UnitState, decision: Decision) -> UnitState:
     """A Job concluded, and kiln has seen no pod of it: Jobs and Pods come on separate watch streams, and a busy
     operator may get a fast build's Job before its pod. The pod's final state (digest, exit code, log) is on its
-    way: kiln waits for it a while, and only then concludes from the Job alone (the pod was deleted, or collected)."""
+    way: kiln waits for it a while, and only then concludes from the Job alone (the pod was deleted, or collected).
+    Its twin for a pod kiln last saw before its end is observe._ending, which needs no bound: that pod's end comes."""
     ended = state.completion_time
     waited = (facts.now - _parse(ended)).total_seconds() if ended else POD_PATIENCE
     if waited >= POD_PATIENCE:
