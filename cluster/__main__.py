@@ -1,11 +1,13 @@
-"""python3 -m cluster up | down | build [COMPONENT...] | kubeconfig | watchdog PID_FILE
+"""python3 -m cluster up | down | status | build [COMPONENT...] | image NAME [--push] | kubeconfig | watchdog PID_FILE
 
-up and down need root: they start node agents and make a bridge.
+up and down need root: they start node agents and make a bridge. image builds the operator image as NAME
+into build/kiln-operator.tar, and pushes it with --push (to the local registry: with its login, and its
+base beside it).
 """
 import sys
 from pathlib import Path
 
-from cluster import build, up, watchdog
+from cluster import build, operator_image, up, watchdog
 from cluster.versions import COMPONENTS
 
 
@@ -15,6 +17,8 @@ def main(argv: list[str]) -> None:
         print(up.up())
     elif command == "down":
         up.down()
+    elif command == "status":  # exit 0 when the local cluster is up
+        sys.exit(0 if up.is_up() else 1)
     elif command == "build" and names:
         by_name = {c.name: c for c in COMPONENTS}
         unknown = [n for n in names if n not in by_name]
@@ -24,6 +28,9 @@ def main(argv: list[str]) -> None:
             print(build.build(by_name[name]))
     elif command == "build":
         build.build_all()
+    elif command == "image" and names and set(names[1:]) <= {"--push"}:
+        operator_image.build_image(names[0], operator_image.ROOT / "build" / "kiln-operator.tar",
+                                   push="--push" in names)
     elif command == "kubeconfig":
         print(up.KUBECONFIG)
     elif command == "watchdog" and len(names) == 1:  # started by up, one per kubelet

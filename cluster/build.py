@@ -24,17 +24,22 @@ def _flags(component: Component) -> list[str]:
     return flags + (["-tags", component.tags] if component.tags else [])
 
 
+def built(component: Component, goarch: str = "amd64", commands: tuple[str, ...] | None = None) -> bool:
+    """The cache holds the component's binaries (a cache from before a command joined the component does not)."""
+    out = bin_dir(component, goarch)
+    return (out / ".built").exists() and all((out / name).exists() for name in component.binaries(commands))
+
+
 def build(component: Component, goarch: str = "amd64", commands: tuple[str, ...] | None = None) -> Path:
     """The directory holding the component's binaries; built first when the cache lacks them."""
     out = bin_dir(component, goarch)
-    stamp = out / ".built"
-    if stamp.exists():
+    if built(component, goarch, commands):
         return out
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     started = time.monotonic()
-    packages = [f"{component.module}/{c}" if c else component.module for c in commands or component.commands]
+    packages = component.packages(commands)
     print(f"cluster: building {component.name} {component.version} ({goarch}) from its Go module; "
           "this happens once per version", file=sys.stderr, flush=True)
     if component is ETCD:  # the package is the module root: name the binary
@@ -49,8 +54,15 @@ def build(component: Component, goarch: str = "amd64", commands: tuple[str, ...]
     return out
 
 
+ARM64_KUBELET = (KUBERNETES, "arm64", ("cmd/kubelet",))  # the second node's
+
+
 def build_all() -> dict[str, Path]:
     """Every component for this machine, plus an arm64 kubelet for the second (arm64) node."""
     dirs = {c.name: build(c) for c in COMPONENTS}
-    dirs["kubelet-arm64"] = build(KUBERNETES, "arm64", ("cmd/kubelet",))
+    dirs["kubelet-arm64"] = build(*ARM64_KUBELET)
     return dirs
+
+
+def all_built() -> bool:
+    return all(built(c) for c in COMPONENTS) and built(*ARM64_KUBELET)

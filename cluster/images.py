@@ -10,6 +10,7 @@ Each is written once per version as a docker-archive tar that `ctr images import
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -45,7 +46,7 @@ ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOM
 FILE_CAPABILITIES = {"usr/bin/newuidmap": struct.pack("<5I", 0x02000001, 1 << 7, 0, 0, 0),  # CAP_SETUID
                      "usr/bin/newgidmap": struct.pack("<5I", 0x02000001, 1 << 6, 0, 0, 0)}  # CAP_SETGID
 # Docs, manuals and translations make no difference to a build daemon.
-_DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
+DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 
 
 def buildkit_image() -> Path:
@@ -58,7 +59,7 @@ def buildkit_image() -> Path:
     with tempfile.TemporaryDirectory(prefix="kiln-image-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(["mmdebstrap", "--quiet", "--variant=essential", f"--include={','.join(PACKAGES)}",
-                        *[f"--dpkgopt=path-exclude={p}" for p in _DPKG_EXCLUDES], DEBIAN_SUITE, str(rootfs), *MIRRORS],
+                        *[f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES], DEBIAN_SUITE, str(rootfs), *MIRRORS],
                        check=True)
         for name in ("buildkitd", "buildctl"):
             _install(buildkit / name, rootfs / "usr/bin" / name)
@@ -79,6 +80,32 @@ def buildkit_image() -> Path:
                   "Volumes": {"/home/user/.local/share/buildkit": {}}}
         _write_archive(archive, BUILDKIT_IMAGE, rootfs, config, owned_by_user=USER_DIRS)
     return archive
+
+
+# Applets the busybox base links: what the quick start's and the tests' Dockerfiles run.
+APPLETS = ("sh", "cat", "echo", "uname", "sleep", "ls", "mkdir", "true", "false", "env", "wc", "head")
+
+
+def busybox_layer(arch: str) -> bytes:
+    """A layer with Debian's static busybox for `arch` (a Debian architecture name) and a few applets: the
+    smallest base image with a shell, for every platform the cluster builds."""
+    cache = IMAGES / f"busybox-{arch}.tar"
+    if not cache.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["mmdebstrap", "--quiet", "--variant=extract", f"--architectures={arch}",
+                            "--include=busybox-static", DEBIAN_SUITE, tmp, MIRRORS[0]], check=True)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(cache.with_suffix(".partial"), "w") as tar:
+                tar.add(Path(tmp) / "bin" / "busybox", arcname="bin/busybox")
+                for applet in APPLETS:
+                    link = tarfile.TarInfo(f"bin/{applet}")
+                    link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+                    tar.addfile(link)
+                scratch = tarfile.TarInfo("tmp")
+                scratch.type, scratch.mode = tarfile.DIRTYPE, 0o1777
+                tar.addfile(scratch)
+            cache.with_suffix(".partial").rename(cache)
+    return cache.read_bytes()
 
 
 def pause_image() -> Path:
@@ -139,14 +166,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _image_config(config: dict, diff_id: str) -> bytes:
+    return json.dumps({"architecture": "amd64", "os": "linux", "config": config,
+                       "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+                       "history": [{"created_by": "kiln cluster/images.py"}]}, sort_keys=True).encode()
+
+
 def _write_archive(archive: Path, name: str, rootfs: Path, config: dict, owned_by_user: tuple[str, ...] = ()) -> None:
     """A docker-archive (what `docker save` writes) with one layer: manifest.json, config, layer.tar."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     layer = rootfs.parent / "layer.tar"
     diff_id = _layer(rootfs, layer, owned_by_user)
-    image_config = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
-                               "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
-                               "history": [{"created_by": "kiln cluster/images.py"}]}, sort_keys=True).encode()
+    image_config = _image_config(config, diff_id)
     config_name = hashlib.sha256(image_config).hexdigest() + ".json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": [name], "Layers": [f"{diff_id}/layer.tar"]}]).encode()
     partial = archive.with_suffix(".partial")
@@ -157,3 +188,40 @@ def _write_archive(archive: Path, name: str, rootfs: Path, config: dict, owned_b
             tar.addfile(info, io.BytesIO(data))
         tar.add(layer, arcname=f"{diff_id}/layer.tar")
     partial.rename(archive)
+
+
+def write_oci_layout(layout: Path, tag: str, rootfs: Path, config: dict) -> None:
+    """An OCI image layout directory with one image of one gzip layer, its index naming it `tag`: what BuildKit
+    takes as a named context (oci-layout://), so a Dockerfile's FROM needs no registry."""
+    layer = rootfs.parent / "layer.tar"
+    diff_id = _layer(rootfs, layer, ())
+    blobs = layout.with_name(layout.name + ".partial") / "blobs" / "sha256"
+    shutil.rmtree(blobs.parent.parent, ignore_errors=True)
+    blobs.mkdir(parents=True)
+    with layer.open("rb") as raw, gzip.GzipFile(blobs / "layer.partial", "wb", 6, mtime=0) as packed:
+        shutil.copyfileobj(raw, packed, 1 << 20)
+    layer_digest = _sha256(blobs / "layer.partial")
+    (blobs / "layer.partial").rename(blobs / layer_digest)
+
+    def blob(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    image_config = _image_config(config, diff_id)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(image_config),
+                   "size": len(image_config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": f"sha256:{layer_digest}",
+                    "size": (blobs / layer_digest).stat().st_size}],
+    }, sort_keys=True).encode()
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": blob(manifest), "size": len(manifest),
+        "platform": {"architecture": "amd64", "os": "linux"},
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    root = blobs.parent.parent
+    (root / "index.json").write_text(json.dumps(index))
+    (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    shutil.rmtree(layout, ignore_errors=True)
+    root.rename(layout)

@@ -1,11 +1,14 @@
-"""`make cluster`: etcd, the control plane and two nodes on this machine; `make cluster-down` stops it all.
+"""`make cluster`: etcd, the control plane, two nodes, kube-proxy and a registry on this machine;
+`make cluster-down` stops it all.
 
 The nodes are real kubelets with containerd and Debian's runc and CNI plugins. Pods live on
-the bridge kiln0 (10.88.0.0/16), which has no route out of the machine: no default route in
-pods, no forwarding, no NAT. The second node is an arm64 kubelet (built with GOARCH=arm64)
-that runs under QEMU user emulation, so the node and the scheduler see a real arm64 node;
-its containerd is this machine's, so its pods run amd64 images (BuildKit then builds arm64
-steps under QEMU).
+the bridge kiln0 (10.88.0.0/16), which has no route out of the machine: pods have a route to
+the bridge and to the Service range (kube-proxy, on this machine, sends Service addresses to
+their endpoints), no default route, no forwarding, no NAT. The API server listens on the
+bridge's address, the `kubernetes` Service's endpoint, so that pods reach it as in any cluster.
+The second node is an arm64 kubelet (built with GOARCH=arm64) that runs under QEMU user
+emulation, so the node and the scheduler see a real arm64 node; its containerd is this
+machine's, so its pods run amd64 images (BuildKit then builds arm64 steps under QEMU).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -21,19 +25,22 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster import pki, procs
-from cluster.build import build, build_all
+from cluster import netns, pki, procs, registry
+from cluster.build import all_built, build, build_all
 from cluster.images import buildkit_image, pause_image
-from cluster.versions import BUILDKIT_IMAGE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE
+from cluster.versions import BUILDKIT_IMAGE, CACHE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE, bin_dir
 
 STATE = Path(os.environ.get("KILN_CLUSTER_DIR", "/var/lib/kiln-cluster"))
 PKI, LOGS, PIDS = STATE / "pki", STATE / "logs", STATE / "pids"
 KUBECONFIG = STATE / "admin.kubeconfig"
 AUDIT_LOG = LOGS / "audit.log"
-SERVER = "https://127.0.0.1:6443"
 BRIDGE, GATEWAY, SUBNET = "kiln0", "10.88.0.1", "10.88.0.0/16"
-SERVICE_RANGE = "10.96.0.0/16"  # Services get addresses; nothing routes them (no kube-proxy, no DNS)
+SERVER = f"https://{GATEWAY}:6443"
+SERVICE_RANGE = "10.96.0.0/16"  # kube-proxy routes them on this machine; there is no DNS service
+REGISTRY_NETNS = "kiln-registry"
+REGISTRY_STATE = STATE / "registry"
 CNI_BIN = "/usr/lib/cni"  # Debian's containernetworking-plugins
+REGISTRY_BINARY = "/usr/bin/docker-registry"  # Debian's docker-registry (the CNCF distribution registry)
 RUNC = "/usr/sbin/runc"  # Debian's runc
 CGROUP_V1 = Path("/sys/fs/cgroup")
 # Both nodes are usually Ready 20 s after start; once in CI the emulated arm64 kubelet never was.
@@ -142,7 +149,7 @@ def containerd_config(node: Node) -> str:
         "root": str(node.dir / "containerd"), "state": str(run / "containerd"),
         "socket": str(node.socket), "ttrpc": f"{node.socket}.ttrpc",
         "pause": PAUSE_IMAGE, "cni_bin": CNI_BIN, "cni_conf": str(node.dir / "cni"), "runc": RUNC,
-        "runc_root": str(run / "runc"),
+        "runc_root": str(run / "runc"), "hosts": str(REGISTRY_STATE / "containerd-hosts"),
     }
     q = {k: json.dumps(v) for k, v in values.items()}  # TOML basic strings are JSON strings
     return f"""version = 4
@@ -158,6 +165,10 @@ imports = []
 
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = {q['pause']}
+
+[plugins.'io.containerd.cri.v1.images'.registry]
+  # The local registry speaks plain HTTP (cluster/registry.py).
+  config_path = {q['hosts']}
 
 [plugins.'io.containerd.cri.v1.runtime']
   # Pod network namespaces under this node's state, so cluster-down removes exactly these.
@@ -178,15 +189,16 @@ imports = []
 
 
 def cni_config(node: Node) -> dict:
-    """A bridge network on kiln0 with this node's address range. No gateway, no masquerade: pods reach
-    the bridge (registries, each other) and nothing beyond it."""
+    """A bridge network on kiln0 with this node's address range. No default route, no masquerade: pods reach
+    the bridge (registries, each other) and, through this machine, Services; nothing beyond."""
     start_ip, end_ip = node.pods
     return {
         "cniVersion": "1.0.0", "name": "kiln",
         "plugins": [
             {"type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipMasq": False, "hairpinMode": True,
              "ipam": {"type": "host-local", "dataDir": str(STATE / "cni-ipam"),
-                      "ranges": [[{"subnet": SUBNET, "rangeStart": start_ip, "rangeEnd": end_ip}]]}},
+                      "ranges": [[{"subnet": SUBNET, "rangeStart": start_ip, "rangeEnd": end_ip}]],
+                      "routes": [{"dst": SERVICE_RANGE, "gw": GATEWAY}]}},
             {"type": "loopback"},
         ],
     }
@@ -233,7 +245,8 @@ def make_pki() -> dict[str, Path]:
     pki.issue(PKI, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
     configs = {"admin": kubeconfig(KUBECONFIG, "kubernetes-admin", *pki.issue(PKI, "admin", "kubernetes-admin",
                                                                                "system:masters"))}
-    for name, user in (("controller-manager", "system:kube-controller-manager"), ("scheduler", "system:kube-scheduler")):
+    for name, user in (("controller-manager", "system:kube-controller-manager"), ("scheduler", "system:kube-scheduler"),
+                       ("kube-proxy", "system:kube-proxy")):
         configs[name] = kubeconfig(STATE / f"{name}.kubeconfig", user, *pki.issue(PKI, name, user))
     for node in NODES:
         user = f"system:node:{node.name}"
@@ -256,12 +269,13 @@ def etcd_command(data_dir: Path, client_port: int = 2379, peer_port: int = 2380)
             f"--initial-cluster=kiln={peer}", "--log-level=warn"]
 
 
-def apiserver_command(pki_dir: Path, etcd_port: int, port: int, audit_policy: Path, audit_log: Path) -> list[str]:
-    """kube-apiserver on 127.0.0.1:port, with the certificates and ServiceAccount key in pki_dir: the flags the
+def apiserver_command(pki_dir: Path, etcd_port: int, port: int, audit_policy: Path, audit_log: Path,
+                      address: str = "127.0.0.1") -> list[str]:
+    """kube-apiserver on address:port, with the certificates and ServiceAccount key in pki_dir: the flags the
     local cluster and the bench's lone API server share."""
     return [
         str(build(KUBERNETES) / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-        "--bind-address=127.0.0.1", f"--secure-port={port}", f"--service-cluster-ip-range={SERVICE_RANGE}",
+        f"--bind-address={address}", f"--secure-port={port}", f"--service-cluster-ip-range={SERVICE_RANGE}",
         f"--tls-cert-file={pki_dir / 'apiserver.crt'}", f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
         f"--client-ca-file={pki_dir / 'ca.crt'}",
         f"--service-account-key-file={pki_dir / 'sa.pub'}", f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
@@ -276,7 +290,8 @@ def start_control_plane(configs: dict[str, Path]) -> None:
     start("etcd", etcd_command(STATE / "etcd"))
     wait_for("etcd", lambda: _answers("http://127.0.0.1:2379/health"), 60, "etcd")
     start("kube-apiserver", [
-        *apiserver_command(PKI, 2379, 6443, STATE / "audit-policy.json", AUDIT_LOG), f"--advertise-address={GATEWAY}",
+        *apiserver_command(PKI, 2379, 6443, STATE / "audit-policy.json", AUDIT_LOG, GATEWAY),
+        f"--advertise-address={GATEWAY}",
         f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
         f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
         "--kubelet-preferred-address-types=InternalIP",  # never a DNS lookup of a node name
@@ -302,12 +317,42 @@ def start_control_plane(configs: dict[str, Path]) -> None:
     wait_for("kube-scheduler", lambda: _answers("https://127.0.0.1:10259/healthz", insecure), 120, "kube-scheduler")
 
 
+def kube_proxy_config(kubeconfig_path: Path) -> dict:
+    """One kube-proxy for the machine (both nodes share its network), in iptables mode. It leaves the kernel's
+    conntrack settings and route_localnet as they are: root here may not change every sysctl, and nothing here
+    needs NodePorts on localhost."""
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig_path)}, "hostnameOverride": NODES[0].name,
+        "mode": "iptables", "clusterCIDR": SUBNET, "nodePortAddresses": ["primary"],
+        "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10262",
+        "iptables": {"localhostNodePorts": False},
+        "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+    }
+
+
+def start_kube_proxy(configs: dict[str, Path]) -> None:
+    (STATE / "kube-proxy.json").write_text(json.dumps(kube_proxy_config(configs["kube-proxy"]), indent=2))
+    start("kube-proxy", [str(build(KUBERNETES) / "kube-proxy"), f"--config={STATE / 'kube-proxy.json'}"])
+    wait_for("kube-proxy", lambda: _answers("http://127.0.0.1:10256/livez"), 60, "kube-proxy")
+
+
+def start_registry() -> None:
+    """The local registry on its own host on the bridge, with a multi-arch busybox to build FROM."""
+    host = netns.create(REGISTRY_NETNS, BRIDGE, registry.ADDRESS, 16)
+    start("registry", host.command([REGISTRY_BINARY, "serve", str(REGISTRY_STATE / "config.yml")]))
+    wait_for(f"the registry at {registry.HOST}", registry.answers, 30, "registry")
+
+
 def make_bridge() -> None:
-    """kiln0 holds the pods of both nodes; the kubelets listen on its address for the API server."""
+    """kiln0 holds the pods of both nodes and the registry's host; the API server and the kubelets listen on its
+    address. Service addresses are routed onto it too: kube-proxy rewrites them to their endpoints there, and
+    one it has not (yet) rewritten stays on the bridge instead of taking this machine's default route."""
     if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
         subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", f"{GATEWAY}/16", "dev", BRIDGE], check=True)
     subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+    subprocess.run(["ip", "route", "replace", SERVICE_RANGE, "dev", BRIDGE, "src", GATEWAY], check=True)
 
 
 def _cgroup_roots(node: Node) -> list[Path]:
@@ -338,9 +383,12 @@ def start_node(node: Node, configs: dict[str, Path], archives: list[Path]) -> No
         subprocess.run([*ctr, "images", "import", "--platform=linux/amd64", str(archive)], check=True,
                        capture_output=True)
     kubelet = build(KUBERNETES, node.arch, ("cmd/kubelet",)) / "kubelet"
+    provider = REGISTRY_STATE / "credential-provider"
     start(f"kubelet-{node.name}", [
         str(kubelet), f"--config={node.dir / 'kubelet.yaml'}", f"--kubeconfig={configs[node.name]}",
         f"--root-dir={node.dir / 'kubelet'}", f"--hostname-override={node.name}", f"--node-ip={GATEWAY}",
+        f"--image-credential-provider-config={provider / 'config.json'}",
+        f"--image-credential-provider-bin-dir={provider / 'bin'}",
     ])
     start(f"watchdog-{node.name}", [sys.executable, "-m", "cluster", "watchdog", str(PIDS / f"kubelet-{node.name}.pid")],
           env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
@@ -351,13 +399,54 @@ def node_ready(name: str) -> bool:
     return found.stdout.strip() == "True"
 
 
+# Every TCP port the cluster's processes listen on, on 127.0.0.1 or the bridge's address.
+PORTS = (2379, 2380, 6443, 10256, 10257, 10259, 10262, *(p for n in NODES for p in (n.port, n.healthz_port)))
+
+
+def taken(port: int) -> str | None:
+    """Who listens on `port` (on any address), as `ss` says; None when nobody does."""
+    probe = socket.socket()
+    try:
+        probe.bind(("0.0.0.0", port))  # fails while anyone listens on the port, on any of this machine's addresses
+        return None
+    except OSError:
+        return subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout.strip() or "?"
+    finally:
+        probe.close()
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("cluster: the local cluster needs root: it starts node agents and makes a network bridge "
+                         "(run it as root, or `make cluster` with sudo)")
+
+
+def preflight(needs_build: bool) -> None:
+    """What `make cluster` needs and this machine lacks, each said with how to get it, before anything starts."""
+    problems = []
+    if needs_build and not shutil.which("go"):
+        problems.append("the Go toolchain (1.26 or newer, https://go.dev/doc/install) builds the pinned components once; "
+                        f"`go` is not on PATH, and {CACHE} does not hold them all")
+    problems += [f"port {port} is taken: {who}" for port in PORTS if (who := taken(port))]
+    if problems:
+        raise SystemExit("cluster: cannot start the local cluster:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def is_up() -> bool:
+    """Every process of the cluster runs and both nodes are Ready."""
+    names = ["etcd", "kube-apiserver", "kube-proxy", "registry", *(f"kubelet-{n.name}" for n in NODES)]
+    return all(running(name) for name in names) and all(node_ready(n.name) for n in NODES)
+
+
 def up() -> Path:
     """Start the cluster (building what the cache lacks); returns the admin kubeconfig."""
-    if (PIDS / "kube-apiserver.pid").exists() and running("kube-apiserver") and all(node_ready(n.name) for n in NODES):
+    require_root()
+    if is_up():
         log(f"already running; KUBECONFIG={KUBECONFIG}")
         return KUBECONFIG
     started = time.monotonic()
     down(quiet=True)  # a half-started cluster is cleared first
+    preflight(needs_build=not all_built())
     build_all()
     archives = [pause_image(), buildkit_image()]
     ensure_binfmt()
@@ -370,7 +459,8 @@ def up() -> Path:
             if attempt == START_ATTEMPTS:
                 raise
             log(f"{failed}\nstarting again (attempt {attempt + 1} of {START_ATTEMPTS})")
-    log(f"up in {time.monotonic() - started:.0f}s: nodes {', '.join(n.name for n in NODES)} with image {BUILDKIT_IMAGE}")
+    log(f"up in {time.monotonic() - started:.0f}s: nodes {', '.join(n.name for n in NODES)} with image {BUILDKIT_IMAGE}; "
+        f"registry {registry.HOST} (user {registry.USER}) with {registry.BUSYBOX}")
     log(f"export KUBECONFIG={KUBECONFIG}")
     return KUBECONFIG
 
@@ -378,13 +468,17 @@ def up() -> Path:
 def _start(archives: list[Path]) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     (STATE / "resolv.conf").write_text("# kiln's local cluster has no DNS service\n")
+    registry.write_files(REGISTRY_STATE)  # containerd and the kubelets read theirs at start
     configs = make_pki()
-    start_control_plane(configs)
     make_bridge()
+    start_control_plane(configs)
+    start_registry()
     for node in NODES:
         start_node(node, configs, archives)
+    registry.push_busybox()
     for node in NODES:
         wait_for(f"node {node.name} Ready", lambda n=node: node_ready(n.name), 240, f"kubelet-{node.name}")
+    start_kube_proxy(configs)  # after its node exists: it takes the node's address once, and exits when it changes
 
 
 # -- cluster-down --
@@ -474,14 +568,19 @@ def _kill_strays() -> None:
 
 def down(quiet: bool = False) -> None:
     """Stop every process the cluster started, remove its containers, mounts, network and state."""
+    require_root()
     for node in NODES:
         _stop(f"watchdog-{node.name}")
         _stop(f"kubelet-{node.name}")
     for node in NODES:
         _remove_containers(node)
         _stop(f"containerd-{node.name}")
-    for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+    for name in ("registry", "kube-proxy", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
         _stop(name)
+    netns.delete(REGISTRY_NETNS)
+    proxy = bin_dir(KUBERNETES) / "kube-proxy"
+    if proxy.exists():  # its Service rules, in every mode it knows
+        subprocess.run([str(proxy), "--cleanup"], capture_output=True)
     _kill_strays()
     _unmount_below(STATE)
     for node in NODES:

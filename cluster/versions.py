@@ -19,14 +19,19 @@ class Component:
     tags: str = ""
     ldflags: str = ""
 
-    def packages(self) -> list[str]:
-        return [f"{self.module}/{c}" if c else self.module for c in self.commands]
+    def packages(self, commands: tuple[str, ...] | None = None) -> list[str]:
+        return [f"{self.module}/{c}" if c else self.module for c in commands or self.commands]
+
+    def binaries(self, commands: tuple[str, ...] | None = None) -> list[str]:
+        """The binaries' file names (a module-root package is named for the component)."""
+        return [c.rsplit("/", 1)[-1] if c else self.name for c in commands or self.commands]
 
 
 _K8S_VERSION = "k8s.io/component-base/version"
 KUBERNETES = Component(
     "kubernetes", "k8s.io/kubernetes", "v1.37.2",
-    ("cmd/kube-apiserver", "cmd/kube-controller-manager", "cmd/kube-scheduler", "cmd/kubelet", "cmd/kubectl"),
+    ("cmd/kube-apiserver", "cmd/kube-controller-manager", "cmd/kube-scheduler", "cmd/kubelet", "cmd/kube-proxy",
+     "cmd/kubectl"),
     tools="kubernetes",
     ldflags=f"-X {_K8S_VERSION}.gitVersion=v1.37.2 -X {_K8S_VERSION}.gitMajor=1 -X {_K8S_VERSION}.gitMinor=37 "
             f"-X {_K8S_VERSION}.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=v1.37.2",

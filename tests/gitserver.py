@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import http.server
 import os
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -22,11 +23,31 @@ def make_repository(root: Path, files: dict[str, str], branch: str = "main") -> 
     for name, text in files.items():
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(text)
+    return _commit_bare(work, root / "app.git", branch)
+
+
+def snapshot_repository(root: Path, source: Path, branch: str = "main") -> Path:
+    """A bare repository root/app.git with one commit of a git checkout's files as they are now, committed or
+    not, symlinks kept (what .gitignore leaves out stays out)."""
+    work = root / "work"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        origin, copy = source / name, work / name
+        if origin.is_symlink() or origin.is_file():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            if origin.is_symlink():
+                copy.symlink_to(os.readlink(origin))
+            else:
+                shutil.copy2(origin, copy)
+    return _commit_bare(work, root / "app.git", branch)
+
+
+def _commit_bare(work: Path, bare: Path, branch: str) -> Path:
     env = {**os.environ, "GIT_AUTHOR_NAME": "kiln", "GIT_AUTHOR_EMAIL": "kiln@example.com",
            "GIT_COMMITTER_NAME": "kiln", "GIT_COMMITTER_EMAIL": "kiln@example.com"}
     for args in (["init", "-q", "-b", branch], ["add", "-A"], ["commit", "-q", "-m", "app"]):
         subprocess.run(["git", *args], cwd=work, check=True, env=env)
-    bare = root / "app.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
     return bare
 

@@ -1,12 +1,14 @@
-"""What Prometheus would scrape from an operator's /metrics on this host, and how much a figure grew."""
+"""What Prometheus would scrape from an operator's /metrics, and how much a figure grew."""
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float] | None:
+def scrape(address: str | int) -> dict[tuple[str, tuple], float] | None:
+    """The samples at HOST:PORT (a port alone: on 127.0.0.1)."""
+    address = f"127.0.0.1:{address}" if isinstance(address, int) else address
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
             text = response.read().decode()
     except OSError:
         return None  # not up yet

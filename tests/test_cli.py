@@ -32,3 +32,49 @@ def test_the_namespaces_kiln_run_serves_are_read_from_every_spelling_kopf_accept
 
     assert served_namespaces(["-n", "a", "--namespace", "b", "--namespace=c", "-nd", "--verbose"]) == ["a", "b", "c", "d"]
     assert served_namespaces(["--all-namespaces", "--standalone"]) == []
+
+
+def test_kiln_run_waits_for_its_kinds_to_be_served_with_one_line_per_reason_and_no_traceback(tmp_path, capsys):
+    """The CRDs applied with the operator are established a moment later, and an API server just started answers
+    429 ("storage is (re)initializing") for a while: kiln waits, saying why once, instead of a traceback."""
+    import http.server
+    import threading
+
+    import kubernetes
+
+    from kiln.cli import wait_until_served
+
+    answers = [429, 429, 404, 404, 404, 200, 200]
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            status = answers.pop(0) if len(answers) > 2 else 200
+            seen.append((self.path.split("?")[0], status))
+            body = b'{"kind": "List", "items": [], "metadata": {}}' if status == 200 else \
+                b'{"kind": "Status", "message": "storage is (re)initializing"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    configuration = kubernetes.client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+    kubernetes.client.Configuration.set_default(configuration)
+    try:
+        wait_until_served((), every=0.01)
+    finally:
+        server.shutdown()
+        kubernetes.client.Configuration.set_default(None)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["kiln run: waiting: the API server is still starting (HTTP 429: Too Many Requests)",
+                     "kiln run: waiting: imagebuilds.kiln.dev is not served (HTTP 404): its CRD is not installed or "
+                     "not yet established",
+                     "kiln run: the API server serves imagebuilds and registrylogins; starting"]
+    assert seen[-2:] == [("/apis/kiln.dev/v1alpha1/imagebuilds", 200), ("/apis/kiln.dev/v1alpha1/registrylogins", 200)]

@@ -1,12 +1,16 @@
 """The local cluster's recipe (cluster/): pinned versions that agree, and a pod network that stays inside the machine."""
+import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import tomllib
 
-from cluster import up, watchdog
+import pytest
+from cluster import registry, up, watchdog
 from cluster.versions import BUILDKIT, BUILDKIT_IMAGE, COMPONENTS, HERE
 
 from kiln.settings import DEFAULT_BUILDKIT_IMAGE
@@ -33,11 +37,35 @@ def test_the_operator_deployment_and_local_cluster_run_the_same_buildkit():
     assert DEFAULT_BUILDKIT_IMAGE == BUILDKIT_IMAGE == env["KILN_BUILDKIT_IMAGE"] == f"moby/buildkit:{BUILDKIT.version}-rootless"
 
 
-def test_pods_get_no_route_off_the_bridge_and_no_address_translation():
+def test_pods_get_no_route_off_the_bridge_but_to_services_and_no_address_translation():
     for node in up.NODES:
         (bridge, loopback) = up.cni_config(node)["plugins"]
         assert (bridge["isGateway"], bridge["ipMasq"], loopback["type"]) == (False, False, "loopback")
-        assert "routes" not in bridge["ipam"] and "gateway" not in bridge["ipam"]["ranges"][0][0]
+        assert bridge["ipam"]["routes"] == [{"dst": up.SERVICE_RANGE, "gw": up.GATEWAY}]  # never a default route
+        assert "gateway" not in bridge["ipam"]["ranges"][0][0]
+
+
+def test_kube_proxy_changes_no_sysctl_and_listens_on_loopback_only():
+    config = up.kube_proxy_config(up.STATE / "kube-proxy.kubeconfig")
+    assert config["mode"] == "iptables" and config["iptables"]["localhostNodePorts"] is False
+    assert config["conntrack"] == {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"}
+    assert all(config[key].startswith("127.0.0.1:") for key in ("healthzBindAddress", "metricsBindAddress"))
+
+
+def test_the_nodes_pull_from_the_local_registry_with_its_login_through_a_credential_provider(tmp_path):
+    registry.write_files(tmp_path)
+    config = json.loads((tmp_path / "credential-provider" / "config.json").read_text())
+    (provider,) = config["providers"]
+    assert provider["matchImages"] == [registry.HOST]
+    executable = tmp_path / "credential-provider" / "bin" / provider["name"]
+    answer = subprocess.run([str(executable)], input='{"image": "10.88.0.3:5000/kiln/operator:1"}', capture_output=True,
+                            text=True, check=True)
+    assert json.loads(answer.stdout)["auth"] == {registry.HOST: {"username": registry.USER, "password": registry.PASSWORD}}
+    hosts = tomllib.loads((tmp_path / "containerd-hosts" / registry.HOST / "hosts.toml").read_text())
+    assert hosts["server"] == f"http://{registry.HOST}"
+    for node in up.NODES:
+        images = tomllib.loads(up.containerd_config(node))["plugins"]["io.containerd.cri.v1.images"]
+        assert images["registry"]["config_path"] == str(up.REGISTRY_STATE / "containerd-hosts")
 
 
 def test_the_nodes_have_their_own_containerd_and_kubelet_ports_and_no_overlapping_pod_addresses():
@@ -76,3 +104,29 @@ def test_the_watchdog_kills_a_kubelets_child_that_outlived_its_time_and_spares_y
         watchdog.watch(tmp_path / "kubelet.pid")  # its kubelet is gone: it returns
     finally:
         kubelet.kill()
+
+
+def test_a_taken_port_is_named_with_who_holds_it_before_the_cluster_starts(monkeypatch):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    monkeypatch.setattr(up, "PORTS", (port,))
+    try:
+        with pytest.raises(SystemExit) as refused:
+            up.preflight(needs_build=False)
+    finally:
+        listener.close()
+    assert f"port {port} is taken" in str(refused.value)
+    if os.geteuid() == 0:  # ss names other users' processes to root only
+        assert f"pid={os.getpid()}" in str(refused.value)
+    up.preflight(needs_build=False)  # free again
+
+
+def test_a_machine_without_go_is_told_where_to_get_it_when_the_cache_lacks_a_component(monkeypatch):
+    monkeypatch.setattr(up, "PORTS", ())
+    monkeypatch.setattr(up.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as refused:
+        up.preflight(needs_build=True)
+    assert "Go toolchain" in str(refused.value) and "https://go.dev/doc/install" in str(refused.value)
+    up.preflight(needs_build=False)  # with every component cached, go is not needed

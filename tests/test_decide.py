@@ -208,16 +208,20 @@ def test_an_operator_crash_between_two_job_creates_is_completed_on_the_next_deci
 
 
 @pytest.mark.parametrize(("problem", "stalled"), [
-    (CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)"), True),
-    (CredentialsProblem(reasons.LOGIN_CONFLICT, "RegistryLogins 'a' and 'b' both log in to r.example"), True),
+    (CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)"), "True"),
+    (CredentialsProblem(reasons.LOGIN_CONFLICT, "RegistryLogins 'a' and 'b' both log in to r.example"), "True"),
+    # Applied together with its build: the login's check comes a moment later, and ends the wait at once.
+    (CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (not checked yet)", stalls=False), "False"),
 ])
 def test_a_credentials_problem_blocks_the_start_with_backoff_and_creates_nothing(problem, stalled):
     w = world()
     w.logins = problem
     decision = w.decide()
     assert decision.create == [] and w.jobs == {}
-    assert (w.condition("CredentialsReady")["reason"], w.condition("Stalled")["status"]) == (problem.reason, "True")
-    assert decision.requeue_after == 10 and "kiln looks again at 2026-11-29T10:00:10Z" in w.condition("Stalled")["message"]
+    assert (w.condition("CredentialsReady")["reason"], w.condition("Stalled")["status"]) == (problem.reason, stalled)
+    assert w.condition("Reconciling")["status"] == ("False" if stalled == "True" else "True")
+    said = w.condition("Stalled" if stalled == "True" else "Reconciling")["message"]
+    assert decision.requeue_after == 10 and "kiln looks again at 2026-11-29T10:00:10Z" in said
 
 
 def test_a_blocked_build_asks_the_registry_again_only_after_its_backoff_or_a_change():

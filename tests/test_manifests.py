@@ -1,6 +1,7 @@
 """Everything in manifests/ is valid for a current Kubernetes release and grants no wildcards."""
 import shutil
 import subprocess
+import sys
 
 import kubernetes_validate
 import pytest
@@ -73,3 +74,33 @@ def test_the_deployment_pins_the_buildkit_image_the_operator_defaults_to():
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KILN_BUILDKIT_IMAGE"] == DEFAULT_BUILDKIT_IMAGE
     assert DEFAULT_BUILDKIT_IMAGE in (ROOT / "README.md").read_text()
+
+
+def test_the_image_the_manifests_deploy_is_tagged_with_kilns_one_version():
+    from kiln import __version__
+
+    (image,) = load_yaml_docs(ROOT / "manifests" / "base" / "kustomization.yaml")[0]["images"]
+    assert image["newTag"] == __version__
+    assert subprocess.run([sys.executable, "-m", "kiln", "--version"], capture_output=True, text=True,
+                          check=True).stdout.strip() == f"kiln {__version__}"
+
+
+def test_the_local_overlay_changes_nothing_but_the_image_which_comes_from_the_local_registry():
+    from cluster import registry
+
+    from kiln import __version__
+
+    def build(path):
+        out = subprocess.run(["kubectl", "kustomize", str(path)], check=True, capture_output=True, text=True).stdout
+        return [doc for doc in yaml.safe_load_all(out) if doc]
+
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl (for `kubectl kustomize`) is not installed")
+    base, local = build(ROOT / "manifests"), build(ROOT / "manifests" / "local")
+    deployments = [o for o in local if o["kind"] == "Deployment"]
+    assert [c["image"] for d in deployments for c in d["spec"]["template"]["spec"]["containers"]] == [
+        f"{registry.HOST}/kiln/operator:{__version__}"]
+    for objects in (base, local):
+        for d in (o for o in objects if o["kind"] == "Deployment"):
+            d["spec"]["template"]["spec"]["containers"][0].pop("image")
+    assert local == base

@@ -36,6 +36,8 @@ STORIES = {
     "multiarch-native": ([SAMPLES / "01-two-registries.yaml", SAMPLES / "05-multiarch-native.yaml"], "app1-native"),
     "workspace-volume": ([SAMPLES / "01-two-registries.yaml", SAMPLES / "06-workspace-volume.yaml"], "app1-from-workspace"),
     "git-private": ([FIXTURES / "git-private.yaml"], "private-app"),
+    "quickstart": ([SAMPLES / "00-quickstart.yaml"], "hello"),
+    "kiln-builds-kiln": ([SAMPLES / "00-quickstart.yaml", SAMPLES / "kiln-builds-kiln.yaml"], "kiln"),
 }
 
 
@@ -338,8 +340,9 @@ def test_kiln_render_prints_every_object_with_credentials_redacted(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     objects = list(yaml.safe_load_all(out))
-    assert sum(o["kind"] == "Job" for o in objects) == 7  # six stories, native multi-arch has two pods
+    assert sum(o["kind"] == "Job" for o in objects) == 9  # eight samples, native multi-arch has two pods
     assert "pass-a" not in out and "pass-b" not in out and "dXNlci1hOnBhc3MtYQ" not in out
+    assert "kiln-local-registry" not in out  # the quick start's password, from stringData
     assert '"username": "user-a"' in out
 
 

@@ -15,7 +15,7 @@ import time
 import aiohttp
 import kubernetes
 
-from kiln import metrics
+from kiln import GROUP, VERSION, metrics
 
 # In-cluster tokens are re-read by the library every minute; kubeconfig tokens when they expire.
 TOKEN_RECHECK = 10.0
@@ -71,6 +71,27 @@ def cluster_problem(timeout: float = 5.0) -> str | None:
         kubernetes.client.VersionApi().get_code(_request_timeout=timeout)
     except Exception as exc:  # any transport or API failure means "not usable"
         return f"the API server at {host} did not answer ({type(exc).__name__})"
+    return None
+
+
+def serving_problem(namespaces: tuple[str, ...] = (), timeout: float = 10.0) -> str | None:
+    """Why kiln's kinds cannot be listed yet (the CRDs not installed or not established, the API server still
+    starting), or None when they can. Any other refusal is raised: kopf would meet it too."""
+    api = kubernetes.client.CustomObjectsApi()
+    for plural in ("imagebuilds", "registrylogins"):
+        try:
+            if namespaces:
+                api.list_namespaced_custom_object(GROUP, VERSION, namespaces[0], plural, limit=1, _request_timeout=timeout)
+            else:
+                api.list_cluster_custom_object(GROUP, VERSION, plural, limit=1, _request_timeout=timeout)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return f"{plural}.{GROUP} is not served (HTTP 404): its CRD is not installed or not yet established"
+            if exc.status in (429, 500, 503):
+                return f"the API server is still starting (HTTP {exc.status}: {(exc.reason or '').strip()})"
+            raise
+        except Exception as exc:  # transport failures: the API server is away for now
+            return f"the API server does not answer ({type(exc).__name__})"
     return None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kiln import __version__
+
 NO_CLUSTER_HELP = """\
 kiln: cannot reach a Kubernetes cluster: {problem}
 
@@ -16,6 +18,7 @@ kiln run needs a cluster (the current kube context, or in-cluster credentials).
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="kiln", description="kiln builds container images in Kubernetes with BuildKit and pushes them to registries.")
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run", help="start the operator; options after `run` go to `kopf run`",
@@ -58,6 +61,24 @@ def served_namespaces(extra: list[str]) -> list[str]:
     return found
 
 
+def wait_until_served(namespaces: tuple[str, ...], every: float = 2.0) -> None:
+    """Until the API server serves ImageBuilds and RegistryLogins: CRDs applied with the operator become
+    established a moment later, and an API server just started answers 429 for a while. One line for each new
+    reason to wait, not a traceback."""
+    import time
+
+    from kiln.apply import serving_problem
+
+    said = None
+    while problem := serving_problem(namespaces):
+        if problem != said:
+            sys.stderr.write(f"kiln run: waiting: {problem}\n")
+            said = problem
+        time.sleep(every)
+    if said:
+        sys.stderr.write("kiln run: the API server serves imagebuilds and registrylogins; starting\n")
+
+
 def run_operator(kopf_args: list[str], check: bool = True) -> int:
     if check:
         from kiln.apply import cluster_problem
@@ -71,6 +92,8 @@ def run_operator(kopf_args: list[str], check: bool = True) -> int:
     import kopf.cli
 
     namespaces = served_namespaces(kopf_args)
+    if check:
+        wait_until_served(tuple(namespaces))
     if namespaces:  # the handlers serve only these (the resync too), and kopf scans for nothing more
         os.environ["KILN_NAMESPACES"] = ",".join(namespaces)
     try:

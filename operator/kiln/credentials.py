@@ -16,10 +16,14 @@ from kiln.references import docker_config_key, normalize_server
 
 
 class CredentialsProblem(Exception):
-    def __init__(self, reason: str, message: str):
+    """Why a build's credentials are not to be had. `stalls`: it needs a change from the user; a login not
+    checked yet (applied together with the build) needs only time."""
+
+    def __init__(self, reason: str, message: str, stalls: bool = True):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.stalls = stalls
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildSta
         return
     if isinstance(facts.logins, CredentialsProblem):
         _blocked(facts, spec, carried, view, decision, facts.logins.reason, facts.logins.message,
-                 credentials=True, stalled=True)
+                 credentials=True, stalled=facts.logins.stalls)
         return
     limit = facts.settings.max_builds_per_namespace
     running, ahead = facts.namespace_load

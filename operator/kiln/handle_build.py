@@ -236,7 +236,8 @@ async def resolve_logins(reader: Reader, spec: BuildSpec,
             condition = ready_condition(by_name[login.name])
             if ready and (not condition or condition.get("status") != "True"):
                 detail = f"{condition['reason']}: {condition['message']}" if condition else "not checked yet"
-                raise CredentialsProblem(reasons.LOGIN_NOT_READY, f"RegistryLogin {login.name!r} is not Ready ({detail})")
+                raise CredentialsProblem(reasons.LOGIN_NOT_READY, f"RegistryLogin {login.name!r} is not Ready ({detail})",
+                                         stalls=condition is not None)
             resolved.append(resolved_login(login, secrets[login.name], await read_ca_config_map(reader.kube, login)))
         merged_docker_config(resolved)  # two logins for one registry are a conflict, reported before anything runs
     except CredentialsProblem as problem:

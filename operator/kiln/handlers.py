@@ -27,11 +27,12 @@ LOG = logging.getLogger("kiln.builds")  # what happens to builds, at INFO (kiln'
 
 def quiet_kopf_objects() -> None:
     """kopf's per-object INFO is one "Handler 'x' succeeded." for every watch event: thousands of lines a minute
-    at scale, and a log record made for each, which cost more CPU than the reconcile. Off unless
-    `kopf run --verbose/--debug` asked for everything; kopf's warnings and errors still show, and kiln's
-    own INFO lines go to the "kiln" loggers."""
+    at scale, and a log record made for each, which cost more CPU than the reconcile; the health endpoint logs
+    every probe. Off unless `kopf run --verbose/--debug` asked for everything; kopf's warnings and errors still
+    show, and kiln's own INFO lines go to the "kiln" loggers."""
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line for every probe of /healthz
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

@@ -59,6 +59,14 @@ def _key(doc: dict) -> tuple[str, str]:
     return meta.get("namespace") or "default", meta.get("name") or ""
 
 
+def _as_stored(doc: dict) -> dict:
+    """A Secret as the API server stores it: stringData merged into data (base64), winning over it."""
+    if doc.get("kind") != "Secret" or not doc.get("stringData"):
+        return doc
+    encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in doc["stringData"].items()}
+    return {**{k: v for k, v in doc.items() if k != "stringData"}, "data": {**(doc.get("data") or {}), **encoded}}
+
+
 def _found(by_kind: dict, kind: str, namespace: str, name: str | None) -> dict | None:
     return by_kind.get(kind, {}).get((namespace, name), (None, None))[1] if name else None
 
@@ -67,7 +75,7 @@ def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = 
     docs = _documents(paths, stdin or sys.stdin)
     by_kind: dict[str, dict[tuple[str, str], tuple[str, dict]]] = {}
     for path, doc in docs:
-        by_kind.setdefault(doc.get("kind", ""), {})[_key(doc)] = (path, doc)
+        by_kind.setdefault(doc.get("kind", ""), {})[_key(doc)] = (path, _as_stored(doc))
     logins = []
     for path, doc in by_kind.get("RegistryLogin", {}).values():
         try:

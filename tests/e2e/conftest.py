@@ -9,26 +9,40 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from cluster.images import busybox_layer
 
 import netns
-from gitserver import GitServer
-from harness import GIT_TOKEN, ROOT, Kubectl, diagnosis, operator_env, short_id
+from gitserver import GitServer, snapshot_repository
+from harness import (
+    GIT_TOKEN,
+    OPERATOR,
+    ROOT,
+    SELF_BUILD_NAMESPACE,
+    Kubectl,
+    deploy,
+    diagnosis,
+    operator_pod,
+    overlay,
+    secret,
+    short_id,
+    wait_ready,
+)
 from registries import RunningRegistry, push_image, start_htpasswd_registry, start_token_registry
 
 BRIDGE, TEST_HOST, PREFIX = "kiln0", "10.88.0.2", 16  # the local cluster's pod bridge (cluster/up.py)
 BASE_IMAGE = "hub-mirrors/base:v1"
-# Applets the base image links to busybox: what the tests' Dockerfiles run.
-APPLETS = ("sh", "cat", "echo", "uname", "sleep", "ls", "mkdir", "true", "false", "env", "wc", "head")
+SAMPLES = ROOT / "manifests" / "samples"
+OVERLAY = ROOT / "build" / "e2e-overlay"  # kustomize loads the base by a path relative to the overlay
+
+
+def load_docs(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def pytest_collection_modifyitems(items):
@@ -90,59 +104,68 @@ def lab(tmp_path_factory) -> Lab:
         netns.delete(namespace.name)
 
 
-def busybox_layer(arch: str) -> bytes:
-    """A layer with Debian's static busybox for `arch` and a few applets: a base image with a shell."""
-    cache = Path(os.environ.get("KILN_CACHE") or Path.home() / ".cache" / "kiln") / "images" / f"busybox-{arch}.tar"
-    if not cache.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(["mmdebstrap", "--quiet", "--variant=extract", f"--architectures={arch}",
-                            "--include=busybox-static", "bookworm", tmp, "deb http://deb.debian.org/debian bookworm main"],
-                           check=True)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(cache, "w") as tar:
-                tar.add(Path(tmp) / "bin" / "busybox", arcname="bin/busybox")
-                for applet in APPLETS:
-                    link = tarfile.TarInfo(f"bin/{applet}")
-                    link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-                    tar.addfile(link)
-                scratch = tarfile.TarInfo("tmp")
-                scratch.type, scratch.mode = tarfile.DIRTYPE, 0o1777
-                tar.addfile(scratch)
-    return cache.read_bytes()
-
-
 @dataclass
 class Operator:
-    process: subprocess.Popen
-    log: Path
+    """kiln as users run it: the Deployment of manifests/, through an overlay that only sets its image."""
+    kubectl: Kubectl
     started: str  # UTC, as the API server's audit log writes times: what came before is another run's
-    metrics_port: int
+    image: str  # what the Deployment runs: on the local cluster, the image kiln built of itself
+    bootstrap: str  # the image that built it (make image)
+
+    def pod(self) -> dict:
+        return operator_pod(self.kubectl)
 
     def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return self.kubectl("logs", "deployment/kiln-operator", f"--namespace={OPERATOR[0]}", f"--tail={lines}",
+                            check=False).stdout
+
+    @property
+    def metrics(self) -> str:
+        """Where Prometheus scrapes it: the kiln-operator-metrics Service (kube-proxy sends it to the pod)."""
+        service = self.kubectl.get("service", "kiln-operator-metrics", OPERATOR[0])
+        return f"{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+
+
+def bootstrap_image() -> str:
+    """KILN_E2E_IMAGE (make e2e: the image `make image` pushed to the local registry), by digest where known."""
+    image = os.environ.get("KILN_E2E_IMAGE")
+    if not image:
+        pytest.fail("KILN_E2E_IMAGE is not set: `make e2e` builds the operator image and sets it")
+    digest = ROOT / "build" / "kiln-operator.digest"
+    return f"{image}@{digest.read_text().strip()}" if "@" not in image and digest.exists() else image
 
 
 @pytest.fixture(scope="session")
 def operator(kubectl, lab, tmp_path_factory) -> Operator:
-    """The CRDs and manifests/ as a user applies them, and `kiln run` as the operator's ServiceAccount."""
-    kubectl("apply", "-k", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/imagebuilds.kiln.dev", "crd/registrylogins.kiln.dev")
-    rendered = [doc for doc in yaml.safe_load_all(kubectl("kustomize", str(ROOT / "manifests")).stdout) if doc]
-    kubectl.apply(*[doc for doc in rendered if doc["kind"] not in ("Deployment", "CustomResourceDefinition")])
-    work = tmp_path_factory.mktemp("operator")
-    log = work / "operator.log"
-    env = operator_env(kubectl, work)
+    """The operator Deployment, started from the image `make image` built; on the local cluster kiln then builds
+    its own image from this checkout (manifests/samples/kiln-builds-kiln.yaml) and is deployed from that."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "kiln", "run", "--all-namespaces", "--standalone"],
-                                   stdout=out, stderr=subprocess.STDOUT, env=env)
-    running = Operator(process, log, started, int(env["KILN_METRICS_PORT"]))
-    time.sleep(3)
-    assert process.poll() is None, running.tail()
-    yield running
-    process.terminate()
-    process.wait(timeout=30)
-    print(f"\noperator log: {log}")
+    bootstrap = bootstrap_image()
+    deploy(kubectl, overlay(OVERLAY, bootstrap))
+    image = bootstrap
+    if not os.environ.get("KILN_E2E_ADDRESS"):  # the local cluster: its registry is there to build into
+        image = kiln_builds_kiln(kubectl, lab, tmp_path_factory.mktemp("kiln-source"))
+        deploy(kubectl, overlay(OVERLAY, image))
+    yield Operator(kubectl, started, image, bootstrap)
+    print(f"\noperator log tail:\n{Operator(kubectl, started, image, bootstrap).tail(200)}")
+
+
+def kiln_builds_kiln(kubectl: Kubectl, lab: Lab, work: Path) -> str:
+    """manifests/samples/kiln-builds-kiln.yaml, its git URL pointing at this checkout (served by the test git
+    server), in a namespace of its own; the image it pushed, by digest."""
+    namespace = SELF_BUILD_NAMESPACE
+    kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", timeout=300)
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})
+    login = [d for d in load_docs(SAMPLES / "00-quickstart.yaml") if d["kind"] in ("Secret", "RegistryLogin")]
+    (build,) = load_docs(SAMPLES / "kiln-builds-kiln.yaml")
+    snapshot_repository(lab.repositories / "kiln", ROOT)
+    build["spec"]["source"]["git"] = {"url": lab.git.url.replace("/app.git", "/kiln/app.git"), "revision": "main",
+                                      "secretRef": {"name": "git-token"}}
+    build["spec"]["output"]["tags"] = [f"e2e-{short_id()}"]
+    kubectl.apply(*login, secret("git-token", "x-access-token", GIT_TOKEN), build, namespace=namespace)
+    built = wait_ready(kubectl, namespace, "kiln", timeout=900)
+    return built["status"]["image"]
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
-from registries import free_port
-
 ROOT = Path(__file__).resolve().parents[2]
 IB = "imagebuilds.kiln.dev"
 OPERATOR = ("kiln-system", "kiln-operator")  # the operator's ServiceAccount: namespace, name
+SELF_BUILD_NAMESPACE = "e2e-kiln-builds-kiln"  # where kiln builds its own image (conftest.kiln_builds_kiln)
 GIT_TOKEN = "gitea-Token-e2e"  # what the test git server wants
 
 
@@ -65,6 +64,24 @@ def eventually(check, timeout: float, what: str, diagnose=None, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:.0f}s: {what}\n{diagnose() if diagnose else ''}")
         time.sleep(interval)
+
+
+def wait_ready(kubectl, namespace: str, name: str, timeout: int = 600) -> dict:
+    """Ready, or fail as soon as the build is Stalled; then `kubectl wait --for=condition=Ready` returns, as a
+    user or a pipeline waits. Returns the ImageBuild."""
+    def settled():
+        build = kubectl.get(IB, name, namespace)
+        generation = build["metadata"]["generation"]
+        done = [c for c in ("Ready", "Stalled") if condition(build, c).get("status") == "True"
+                and condition(build, c).get("observedGeneration") == generation]
+        return done and (done, build)
+
+    (done, build) = eventually(settled, timeout, f"ImageBuild {name} Ready or Stalled", lambda: diagnosis(kubectl, namespace))
+    assert done == ["Ready"], f"{name} stalled: {json.dumps(build['status'], indent=1)}\n{diagnosis(kubectl, namespace)}"
+    result = kubectl("wait", f"{IB}/{name}", "--for=condition=Ready", "--timeout=10s", f"--namespace={namespace}",
+                     check=False)
+    assert result.returncode == 0, result.stderr
+    return build
 
 
 def diagnosis(kubectl: Kubectl, namespace: str) -> str:
@@ -132,26 +149,45 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def operator_kubeconfig(kubectl: Kubectl, path: Path) -> Path:
-    """The cluster of KUBECONFIG, as the operator's ServiceAccount (a token from `kubectl create token`)."""
-    current = json.loads(kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
-    cluster = current["clusters"][0]["cluster"]
-    if "certificate-authority" in cluster:
-        cluster = {"server": cluster["server"],
-                   "certificate-authority-data": base64.b64encode(Path(cluster["certificate-authority"]).read_bytes()).decode()}
-    token = kubectl("create", "token", OPERATOR[1], f"--namespace={OPERATOR[0]}", "--duration=6h").stdout.strip()
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kiln",
-        "clusters": [{"name": "e2e", "cluster": cluster}],
-        "contexts": [{"name": "kiln", "context": {"cluster": "e2e", "user": "kiln-operator"}}],
-        "users": [{"name": "kiln-operator", "user": {"token": token}}],
-    }))
-    path.chmod(0o600)
-    return path
+def overlay(directory: Path, image: str, base: Path = ROOT / "manifests") -> Path:
+    """A kustomize overlay of `base` that only sets the operator image (NAME:TAG, NAME@DIGEST or NAME:TAG@DIGEST),
+    as a user deploying their own build writes one. It lives under the checkout: kustomize loads bases by path."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    new = {"newName": name.rsplit(":", 1)[0] if ":" in last else name}
+    new.update({"digest": digest} if digest else {"newTag": last.rsplit(":", 1)[1]} if ":" in last else {})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(json.dumps({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(base, directory)],
+        "images": [{"name": "ghcr.io/kiln-dev/kiln", **new}]}, indent=2))
+    return directory
 
 
-def operator_env(kubectl: Kubectl, work: Path) -> dict[str, str]:
-    """`kiln run`'s environment on this host: the ServiceAccount's kubeconfig, /metrics on 127.0.0.1 only
-    (every address is for a pod) at a port no other operator of the run holds."""
-    return {**os.environ, "KUBECONFIG": str(operator_kubeconfig(kubectl, work / "kubeconfig")),
-            "KILN_METRICS_ADDRESS": "127.0.0.1", "KILN_METRICS_PORT": str(free_port())}
+def deploy(kubectl: Kubectl, directory: Path) -> dict:
+    """`kubectl apply -k` of an overlay; returns the operator pod once the Deployment has rolled out and its pod is
+    Ready (its readiness probe answered)."""
+    kubectl("apply", "-k", str(directory))
+    kubectl("wait", "--for=condition=Established", "crd/imagebuilds.kiln.dev", "crd/registrylogins.kiln.dev")
+    rolled = kubectl(f"--namespace={OPERATOR[0]}", "rollout", "status", "deployment/kiln-operator", "--timeout=300s",
+                     check=False, timeout=320)
+    assert rolled.returncode == 0, f"{rolled.stderr}\n{operator_diagnosis(kubectl)}"
+    return operator_pod(kubectl)
+
+
+def operator_pod(kubectl: Kubectl) -> dict:
+    """The one running, Ready operator pod."""
+    def ready() -> dict | None:
+        pods = [p for p in kubectl.items("pods", OPERATOR[0], "app.kubernetes.io/component=operator")
+                if not p["metadata"].get("deletionTimestamp")]
+        return len(pods) == 1 and condition(pods[0], "Ready").get("status") == "True" and pods[0]
+
+    return eventually(ready, 300, "one Ready operator pod", lambda: operator_diagnosis(kubectl))
+
+
+def operator_diagnosis(kubectl: Kubectl) -> str:
+    namespace = f"--namespace={OPERATOR[0]}"
+    return "\n".join([kubectl("get", "deployment,replicaset,pods", "-o", "wide", namespace, check=False).stdout,
+                      kubectl("describe", "pods", "-l", "app.kubernetes.io/component=operator", namespace,
+                              check=False).stdout[-4000:],
+                      kubectl("logs", "deployment/kiln-operator", namespace, "--tail=40", check=False).stdout])

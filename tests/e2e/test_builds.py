@@ -2,12 +2,30 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import time
+
+import pytest
 
 from scrape import delta, scrape
 
-from harness import GIT_TOKEN, IB, condition, diagnosis, eventually, host_volume, image_build, layer_files, registry_login, secret
-from registries import Client
+from harness import (
+    GIT_TOKEN,
+    IB,
+    ROOT,
+    condition,
+    diagnosis,
+    eventually,
+    host_volume,
+    image_build,
+    layer_files,
+    registry_login,
+    secret,
+    wait_ready,
+)
+from registries import Client, RunningRegistry
 
 PLATFORMS = ["linux/amd64", "linux/arm64"]
 # A RUN step that leaves a different layer every time it really runs: a reused layer proves the cache.
@@ -16,24 +34,6 @@ RUN echo "built on $(uname -m), run $(cat /proc/sys/kernel/random/uuid)" > /buil
 COPY deploy.sh /deploy.sh
 COPY target/application.jar /app.jar
 """
-
-
-def wait_ready(kubectl, namespace: str, name: str, timeout: int = 600) -> dict:
-    """Ready, or fail as soon as the build is Stalled; then `kubectl wait --for=condition=Ready` returns, as a
-    user or a pipeline waits. Returns the ImageBuild."""
-    def settled():
-        build = kubectl.get(IB, name, namespace)
-        generation = build["metadata"]["generation"]
-        done = [c for c in ("Ready", "Stalled") if condition(build, c).get("status") == "True"
-                and condition(build, c).get("observedGeneration") == generation]
-        return done and (done, build)
-
-    (done, build) = eventually(settled, timeout, f"ImageBuild {name} Ready or Stalled", lambda: diagnosis(kubectl, namespace))
-    assert done == ["Ready"], f"{name} stalled: {json.dumps(build['status'], indent=1)}\n{diagnosis(kubectl, namespace)}"
-    result = kubectl("wait", f"{IB}/{name}", "--for=condition=Ready", "--timeout=10s", f"--namespace={namespace}",
-                     check=False)
-    assert result.returncode == 0, result.stderr
-    return build
 
 
 def platform_images(client: Client, repository: str, reference: str) -> dict[str, dict]:
@@ -93,7 +93,7 @@ def test_seed_story_from_a_private_registry_to_another_with_two_platforms_and_re
     assert kubectl.items("secrets", namespace, "kiln.dev/imagebuild=app1") == []  # credentials gone with the build
 
     # The same spec again: a new pod, so a fresh BuildKit state; only the registry cache can give it the layers.
-    counted = scrape(operator.metrics_port)
+    counted = scrape(operator.metrics)
     started = time.monotonic()
     kubectl("annotate", f"{IB}/app1", "kiln.dev/rebuild=again", f"--namespace={namespace}")
     eventually(lambda: kubectl.get(IB, "app1", namespace)["status"].get("buildID") != status["buildID"], 60,
@@ -107,7 +107,7 @@ def test_seed_story_from_a_private_registry_to_another_with_two_platforms_and_re
     cache = second["status"]["cache"]
     assert cache["cachedSteps"] == cache["totalSteps"] > 0, cache
     # What Prometheus scrapes says the same: one more build succeeded, every step of it from the cache.
-    now = scrape(operator.metrics_port)
+    now = scrape(operator.metrics)
     assert delta(now, counted, "kiln_builds_started_total") == delta(now, counted, "kiln_builds_succeeded_total") == 1
     assert delta(now, counted, "kiln_build_duration_seconds_count", cache="registry", strategy="qemu", result="succeeded") == 1
     assert delta(now, counted, "kiln_cache_steps_total", cached="true") == cache["cachedSteps"]
@@ -232,3 +232,50 @@ def test_native_multiarch_runs_one_pod_on_each_architectures_node_and_assembles_
         p: (i["digest"], "native") for p, i in images.items()}
     arm64_run = images["linux/arm64"]["manifest"]["layers"][1]["digest"]
     assert layer_files(client.blob("yunxiao-demo/app1-native", arm64_run))["built"].startswith(b"built on aarch64")
+
+
+def quick_start_commands() -> list[str]:
+    """The kubectl commands of the README's Quick start, in order, as printed."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines() if line.startswith("kubectl ")]
+
+
+@pytest.mark.skipif(bool(os.environ.get("KILN_E2E_ADDRESS")), reason="the quick start pushes to the local cluster's registry")
+def test_the_readme_quick_start_builds_two_platforms_into_the_local_registry_as_printed(kubectl, operator):
+    from cluster import registry
+
+    commands = quick_start_commands()
+    assert commands == ["kubectl apply -f manifests/samples/00-quickstart.yaml", "kubectl get ib -w", "kubectl get ib hello"]
+    sample = str(ROOT / "manifests" / "samples" / "00-quickstart.yaml")
+    kubectl("delete", "-f", sample, "--ignore-not-found", "--wait=true")  # a build left by hand would answer at once
+    env = {**os.environ, "KUBECONFIG": kubectl.kubeconfig}
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        subprocess.run(commands[0], shell=True, cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+        watch = subprocess.Popen(commands[1], shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        lines = []
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not any(" Succeeded " in line for line in lines):
+                lines.append(watch.stdout.readline())
+        finally:
+            watch.kill()
+        assert lines[0].split()[:2] == ["NAME", "PHASE"] and any(" Succeeded " in line for line in lines), "".join(lines)
+        shown = subprocess.run(commands[2], shell=True, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+        header, row = shown.splitlines()
+        assert header.split() == ["NAME", "PHASE", "IMAGE", "PLATFORMS", "DIGEST", "DURATION", "AGE"]
+        name, phase, image, platforms, digest = row.split()[:5]
+        build = kubectl.get(IB, "hello", "default")
+        assert (name, phase, image, json.loads(platforms)) == (
+            "hello", "Succeeded", f"{registry.HOST}/quickstart/hello", ["linux/amd64", "linux/arm64"])
+        assert build["status"]["startTime"] >= started and build["status"]["digest"].startswith(f"sha256:{digest}")
+        client = Client(RunningRegistry(registry.HOST, {registry.USER: registry.PASSWORD}, None), registry.USER)
+        assert client.manifest("quickstart/hello", "v1")[2] == build["status"]["digest"]
+        images = platform_images(client, "quickstart/hello", "v1")
+        for platform, machine in (("linux/amd64", b"x86_64"), ("linux/arm64", b"aarch64")):
+            layer = images[platform]["manifest"]["layers"][-1]["digest"]
+            assert layer_files(client.blob("quickstart/hello", layer))["hello"] == b"hello from " + machine + b"\n"
+    finally:
+        kubectl("delete", "-f", sample, "--ignore-not-found", "--wait=false")
