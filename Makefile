@@ -56,6 +56,7 @@ test: system-deps install buildkit
 
 lint: install
 	$(VENV)/bin/ruff check operator tests bench cluster
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests/test_crd_schema.py -k "description or printer_column"
 
 # A local cluster from pinned upstream releases (root: it runs node agents and makes a bridge).
@@ -82,7 +83,7 @@ e2e: system-deps install
 # The current kube context when its API server answers: the operator runs here, on this machine. Otherwise the
 # local cluster (started when it is not running) with the operator Deployment built from this checkout.
 run: install
-	@if [ "$$KUBECONFIG" != "$(LOCAL_KUBECONFIG)" ] && $(VENV)/bin/python -c 'import sys; from kiln.apply import cluster_problem; sys.exit(bool(cluster_problem()))'; then \
+	@if [ "$$KUBECONFIG" != "$(LOCAL_KUBECONFIG)" ] && $(VENV)/bin/python -c 'import sys; from kiln.clients.kube import cluster_problem; sys.exit(bool(cluster_problem()))'; then \
 	  PATH="$(KUBE_BIN):$$PATH" kubectl apply -k crds/ && $(VENV)/bin/kiln run $(KOPF_ARGS); \
 	else \
 	  echo "make run: no reachable cluster; the local one, with kiln built from this checkout (the first time builds the cluster: about 25 minutes)" >&2; \

@@ -21,11 +21,11 @@ import sys
 
 import aiohttp
 
-from kiln.apply import CONNECTIONS, IDLE_CONNECTION_SECONDS
-from kiln.parse import parse_image_build
-from kiln.render import render_build
-from kiln.resolve import build_plan
-from kiln.settings import Settings
+from kiln.build.platforms import build_plan
+from kiln.build.render import render_build
+from kiln.clients.kube import CONNECTIONS, IDLE_CONNECTION_SECONDS
+from kiln.spec.parse import parse_image_build
+from kiln.spec.settings import Settings
 
 SETTINGS = Settings()
 

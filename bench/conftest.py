@@ -1,5 +1,5 @@
 """Every figure the benchmarks measure, printed as one table at the end of `make bench` and written to
-bench/results.json (not committed: the figures are this machine's)."""
+bench/results.json (not committed: the figures are this machine's). A goal missed fails `make bench`."""
 import json
 import pathlib
 import sys
@@ -20,6 +20,9 @@ class Figures:
         """One measured figure; `baseline` is the same thing measured for the bare client in the same run."""
         self.rows[name] = {"value": value, "unit": unit, "baseline": baseline, "goal": goal, "met": met,
                            **({"detail": detail} if detail else {})}
+
+    def missed(self) -> list[str]:
+        return [name for name, row in self.rows.items() if row["met"] is False]
 
     def table(self) -> str:
         lines = [f"{'figure':46s} {'kiln':>12s} {'bare client':>12s}  {'goal':24s} met"]
@@ -43,6 +46,11 @@ def figures() -> Figures:
     return _FIGURES
 
 
+def pytest_sessionfinish(session, exitstatus):
+    if _FIGURES.missed() and exitstatus == 0:
+        session.exitstatus = 1
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _FIGURES.rows:
         return
@@ -50,3 +58,5 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(_FIGURES.table())
     RESULTS.write_text(json.dumps(_FIGURES.rows, indent=2) + "\n")
     terminalreporter.write_line(f"written to {RESULTS}")
+    if _FIGURES.missed():
+        terminalreporter.write_line(f"goals missed: {', '.join(_FIGURES.missed())}", red=True)

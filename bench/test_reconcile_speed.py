@@ -10,13 +10,13 @@ import logging
 import statistics
 import time
 
-from kiln import cache, registry
-from kiln.handle_build import reconcile_build
-from kiln.parse import parse_image_build
-from kiln.render import render_build
-from kiln.resolve import build_plan
-from kiln.runtime import Runtime
-from kiln.settings import Settings
+from kiln.build.platforms import build_plan
+from kiln.build.render import render_build
+from kiln.clients import registry, watch_cache
+from kiln.controller.builds import reconcile_build
+from kiln.controller.runtime import Runtime
+from kiln.spec.parse import parse_image_build
+from kiln.spec.settings import Settings
 
 from bare_client import image_build
 
@@ -75,9 +75,9 @@ async def test_kilns_own_cpu_to_start_a_build_beside_parsing_and_rendering_it(fi
 
     monkeypatch.setattr(registry.RegistryClient, "check_push", allowed)
     runtime = Runtime(Instant(), Settings())
-    runtime.cache.indexes = {"logins_by_namespace": {NAMESPACE: [cache.body(LOGIN)]},
+    runtime.cache.indexes = {"logins_by_namespace": {NAMESPACE: [watch_cache.body(LOGIN)]},
                              "jobs_by_build": {}, "pods_by_build": {},
-                             "secrets_by_name": {(NAMESPACE, "reg-creds"): [cache.body(SECRET)]}}
+                             "secrets_by_name": {(NAMESPACE, "reg-creds"): [watch_cache.body(SECRET)]}}
     builds = [_build(i) for i in range(WARM + BUILDS)]
     try:
         await _reconciles(runtime, builds[:WARM])

@@ -3,10 +3,10 @@ import pathlib
 
 import yaml
 
-from kiln.parse import parse_image_build
-from kiln.render import render_build
-from kiln.resolve import build_plan
-from kiln.settings import Settings
+from kiln.build.platforms import build_plan
+from kiln.build.render import render_build
+from kiln.spec.parse import parse_image_build
+from kiln.spec.settings import Settings
 
 FIXTURE = pathlib.Path(__file__).parent.parent / "tests" / "fixtures" / "git-private.yaml"
 BUILD = next(d for d in yaml.safe_load_all(FIXTURE.read_text()) if d["kind"] == "ImageBuild")

@@ -1,7 +1,7 @@
 """Validate objects against our CRDs the way the API server does at `kubectl apply`.
 
 The schema check itself (defaults, types, required, enums, patterns, bounds, unknown fields,
-pruning) is the operator's own (kiln.schema), which the parser runs too; here every
+pruning) is the operator's own (kiln.spec.schema), which the parser runs too; here every
 `x-kubernetes-validations` CEL rule is evaluated on top with cel-python. Messages follow the
 API server's wording so tests can assert what a user would see.
 """
@@ -11,7 +11,7 @@ import functools
 
 import celpy
 
-from kiln.schema import crds, join, pruned, schema_of, show, structural_errors, with_defaults
+from kiln.spec.schema import crds, join, pruned, schema_of, show, structural_errors, with_defaults
 
 __all__ = ["cel_rules", "crds", "errors", "pruned", "schema_of", "with_defaults"]
 

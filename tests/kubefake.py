@@ -25,11 +25,11 @@ import kubernetes_validate
 
 from kiln.cli import kopf_argv
 
+from conftest import K8S_VERSION
 from crdcheck import pruned, schema_of
 
 WITH_STATUS = {"imagebuilds", "registrylogins", "jobs", "pods"}
 VALIDATED = {"jobs", "secrets", "configmaps", "events"}
-K8S_VERSION = "1.33"
 CRDS = {
     "kiln.dev/v1alpha1/imagebuilds": {"kind": "ImageBuild", "singular": "imagebuild", "shortnames": ["ib"]},
     "kiln.dev/v1alpha1/registrylogins": {"kind": "RegistryLogin", "singular": "registrylogin", "shortnames": ["rl"]},

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from kiln.registry import MANIFEST_TYPES
+from kiln.clients.registry import MANIFEST_TYPES
 
 from netns import Namespace, listening_socket
 
@@ -66,6 +66,7 @@ class RunningRegistry:
     process: subprocess.Popen = field(repr=False)
     issuer: TokenIssuer | None = field(default=None, repr=False)
     ca_pem: str | None = field(default=None, repr=False)  # for a TLS registry: the CA that signed its certificate
+    storage: Path | None = field(default=None, repr=False)  # where it keeps repositories and uploads
 
     @property
     def base_url(self) -> str:
@@ -112,7 +113,7 @@ def start_htpasswd_registry(workdir: Path, users: dict[str, str], tls: bool = Fa
     config: dict = {"auth": {"htpasswd": {"realm": "kiln-test", "path": str(htpasswd)}}}
     ca_pem = _tls(config, workdir, host) if tls else None
     address, process = _start(config, workdir, host, port, namespace)
-    return RunningRegistry(address, users, process, ca_pem=ca_pem)
+    return RunningRegistry(address, users, process, ca_pem=ca_pem, storage=workdir / "data")
 
 
 def _tls(config: dict, workdir: Path, host: str) -> str:

@@ -8,7 +8,7 @@ import kubernetes
 import pytest
 from aiohttp.test_utils import TestServer
 
-from kiln.apply import Kube, KubeError
+from kiln.clients.kube import Kube, KubeError
 
 
 async def test_the_token_is_looked_up_once_for_many_requests_and_again_after_a_401():

@@ -2,7 +2,7 @@
 import pytest
 from lupa import LuaRuntime
 
-from kiln.status import BUILDING, CANCELLED, FAILED, PENDING, SUCCEEDED, condition, phase_conditions
+from kiln.build.status import BUILDING, CANCELLED, FAILED, PENDING, SUCCEEDED, condition, phase_conditions
 
 from conftest import ROOT, load_yaml_docs
 

@@ -17,13 +17,14 @@ import time
 
 import pytest
 
-from kiln.credentials import Credentials, ResolvedLogin
-from kiln.observe import cache_stats
-from kiln.parse import parse_image_build
-from kiln.registry import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, Registry, RegistryClient, assemble_index
-from kiln.render import BUILD_SCRIPT, CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_build_secret, render_job
-from kiln.resolve import BuildUnit, build_plan
-from kiln.settings import Settings
+from kiln.build.credentials import Credentials, ResolvedLogin
+from kiln.build.outcomes import cache_stats
+from kiln.build.platforms import BuildUnit, build_plan
+from kiln.build.render import BUILD_SCRIPT, CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_build_secret, render_job
+from kiln.clients.registry import Registry, RegistryClient, assemble_index
+from kiln.spec.parse import parse_image_build
+from kiln.spec.references import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES
+from kiln.spec.settings import Settings
 
 from gitserver import GitServer, make_repository
 from registries import free_port, read_manifest, wait_for_port

@@ -5,14 +5,15 @@ import json
 import kopf
 import pytest
 
-from kiln import handlers
-from kiln.cache import Cache, Reader, body, job_body, pod_body
-from kiln.handle_build import _namespace_load, settled
-from kiln.observe import observe_unit
-from kiln.parse import parse_image_build
-from kiln.render import render_build
-from kiln.resolve import build_plan
-from kiln.settings import Settings
+from kiln.build.outcomes import observe_unit
+from kiln.build.platforms import build_plan
+from kiln.build.render import render_build
+from kiln.clients.watch_cache import Cache, Reader, body, job_body, pod_body
+from kiln.controller import handlers
+from kiln.controller.builds import settled
+from kiln.controller.gather import _namespace_load
+from kiln.spec.parse import parse_image_build
+from kiln.spec.settings import Settings
 
 BUILD = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
          "metadata": {"name": "app", "namespace": "team", "uid": "u-1", "generation": 1},

@@ -13,7 +13,7 @@ import pytest
 from cluster import registry, up, watchdog
 from cluster.versions import BUILDKIT, BUILDKIT_IMAGE, COMPONENTS, HERE
 
-from kiln.settings import DEFAULT_BUILDKIT_IMAGE
+from kiln.spec.settings import DEFAULT_BUILDKIT_IMAGE
 
 from conftest import ROOT, load_yaml_docs
 

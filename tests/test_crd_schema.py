@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from kiln import parse
-from kiln.parse import InvalidSpec, parse_image_build
+from kiln.spec import parse
+from kiln.spec.parse import InvalidSpec, parse_image_build
 
 from conftest import SAMPLES, load_yaml_docs
 from crdcheck import cel_rules, crds, errors, schema_of, with_defaults

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from kiln import reasons
-from kiln.credentials import (
+from kiln.build.credentials import (
     Credentials,
     CredentialsProblem,
     ResolvedLogin,
@@ -13,8 +12,9 @@ from kiln.credentials import (
     merged_docker_config,
     selected_logins,
 )
-from kiln.parse import LoginSpec, parse_image_build, parse_registry_login
-from kiln.references import docker_config_key, normalize_server, registry_host, repository_path
+from kiln.spec import reasons
+from kiln.spec.parse import LoginSpec, parse_image_build, parse_registry_login
+from kiln.spec.references import docker_config_key, normalize_server, registry_host, repository_path
 
 PASSWORD = "s3cr3t-Pa55"
 

@@ -3,7 +3,7 @@
 A small World holds what the cluster would: the ImageBuild and its status, Jobs, Pods and
 credentials. Each row is a sequence of events (a Job completes, a Job is deleted by hand, a login
 flips, the spec changes, the operator crashes half-way through a decision) followed by what decide
-must then do. The operator carries out decisions the same way (handle_build.carry_out); the
+must then do. The operator carries out decisions the same way (controller/builds.py, carry_out); the
 operator tier runs the same stories through kopf and the emulator.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from kiln import reasons
-from kiln.credentials import Credentials, CredentialsProblem, ResolvedLogin
-from kiln.decide import (
+from kiln.build.credentials import Credentials, CredentialsProblem, ResolvedLogin
+from kiln.build.decide import (
+    START_POLICIES,
     AssembleIndex,
     BuildLog,
     Decision,
@@ -29,9 +29,11 @@ from kiln.decide import (
     RegistryProblem,
     TagDigest,
     decide,
+    start_verdict,
 )
-from kiln.parse import InvalidSpec, parse_image_build
-from kiln.settings import Settings
+from kiln.spec import reasons
+from kiln.spec.parse import InvalidSpec, parse_image_build
+from kiln.spec.settings import Settings
 
 T0 = datetime.datetime(2026, 11, 29, 10, 0, 0, tzinfo=datetime.UTC)
 LOGINS = [ResolvedLogin("reg", "r.example", Credentials("alice", "alice-pw"))]
@@ -546,3 +548,54 @@ def test_history_keeps_the_limit_and_older_jobs_are_deleted():
     w.finish(w.job("all"), metadata(digest(2)))
     w.decide()
     assert list(w.jobs) == [w.job("all")] and len(w.status["history"]) == 1
+
+
+# -- the start policies, in their order --
+
+def _backing_off(w: World, state: dict) -> None:
+    key = f"{parse_image_build(w.obj).identity}/{w.logins_revision}"
+    state["carried"] = {"retry": {"reason": reasons.PUSH_DENIED, "count": 1, "key": key, "after": "2026-11-29T10:00:10Z"}}
+
+
+# Each makes one start policy say no, by its name in START_POLICIES, in the order they are asked: why this order. A
+# backoff ends only with a change; logins first, as nothing can be checked without them; a place in line and a free
+# volume before the registries are asked anything; the API server's refusal is known only after a create.
+SAY_NO = {
+    "blocked a moment ago, nothing changed since": _backing_off,
+    "its logins are Ready": lambda w, state: setattr(w, "logins", CredentialsProblem(
+        reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)")),
+    "its turn in the namespace": lambda w, state: (setattr(w, "settings", Settings(max_builds_per_namespace=1)),
+                                                   setattr(w, "namespace_load", (1, 0))),
+    "its local cache volume is free": lambda w, state: setattr(w, "volume_holder", "default/other"),
+    "the registries accept its pushes": lambda w, state: w.answers.__setitem__(
+        PushCheck(("r.example/team/app",)), RegistryProblem(reasons.PUSH_DENIED, "r.example denies it", transient=False)),
+    "the API server accepted its children": lambda w, state: state.update(refused=("Job app-g1-x", "denied")),
+}
+
+
+def _verdict(names: list[str]) -> tuple[str, object]:
+    w, state = world(), {"carried": {}, "refused": None}
+    for name in names:
+        SAY_NO[name](w, state)
+    facts = w.facts(refused=state["refused"])
+    return start_verdict(facts, facts.spec, state["carried"])
+
+
+@pytest.mark.parametrize("first", range(len(START_POLICIES)), ids=[name for name, _ in START_POLICIES])
+def test_the_start_policies_are_asked_in_order_and_the_first_that_says_no_decides(first):
+    """Every policy from `first` on says no (a refusal aside, which ends a backoff: see below); the verdict is
+    `first`'s, whatever the later ones would say."""
+    names = [name for name, _ in START_POLICIES]
+    assert names == list(SAY_NO)
+    later = [n for n in names[first:] if not (first == 0 and n == "the API server accepted its children")]
+    said, verdict = _verdict(later)
+    assert said == names[first] and verdict is not None
+
+
+def test_a_refusal_of_the_api_server_is_reported_at_once_even_within_a_backoff():
+    said, verdict = _verdict(["blocked a moment ago, nothing changed since", "the API server accepted its children"])
+    assert said == "the API server accepted its children" and verdict.undo
+
+
+def test_a_build_no_start_policy_holds_back_starts():
+    assert _verdict([]) == ("", None)

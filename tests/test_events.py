@@ -2,8 +2,8 @@
 import asyncio
 import logging
 
-from kiln.apply import KubeError
-from kiln.events import Recorder
+from kiln.clients.events import Recorder
+from kiln.clients.kube import KubeError
 
 BUILD = {"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "app", "namespace": "team"}}
 

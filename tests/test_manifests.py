@@ -7,9 +7,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import ROOT, load_yaml_docs
+from conftest import K8S_VERSION, ROOT, load_yaml_docs
 
-K8S_VERSION = "1.33"
 BASE_FILES = sorted((ROOT / "manifests" / "base").glob("[0-9]*.yaml")) + sorted((ROOT / "manifests" / "namespaced").glob("*-*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml")) \
     + sorted((ROOT / "manifests" / "argocd").glob("*.yaml"))
 SAMPLE_K8S_OBJECTS = [
@@ -68,7 +67,7 @@ def test_operator_pod_runs_restricted_with_health_probes():
 
 
 def test_the_deployment_pins_the_buildkit_image_the_operator_defaults_to():
-    from kiln.settings import DEFAULT_BUILDKIT_IMAGE
+    from kiln.spec.settings import DEFAULT_BUILDKIT_IMAGE
 
     (deployment,) = load_yaml_docs(ROOT / "manifests" / "base" / "30-deployment.yaml")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}

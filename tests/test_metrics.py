@@ -27,3 +27,19 @@ async def test_a_build_is_counted_started_and_succeeded_with_its_duration_and_ca
     assert delta(after, before, "kiln_registry_verifications_total", result="Verified") >= 1
     assert delta(after, before, "kiln_api_requests_total", method="POST") >= 2  # the Secret, the Job
     assert delta(after, before, "kiln_reconcile_errors_total", kind="ImageBuild") == 0
+
+
+async def test_the_resync_counts_the_builds_running_and_goes_on_round_after_round(cluster, basic_registry, monkeypatch):
+    """The gauges are set at the end of each resync round (KILN_RESYNC_INTERVAL=1 here): a running build shows, and
+    a later round shows it finished, so the loop survived its rounds."""
+    port = free_port()
+    monkeypatch.setenv("KILN_METRICS_PORT", str(port))
+    monkeypatch.setenv("KILN_METRICS_ADDRESS", "127.0.0.1")
+    async with operator():
+        job = await first_job(cluster, basic_registry)
+        await eventually(lambda: (scrape(port) or {}).get(("kiln_builds_running", ())) == 1,
+                         message="a resync round counts the build running")
+        await succeed(cluster, job)
+        await phase(cluster, "Succeeded")
+        await eventually(lambda: (scrape(port) or {}).get(("kiln_builds_running", ())) == 0,
+                         message="a later round counts it no more")

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from kiln import reasons
-from kiln.observe import FAILED, PENDING, RUNNING, SUCCEEDED, cache_stats, classify_failure, excerpt, observe_unit
-from kiln.status import (
+from kiln.build.outcomes import FAILED, PENDING, RUNNING, SUCCEEDED, cache_stats, classify_failure, excerpt, observe_unit
+from kiln.build.status import (
     BUILDING,
     CANCELLED,
     condition,
@@ -15,7 +14,8 @@ from kiln.status import (
     with_history,
     with_transition_times,
 )
-from kiln.status import SUCCEEDED as PHASE_SUCCEEDED
+from kiln.build.status import SUCCEEDED as PHASE_SUCCEEDED
+from kiln.spec import reasons
 
 JOB = {"metadata": {"name": "app-g1-abc123"}, "status": {"startTime": "2026-11-28T10:00:00Z"}}
 
@@ -169,7 +169,7 @@ def test_durations_digests_and_history_are_shown_compactly():
 
 
 def test_status_patch_is_none_when_nothing_changed_and_removes_what_is_gone():
-    from kiln.status import status_patch
+    from kiln.build.status import status_patch
 
     new = {"phase": "Building", "conditions": [condition("Ready", False, "Building", "building", 1)]}
     written = status_patch(None, new, "T1")

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from kiln import reasons
-from kiln.parse import parse_image_build
-from kiln.render import build_secret_name, render_job
-from kiln.resolve import BuildUnit
-from kiln.settings import Settings
+from kiln.build.platforms import BuildUnit
+from kiln.build.render import build_secret_name, render_job
+from kiln.spec import reasons
+from kiln.spec.parse import parse_image_build
+from kiln.spec.settings import Settings
 
 from conftest import BASIC_USERS, TOKEN_USERS, b64, login_objects, ready_of
 from kubefake import KubeFake, eventually, operator

@@ -9,10 +9,10 @@ import types
 
 import pytest
 
-from kiln import reasons
-from kiln.cache import Cache
-from kiln.parse import parse_image_build, spec_identity
-from kiln.render import build_secret_name
+from kiln.build.render import build_secret_name
+from kiln.clients.watch_cache import Cache
+from kiln.spec import reasons
+from kiln.spec.parse import parse_image_build, spec_identity
 from test_operator_builds import (
     DIGEST,
     IB,
@@ -187,7 +187,7 @@ async def test_the_cache_volume_stays_busy_while_a_deleted_jobs_pod_still_runs(c
 async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_are_being_created(monkeypatch):
     """The builds kept grow while the handler walks them (their handler runs between awaits); a finished
     build is left alone, and so is one only kiln's listing at start has shown (it may be gone)."""
-    from kiln import handlers
+    from kiln.controller import handlers
 
     finished = {"metadata": {"name": "done", "namespace": "default", "generation": 1, "resourceVersion": "4"},
                 "spec": {}, "status": {"phase": "Succeeded", "observedGeneration": 1}}
@@ -206,7 +206,7 @@ async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_ar
         return {"conditions": []}
 
     monkeypatch.setattr(handlers, "_build", build)
-    monkeypatch.setattr(handlers.handle_login, "reconcile_login", verified)
+    monkeypatch.setattr(handlers.logins, "reconcile_login", verified)
     body = {"metadata": {"namespace": "default", "name": "reg"}}
     runtime = types.SimpleNamespace(cache=kept)
     await handlers._login(memo=types.SimpleNamespace(runtime=runtime), body=body, logger=None)

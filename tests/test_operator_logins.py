@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from kiln import reasons
+from kiln.spec import reasons
 
 from conftest import BASIC_USERS, TOKEN_USERS, b64, login_objects, ready_of
 from kubefake import KubeFake, eventually, operator

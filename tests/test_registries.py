@@ -2,10 +2,10 @@
 idle sessions closed."""
 import pytest
 
-from kiln import registries
-from kiln.credentials import Credentials, ResolvedLogin
-from kiln.registry import RegistryClient
-from kiln.settings import Settings
+from kiln.build.credentials import Credentials, ResolvedLogin
+from kiln.clients import registry_sessions
+from kiln.clients.registry import RegistryClient
+from kiln.spec.settings import Settings
 
 
 class Clock:
@@ -19,13 +19,13 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(registries.time, "monotonic", clock)
+    monkeypatch.setattr(registry_sessions.time, "monotonic", clock)
     return clock
 
 
 @pytest.fixture
 async def pool():
-    pool = registries.Registries(Settings())
+    pool = registry_sessions.Registries(Settings())
     yield pool
     await pool.close()
 
@@ -43,7 +43,7 @@ async def test_the_same_login_shares_a_session_and_a_changed_password_gets_its_o
 
 async def test_a_session_unused_for_the_idle_time_is_closed_and_replaced(pool, clock):
     old = await pool.client([login("one")], "registry.example:5000")
-    clock.now += registries.IDLE_SECONDS + 1
+    clock.now += registry_sessions.IDLE_SECONDS + 1
     new = await pool.client([login("two")], "registry.example:5000")  # the old password's session is idle
     assert old._session is None and new._session is not None
     assert await pool.client([login("one")], "registry.example:5000") is not old
@@ -60,7 +60,7 @@ async def test_an_allowed_push_is_checked_again_only_after_the_check_expires(poo
     await pool.check_push(client, "team/app")
     await pool.check_push(client, "team/app")
     await pool.check_push(client, "team/other")
-    clock.now += registries.PUSH_CHECK_SECONDS + 1
+    clock.now += registry_sessions.PUSH_CHECK_SECONDS + 1
     await pool.check_push(client, "team/app")
     assert checks == ["team/app", "team/other", "team/app"]
 

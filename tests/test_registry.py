@@ -4,9 +4,8 @@ import datetime
 
 import pytest
 
-from kiln import reasons
-from kiln.credentials import Credentials
-from kiln.registry import (
+from kiln.build.credentials import Credentials
+from kiln.clients.registry import (
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     Registry,
@@ -15,6 +14,7 @@ from kiln.registry import (
     assemble_index,
     forbidden_address,
 )
+from kiln.spec import reasons
 
 from conftest import BASIC_USERS, TOKEN_USERS
 from registries import DOCKER_TYPES, Client, push_image, silent_server
@@ -87,8 +87,12 @@ async def test_a_token_that_expires_while_the_session_is_open_is_replaced(token_
     try:
         async with client(token_registry.host, "pusher", TOKEN_USERS["pusher"][0]) as registry:
             await registry.check_push("team/app")
-            await asyncio.sleep(3)
+            issued = len(token_registry.issuer.requests)
             await registry.check_push("team/app")
+            assert len(token_registry.issuer.requests) == issued  # a live token is used again
+            await asyncio.sleep(3)
+            await registry.check_push("team/app")  # would fail with the expired token (401 on the upload)
+            assert len(token_registry.issuer.requests) == issued + 1  # replaced once
     finally:
         token_registry.issuer.lifetime = datetime.timedelta(minutes=5)
 
@@ -112,8 +116,13 @@ async def test_push_preflight_names_the_repository_a_pull_only_user_cannot_push(
 
 
 async def test_push_preflight_with_basic_auth_starts_and_cancels_an_upload(basic_registry):
+    uploads = basic_registry.storage / "docker/registry/v2/repositories/team/preflight/_uploads"
     async with client(basic_registry.host, "alice", BASIC_USERS["alice"]) as registry:
-        await registry.check_push("team/app")
+        await registry.check_push("team/preflight")
+    (started,) = uploads.iterdir()  # one upload was started
+    # and cancelled: distribution removes its data and start time (it keeps the empty hash state behind)
+    assert sorted(p.name for p in started.rglob("*") if p.is_file()) == ["0"]
+    assert not (started / "data").exists() and not (started / "startedat").exists()
 
 
 async def test_push_preflight_without_credentials_is_denied(basic_registry):

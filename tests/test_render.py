@@ -12,16 +12,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kiln import references
+from kiln.build.credentials import Credentials, ResolvedLogin
+from kiln.build.platforms import BuildUnit, build_plan
+from kiln.build.render import buildctl_args, render_build, render_job
 from kiln.cli import main as kiln_main
-from kiln.credentials import Credentials, ResolvedLogin
-from kiln.parse import InvalidSpec, parse_image_build
-from kiln.render import buildctl_args, render_build, render_job
 from kiln.render_cli import render_objects
-from kiln.resolve import BuildUnit, build_plan
-from kiln.settings import Settings
+from kiln.spec import references
+from kiln.spec.parse import InvalidSpec, parse_image_build
+from kiln.spec.settings import Settings
 
-from conftest import ROOT, SAMPLES, load_yaml_docs
+from conftest import K8S_VERSION, ROOT, SAMPLES, load_yaml_docs
 from crdcheck import schema_of
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -60,7 +60,7 @@ def test_rendered_objects_match_the_golden_file(story):
 @pytest.mark.parametrize("story", sorted(STORIES))
 def test_rendered_objects_are_valid_kubernetes_objects(story):
     for obj in rendered_story(story):
-        kubernetes_validate.validate(obj, "1.33", strict=True)
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 def _job(story: str, index: int = 0) -> dict:

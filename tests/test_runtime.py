@@ -8,13 +8,14 @@ import kopf
 import kubernetes
 from kopf._core.intents.registries import _matches_metadata
 
-from kiln import cache, handle_login, handlers
-from kiln.apply import Kube
-from kiln.parse import parse_image_build, spec_identity
-from kiln.render import render_build
-from kiln.resolve import build_plan
-from kiln.runtime import Runtime
-from kiln.settings import Settings
+from kiln.build.platforms import build_plan
+from kiln.build.render import render_build
+from kiln.clients import watch_cache
+from kiln.clients.kube import Kube
+from kiln.controller import handlers, logins
+from kiln.controller.runtime import Runtime
+from kiln.spec.parse import parse_image_build, spec_identity
+from kiln.spec.settings import Settings
 
 from kubefake import eventually
 
@@ -90,9 +91,9 @@ def test_no_watch_brings_a_builds_own_secret_and_a_login_secret_reaches_its_inde
     (index,) = [h for h in registry._indexing.get_all_handlers() if h.fn is handlers.secrets_by_name]
     spec = parse_image_build(BUILD)
     (secret,) = [o for o in render_build(spec, [], build_plan(spec), Settings()) if o["kind"] == "Secret"]
-    older = {**secret["metadata"]["labels"], handle_login.WATCHED_LABEL: "true"}
-    login_secret = {handle_login.WATCHED_LABEL: "true", "app.kubernetes.io/managed-by": "Helm"}
-    assert handle_login.WATCHED_LABEL not in secret["metadata"]["labels"]  # the selector is that label's
+    older = {**secret["metadata"]["labels"], logins.WATCHED_LABEL: "true"}
+    login_secret = {logins.WATCHED_LABEL: "true", "app.kubernetes.io/managed-by": "Helm"}
+    assert logins.WATCHED_LABEL not in secret["metadata"]["labels"]  # the selector is that label's
     for labels, matched in ((secret["metadata"]["labels"], False), (older, False), (login_secret, True)):
         for pattern in (handler.labels, index.labels):
             assert _matches_metadata(pattern=pattern, content=labels, kwargs={}, cause=None) is matched
@@ -117,9 +118,9 @@ async def test_at_start_kiln_knows_its_own_secrets_and_every_build_from_one_list
     listing = Listing([secret, no_build], [BUILD, finished])
     rt = Runtime(listing, Settings(namespaces=("team", "ci")))
     await rt.list_at_start()
-    assert listing.asked == [("/api/v1/namespaces/team/secrets", cache.MANAGED),
+    assert listing.asked == [("/api/v1/namespaces/team/secrets", watch_cache.MANAGED),
                              ("/apis/kiln.dev/v1alpha1/namespaces/team/imagebuilds", None),
-                             ("/api/v1/namespaces/ci/secrets", cache.MANAGED),
+                             ("/api/v1/namespaces/ci/secrets", watch_cache.MANAGED),
                              ("/apis/kiln.dev/v1alpha1/namespaces/ci/imagebuilds", None)]
     assert rt.cache.secrets("team", "app") == [{"metadata": secret["metadata"]}] and len(rt.cache.credentials) == 1
     # The build holds its place in its namespace's line (a finished one holds none), but is reconciled only once
@@ -130,7 +131,7 @@ async def test_at_start_kiln_knows_its_own_secrets_and_every_build_from_one_list
     assert rt.cache.secrets("team", "app") == [] and rt.cache.credentials == {} and rt.cache.listed_builds == {}
     everywhere = Runtime(Listing([]), Settings())
     await everywhere.list_at_start()
-    assert everywhere.kube.asked == [("/api/v1/secrets", cache.MANAGED), ("/apis/kiln.dev/v1alpha1/imagebuilds", None)]
+    assert everywhere.kube.asked == [("/api/v1/secrets", watch_cache.MANAGED), ("/apis/kiln.dev/v1alpha1/imagebuilds", None)]
 
 
 async def test_a_resync_round_forgets_the_builds_of_the_listing_at_start_that_no_watch_has_shown():
@@ -155,10 +156,10 @@ async def test_a_jobs_or_pods_event_reconciles_only_a_known_unfinished_build_and
 
     monkeypatch.setattr(handlers, "_build", build)
     memo = types.SimpleNamespace(runtime=rt)
-    job = {**served(active=1), "metadata": {**served()["metadata"], "labels": {cache.BUILD_LABEL: "app"},
+    job = {**served(active=1), "metadata": {**served()["metadata"], "labels": {watch_cache.BUILD_LABEL: "app"},
                                             "ownerReferences": [{"kind": "ImageBuild", "name": "app", "controller": True}]}}
     pod = {"metadata": {"name": "app-g1-abc-x", "namespace": "team",
-                        "labels": {cache.BUILD_LABEL: "app", "job-name": job["metadata"]["name"]}},
+                        "labels": {watch_cache.BUILD_LABEL: "app", "job-name": job["metadata"]["name"]}},
            "status": {"containerStatuses": [{"name": "buildkit", "state": {"running": {}}}]}}
     rt.cache.indexes["jobs_by_build"] = {("team", "app"): [job]}
 

@@ -14,7 +14,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiln.parse import InvalidSpec, parse_image_build, parse_registry_login
+from kiln.spec.parse import InvalidSpec, parse_image_build, parse_registry_login
 
 from crdcheck import errors
 from malformed import BUILD, LOGIN

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 def kopf_argv(extra: list[str]) -> list[str]:
     """`kopf run` arguments for kiln's handlers: all namespaces unless the options name some."""
     scoped = any(a in ("-A", "--all-namespaces") or a.startswith(("-n", "--namespace")) for a in extra)
-    return ["run", "-m", "kiln.handlers", *([] if scoped else ["--all-namespaces"]), *extra]
+    return ["run", "-m", "kiln.controller.handlers", *([] if scoped else ["--all-namespaces"]), *extra]
 
 
 def served_namespaces(extra: list[str]) -> list[str]:
@@ -67,7 +67,7 @@ def wait_until_served(namespaces: tuple[str, ...], every: float = 2.0) -> None:
     reason to wait, not a traceback."""
     import time
 
-    from kiln.apply import serving_problem
+    from kiln.clients.kube import serving_problem
 
     said = None
     while problem := serving_problem(namespaces):
@@ -81,7 +81,7 @@ def wait_until_served(namespaces: tuple[str, ...], every: float = 2.0) -> None:
 
 def run_operator(kopf_args: list[str], check: bool = True) -> int:
     if check:
-        from kiln.apply import cluster_problem
+        from kiln.clients.kube import cluster_problem
 
         problem = cluster_problem()
         if problem:

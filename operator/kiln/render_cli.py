@@ -13,11 +13,11 @@ from typing import TextIO
 
 import yaml
 
-from kiln.credentials import CredentialsProblem, resolved_login, selected_logins
-from kiln.parse import InvalidSpec, parse_image_build, parse_registry_login
-from kiln.render import render_build
-from kiln.resolve import build_plan
-from kiln.settings import Settings
+from kiln.build.credentials import CredentialsProblem, resolved_login, selected_logins
+from kiln.build.platforms import build_plan
+from kiln.build.render import render_build
+from kiln.spec.parse import InvalidSpec, parse_image_build, parse_registry_login
+from kiln.spec.settings import Settings
 
 REDACTED = "<redacted: kiln render --show-secrets shows it>"
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"

@@ -1,4 +1,4 @@
-"""resolve (platforms): which pods build which platforms.
+"""Which pods build which platforms (pure): the platforms part of the resolve step.
 
 qemu builds every platform in one pod; native runs one pod per platform on nodes
 of that architecture; auto goes native where Ready nodes of the architecture exist
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln.parse import BuildSpec, InvalidSpec
+from kiln.spec.parse import BuildSpec, InvalidSpec
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ class Settings:
     # How many builds may run at once in one namespace (0: no limit); the others wait in line, Queued.
     max_builds_per_namespace: int = 0
     # How many ImageBuilds are reconciled at once; a burst of creates queues in the operator. As many as the
-    # connections kiln keeps to the API server (apply.CONNECTIONS): against a real API server, 16 made a burst of
-    # 100 builds wait on kiln's own slots, 1.3x to 1.4x slower to their Jobs than kopf alone (bench/).
+    # connections kiln keeps to the API server (clients.kube.CONNECTIONS): fewer made a burst wait on kiln's own
+    # slots (docs/benchmarks.md).
     max_concurrent_reconciles: int = 100
 
     @classmethod

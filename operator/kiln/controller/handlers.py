@@ -1,4 +1,4 @@
-"""kopf entry points: decorators and one-line delegations. The work lives in handle_build and handle_login.
+"""kopf entry points: decorators and one-line delegations. The work lives in builds and logins.
 
 Every handler is level-triggered: it reads the current state and moves it one step,
 so any event (ImageBuild, its Jobs and Pods, RegistryLogins, their Secrets) or the
@@ -13,15 +13,17 @@ import logging
 
 import kopf
 
-from kiln import apply, cache, handle_build, handle_login, metrics
-from kiln.runtime import Runtime
-from kiln.settings import Settings
+from kiln import metrics
+from kiln.clients import kube, watch_cache
+from kiln.controller import builds, gather, logins
+from kiln.controller.runtime import Runtime
+from kiln.spec.settings import Settings
 
 IMAGEBUILDS = ("kiln.dev", "v1alpha1", "imagebuilds")
 LOGINS = ("kiln.dev", "v1alpha1", "registrylogins")
 # Login Secrets. kiln's own carry no such label (a listing at start and its own writes say which exist), but
 # an older kiln's did, and an emulator without label selectors streams them all: they are no login's.
-LOGIN_SECRETS = {handle_login.WATCHED_LABEL: "true", cache.BUILD_LABEL: kopf.ABSENT}
+LOGIN_SECRETS = {logins.WATCHED_LABEL: "true", watch_cache.BUILD_LABEL: kopf.ABSENT}
 LOG = logging.getLogger("kiln.builds")  # what happens to builds, at INFO (kiln's lines are not kopf's: see below)
 
 
@@ -60,12 +62,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     quiet_kopf_objects()
     # Only what is kiln's streams in: the API server filters Jobs, Pods and Secrets for the operator,
     # so its memory and work follow kiln's objects, not the cluster's size.
-    managed = ",".join(f"{key}={value}" for key, value in cache.MANAGED.items())
+    managed = ",".join(f"{key}={value}" for key, value in watch_cache.MANAGED.items())
     settings.watching.label_selectors["batch/jobs"] = managed
     settings.watching.label_selectors["pods"] = managed
-    settings.watching.label_selectors["secrets"] = f"{handle_login.WATCHED_LABEL}=true"
-    apply.load_config()
-    memo.runtime = Runtime(apply.Kube(), Settings.from_env())
+    settings.watching.label_selectors["secrets"] = f"{logins.WATCHED_LABEL}=true"
+    kube.load_config()
+    memo.runtime = Runtime(kube.Kube(), Settings.from_env())
     await memo.runtime.list_at_start()
     memo.metrics = metrics.serve(memo.runtime.settings.metrics_port, memo.runtime.settings.metrics_address)
     if memo.runtime.settings.namespaces:
@@ -86,15 +88,15 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
     collected_after = -1
     while True:
         await asyncio.sleep(runtime.settings.resync_interval)
-        logins, builds = runtime.cache.everything("RegistryLogin"), runtime.cache.everything("ImageBuild")
-        for obj in logins:
+        known_logins, known_builds = runtime.cache.everything("RegistryLogin"), runtime.cache.everything("ImageBuild")
+        for obj in known_logins:
             try:
-                await handle_login.reconcile_login(runtime, obj)
+                await logins.reconcile_login(runtime, obj)
             except Exception as exc:  # one object's trouble must not keep the others waiting
                 logger.warning("resync of RegistryLogin %s/%s failed: %s: %s", obj["metadata"]["namespace"],
                                obj["metadata"]["name"], type(exc).__name__, exc)
-        for obj in builds:
-            if not handle_build.settled(obj):  # a finished build waits for a change of its own, which its watch delivers
+        for obj in known_builds:
+            if not builds.settled(obj):  # a finished build waits for a change of its own, which its watch delivers
                 await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
         runtime.cache.unseen_gone()
         # kopf's per-event objects form reference cycles; after a burst of events (builds, or the first listing
@@ -106,9 +108,10 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
             collected_after = runtime.events
             gc.collect()
             _give_back_freed_memory()
-        queued = sum(handle_build.queued(o) for o in builds)
+        queued = sum(gather.queued(o) for o in known_builds)
         metrics.BUILDS_QUEUED.set(queued)
-        metrics.BUILDS_RUNNING.set(sum((o.get("status") or {}).get("phase") in ("Pending", "Building") for o in builds) - queued)
+        metrics.BUILDS_RUNNING.set(sum((o.get("status") or {}).get("phase") in ("Pending", "Building")
+                                       for o in known_builds) - queued)
 
 
 def _give_back_freed_memory() -> None:
@@ -121,7 +124,7 @@ def _give_back_freed_memory() -> None:
 
 @kopf.on.login()
 def login(**_) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(**apply.connection())
+    return kopf.ConnectionInfo(**kube.connection())
 
 
 @kopf.on.cleanup()
@@ -143,26 +146,26 @@ async def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> d
     return {(namespace, (spec.get("secretRef") or {}).get("name")): name}
 
 
-# What reconciles read instead of the API server (cache.py): the watches fill these before any handler runs.
-# (ImageBuilds are kept by imagebuild_changed: see cache.py.)
+# What reconciles read instead of the API server (watch_cache.py): the watches fill these before any handler runs.
+# (ImageBuilds are kept by imagebuild_changed: see watch_cache.py.)
 @kopf.index(*LOGINS)
 async def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
-    return {namespace: cache.body(body)}
+    return {namespace: watch_cache.body(body)}
 
 
-@kopf.index("batch", "v1", "jobs", labels=cache.MANAGED)
+@kopf.index("batch", "v1", "jobs", labels=watch_cache.MANAGED)
 async def jobs_by_build(namespace: str, body: kopf.Body, **_) -> dict:
-    return {cache.build_key(namespace, body): cache.job_body(body)}
+    return {watch_cache.build_key(namespace, body): watch_cache.job_body(body)}
 
 
-@kopf.index("", "v1", "pods", labels=cache.MANAGED)
+@kopf.index("", "v1", "pods", labels=watch_cache.MANAGED)
 async def pods_by_build(namespace: str, body: kopf.Body, **_) -> dict:
-    return {cache.build_key(namespace, body): cache.pod_body(body)}
+    return {watch_cache.build_key(namespace, body): watch_cache.pod_body(body)}
 
 
 @kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS)
 async def secrets_by_name(namespace: str, name: str, body: kopf.Body, **_) -> dict:
-    return {(namespace, name): cache.body(body)}
+    return {(namespace, name): watch_cache.body(body)}
 
 
 async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
@@ -173,12 +176,12 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
     try:
         async with runtime.reconcile_slots:  # a burst of creates waits here, not all in memory at once
             with metrics.RECONCILES.track_inprogress():
-                outcome = await handle_build.reconcile_build(runtime, namespace, name, logger)
+                outcome = await builds.reconcile_build(runtime, namespace, name, logger)
     except Exception as exc:  # an API or network failure: this object tries again soon, not at the next resync
         metrics.RECONCILE_ERRORS.labels("ImageBuild").inc()
         delay = runtime.retry_delay(key)
         logger.warning("ImageBuild %s/%s: reconcile failed (%s: %s); trying again in %gs", namespace, name,
-                       type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (apply.KubeError, OSError)))
+                       type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (kube.KubeError, OSError)))
         runtime.later(key, delay, again)
         return
     runtime.failures.pop(key, None)
@@ -196,11 +199,11 @@ async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Log
 
 
 async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger) -> None:
-    if await handle_login.reconcile_login(memo.runtime, body) is None:
+    if await logins.reconcile_login(memo.runtime, body) is None:
         return
     namespace = body["metadata"]["namespace"]
     # A copy (the index changes meanwhile) of the builds a login can matter to: a finished one is done with logins.
-    waiting = [b["metadata"]["name"] for b in memo.runtime.cache.builds(namespace) if not handle_build.settled(b)]
+    waiting = [b["metadata"]["name"] for b in memo.runtime.cache.builds(namespace) if not builds.settled(b)]
     for build in waiting:
         await _build(memo, namespace, build, logger)
 
@@ -215,7 +218,7 @@ async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: s
     memo.runtime.cache.saw_build(body)
     if memo.runtime.own_write((namespace, name), body.metadata.get("resourceVersion")):
         return  # the echo of kiln's own status write: nothing changed that kiln did not know
-    if handle_build.settled(body):
+    if builds.settled(body):
         return  # finished, and neither edited nor given a new rebuild token: a restart lists a thousand such
     await _build(memo, namespace, name, logger)
 
@@ -231,10 +234,10 @@ def _done_with(runtime: Runtime, namespace: str, owner: str | None) -> bool:
     collector deletes them), or is not known: deleted, or, right after a start, not delivered yet, and then its
     own event reconciles it, reading its children from their indexes."""
     build = runtime.cache.build(namespace, owner) if owner else None
-    return build is None or handle_build.settled(build)
+    return build is None or builds.settled(build)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=cache.MANAGED)
+@kopf.on.event("batch", "v1", "jobs", labels=watch_cache.MANAGED)
 async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger,
                       **kwargs) -> None:
     runtime: Runtime = memo.runtime
@@ -246,14 +249,14 @@ async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Mem
         await _build(memo, namespace, owner, logger)
 
 
-@kopf.on.event("", "v1", "pods", labels=cache.MANAGED)
+@kopf.on.event("", "v1", "pods", labels=watch_cache.MANAGED)
 async def pod_changed(type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo,
                       logger: logging.Logger, **kwargs) -> None:
     """A pod matters when its container starts, waits on something (an image pull), or ends; its Job says the rest,
     also when the pod is deleted."""
     runtime: Runtime = memo.runtime
     runtime.handling(kwargs)
-    job = next((j for j in runtime.cache.jobs(*cache.build_key(namespace, body))
+    job = next((j for j in runtime.cache.jobs(*watch_cache.build_key(namespace, body))
                 if j["metadata"]["name"] == labels.get("job-name")), None)
     owner = _owner(job) if job else None
     if type == "DELETED" or _done_with(runtime, namespace, owner):

@@ -4,27 +4,27 @@ from __future__ import annotations
 import datetime
 import logging
 
-from kiln import API_VERSION, metrics, reasons
-from kiln.apply import Kube, path
-from kiln.credentials import Credentials, CredentialsProblem, ca_from_config_map, credentials_from_secret
-from kiln.parse import InvalidSpec, LoginSpec, parse_registry_login
-from kiln.registry import Registry, RegistryClient, RegistryError
-from kiln.runtime import Runtime
-from kiln.settings import Settings
-from kiln.status import condition, now_iso, status_patch
+from kiln import API_VERSION, metrics
+from kiln.build.credentials import Credentials, CredentialsProblem, ca_from_config_map, credentials_from_secret
+from kiln.build.status import condition, status_patch
+from kiln.clients.kube import Kube, path
+from kiln.clients.registry import Registry, RegistryClient, RegistryError
+from kiln.controller.runtime import Runtime
+from kiln.spec import labels, reasons
+from kiln.spec.parse import InvalidSpec, LoginSpec, parse_registry_login
+from kiln.spec.settings import Settings
 
 # Logins that are not Ready are checked again at least this often (seconds), for registries that come back.
 RETRY_INTERVAL = 60.0
 LOG = logging.getLogger("kiln.logins")  # kopf's per-object INFO is off (handlers.configure)
 # The operator watches only Secrets with this label (least privilege): a change to one is seen at once;
 # a change to an unlabelled one at the next resync.
-WATCHED_LABEL = "kiln.dev/registry-login"
+WATCHED_LABEL = labels.REGISTRY_LOGIN
 
 
 def secret_watched(secret: dict | None, login: LoginSpec, settings: Settings, generation: int) -> dict:
     """The SecretWatched condition: whether kiln sees changes to the login's Secret at once."""
-    labels = ((secret or {}).get("metadata") or {}).get("labels") or {}
-    if labels.get(WATCHED_LABEL) == "true":
+    if (((secret or {}).get("metadata") or {}).get("labels") or {}).get(WATCHED_LABEL) == "true":
         return condition("SecretWatched", True, reasons.SECRET_WATCHED, f"changes to Secret {login.secret!r} are seen at once",
                          generation)
     return condition("SecretWatched", False, reasons.SECRET_NOT_LABELLED,
@@ -90,7 +90,7 @@ async def reconcile_login(runtime: Runtime, obj: dict) -> dict | None:
         ca_pem = ca_from_config_map(await read_ca_config_map(kube, login), login)
         if login.verify:
             scheme = await verify(login, credentials, ca_pem, settings)
-            new.update(authScheme=scheme, lastVerifiedTime=now_iso())
+            new.update(authScheme=scheme, lastVerifiedTime=labels.iso(datetime.datetime.now(datetime.UTC)))
             message = f"{credentials.username} logged in to {login.server} ({scheme})"
             ready = condition("Ready", True, reasons.VERIFIED, message, generation)
         else:
@@ -98,7 +98,7 @@ async def reconcile_login(runtime: Runtime, obj: dict) -> dict | None:
                               f"credentials for {credentials.username} read; not checked (spec.verify is false)", generation)
     except (CredentialsProblem, RegistryError) as exc:
         if isinstance(exc, RegistryError):
-            new["lastVerifiedTime"] = now_iso()
+            new["lastVerifiedTime"] = labels.iso(datetime.datetime.now(datetime.UTC))
         ready = condition("Ready", False, exc.reason, exc.message, generation)
     if login.verify and "lastVerifiedTime" in new:
         metrics.VERIFICATIONS.labels(ready["reason"]).inc()
@@ -112,6 +112,6 @@ async def reconcile_login(runtime: Runtime, obj: dict) -> dict | None:
 
 async def _write(kube: Kube, obj: dict, new: dict) -> dict | None:
     """Patch status when it changed; returns the login as written, or None."""
-    patch = status_patch(obj.get("status"), new, now_iso())
+    patch = status_patch(obj.get("status"), new, labels.iso(datetime.datetime.now(datetime.UTC)))
     meta = obj["metadata"]
     return None if patch is None else await kube.patch_status(login_path(meta["namespace"], meta["name"]), patch)

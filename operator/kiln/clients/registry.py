@@ -18,15 +18,12 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
-from kiln import reasons
-from kiln.credentials import Credentials
-from kiln.references import api_endpoint
+from kiln.build.credentials import Credentials
+from kiln.spec import reasons
+from kiln.spec.references import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, OCI_INDEX, api_endpoint
 
 # Cloud metadata services reachable at ordinary addresses, beside all of link-local.
 _METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254")}
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-INDEX_MEDIA_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
-MANIFEST_MEDIA_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
 MANIFEST_TYPES = INDEX_MEDIA_TYPES + MANIFEST_MEDIA_TYPES  # what GET manifest accepts
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 

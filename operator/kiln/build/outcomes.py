@@ -1,4 +1,4 @@
-"""observe: a build pod's Job and Pod -> what happened to it (pure).
+"""A build pod's Job and Pod -> what happened to it (pure): the outcome the observe step reads.
 
 The digest comes from the termination message (buildctl's metadata file); on
 failure the kubelet puts the log tail there instead (FallbackToLogsOnError), which
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kiln import reasons
+from kiln.spec import reasons
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}

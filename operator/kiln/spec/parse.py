@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from kiln.references import (
+from kiln.spec import labels
+from kiln.spec.references import (
     CREDENTIALS_IN_URL,
     IMAGE_PATTERN,
     PLATFORM_PATTERN,
@@ -22,9 +23,9 @@ from kiln.references import (
     TAGGED_REF_PATTERN,
     normalize_server,
 )
-from kiln.schema import go_pattern, structural_errors
+from kiln.spec.schema import go_pattern, structural_errors
 
-REBUILD_ANNOTATION = "kiln.dev/rebuild"
+REBUILD_ANNOTATION = labels.REBUILD
 CACHE_TYPES = ("registry", "local", "inline", "none")
 STRATEGIES = ("qemu", "native", "auto")
 _BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -15,10 +15,9 @@ import dataclasses
 import datetime
 from dataclasses import dataclass, field
 
-from kiln import reasons
-from kiln import status as statuses
-from kiln.credentials import CredentialsProblem, ResolvedLogin
-from kiln.observe import (
+from kiln.build import status as statuses
+from kiln.build.credentials import CredentialsProblem, ResolvedLogin
+from kiln.build.outcomes import (
     FAILED,
     PENDING,
     RUNNING,
@@ -28,16 +27,16 @@ from kiln.observe import (
     observe_unit,
     true_condition,
 )
-from kiln.parse import BuildSpec, InvalidSpec
-from kiln.references import split_tagged
-from kiln.registry import MANIFEST_MEDIA_TYPES
-from kiln.render import buildkitd_files, job_name, render_build, render_job
-from kiln.resolve import BuildUnit, build_plan
-from kiln.settings import Settings
-from kiln.status import BUILDING, CANCELLED
-from kiln.status import FAILED as BUILD_FAILED
-from kiln.status import PENDING as BUILD_PENDING
-from kiln.status import SUCCEEDED as BUILD_SUCCEEDED
+from kiln.build.platforms import BuildUnit, build_plan
+from kiln.build.render import buildkitd_files, job_name, render_build, render_job
+from kiln.build.status import BUILDING, CANCELLED
+from kiln.build.status import FAILED as BUILD_FAILED
+from kiln.build.status import PENDING as BUILD_PENDING
+from kiln.build.status import SUCCEEDED as BUILD_SUCCEEDED
+from kiln.spec import labels, reasons
+from kiln.spec.parse import BuildSpec, InvalidSpec
+from kiln.spec.references import MANIFEST_MEDIA_TYPES, split_tagged
+from kiln.spec.settings import Settings
 
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 # Blocked and stalled builds look again after 10s, 20s, 40s ... at most every 10 minutes, and at once
@@ -135,16 +134,12 @@ class Decision:
     requeue_after: float | None = None  # look again then, even if nothing changes
 
 
-def _iso(moment: datetime.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _build_of(job: dict) -> str:
-    return (job["metadata"].get("labels") or {}).get("kiln.dev/build-id", "")
+    return (job["metadata"].get("labels") or {}).get(labels.BUILD_ID, "")
 
 
 def active(job: dict) -> bool:
@@ -192,7 +187,7 @@ def decide(facts: Facts) -> Decision:
             if old.get("buildID") == other and old.get("phase") in (BUILD_PENDING, BUILDING) and \
                     all(item.get("buildID") != other for item in history):
                 history = statuses.with_history(history, statuses.build_record(
-                    old, CANCELLED, reasons.SUPERSEDED, _iso(facts.now)), spec.history_limit)
+                    old, CANCELLED, reasons.SUPERSEDED, labels.iso(facts.now)), spec.history_limit)
                 decision.events.append(("Normal", "BuildSuperseded", f"build {other} superseded by {spec.build_id}"))
     carried = old if same else {}
     view = statuses.BuildStatus(spec, generation, carried, history)
@@ -218,7 +213,7 @@ def _invalid(facts: Facts, old: dict, generation: int) -> Decision:
     decision.delete_credentials = sorted(facts.credentials)
     if running and old.get("phase") in (BUILD_PENDING, BUILDING):
         history = statuses.with_history(old.get("history"), statuses.build_record(
-            old, CANCELLED, reasons.INVALID_SPEC, _iso(facts.now)), statuses.DEFAULT_HISTORY_LIMIT)
+            old, CANCELLED, reasons.INVALID_SPEC, labels.iso(facts.now)), statuses.DEFAULT_HISTORY_LIMIT)
         decision.status["history"] = history
         decision.events.append(("Warning", "BuildCancelled", f"build {old.get('buildID')} cancelled: the spec is invalid"))
     return decision
@@ -234,7 +229,7 @@ def _suspend(facts: Facts, spec: BuildSpec, old: dict, same: bool, view: statuse
     if running or (same and old.get("phase") in (BUILD_PENDING, BUILDING)):
         decision.events.append(("Normal", "BuildCancelled", f"build {spec.build_id} cancelled: spec.suspend is true"))
         view.history = statuses.with_history(view.history, statuses.build_record(
-            {**view.carried, "buildID": spec.build_id}, CANCELLED, reasons.SUSPENDED, _iso(facts.now)), spec.history_limit)
+            {**view.carried, "buildID": spec.build_id}, CANCELLED, reasons.SUSPENDED, labels.iso(facts.now)), spec.history_limit)
     decision.status = view.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false")
     decision.status.pop("retry", None)
 
@@ -252,72 +247,144 @@ def _waiting(facts: Facts, spec: BuildSpec, carried: dict) -> float | None:
     return left if left > 0 else None
 
 
-def _blocked(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision,
-             reason: str, message: str, *, credentials: bool, stalled: bool) -> None:
-    """Pending and blocked: report why, and when kiln looks again (exponential backoff)."""
+def _block(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision,
+           blocked: Blocked) -> None:
+    """Pending and blocked: report why, and when kiln looks again (after a fixed wait, or exponential backoff)."""
+    if blocked.after is not None:
+        decision.status = view.blocked(blocked.reason, blocked.message, credentials=blocked.credentials,
+                                       stalled=blocked.stalled)
+        decision.requeue_after = blocked.after
+        return
     retry = carried.get("retry") or {}
     key = _backoff_key(facts, spec)
-    count = retry.get("count", 0) + 1 if retry.get("key") == key and retry.get("reason") == reason else 1
+    count = retry.get("count", 0) + 1 if retry.get("key") == key and retry.get("reason") == blocked.reason else 1
     delay = min(BACKOFF_BASE * 2 ** (count - 1), BACKOFF_CAP)
-    after = _iso(facts.now + datetime.timedelta(seconds=delay))
-    decision.status = view.blocked(reason, f"{message}; kiln looks again at {after}", credentials=credentials,
-                                   stalled=stalled)
-    decision.status["retry"] = {"reason": reason, "count": count, "after": after, "key": key}
+    after = labels.iso(facts.now + datetime.timedelta(seconds=delay))
+    decision.status = view.blocked(blocked.reason, f"{blocked.message}; kiln looks again at {after}",
+                                   credentials=blocked.credentials, stalled=blocked.stalled)
+    decision.status["retry"] = {"reason": blocked.reason, "count": count, "after": after, "key": key}
     decision.requeue_after = delay
 
 
-def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision) -> None:
-    """A build that has no units in status yet: check what it needs, then create its children."""
-    attempt = max((u.get("attempt", 0) for u in carried.get("units") or []), default=carried.get("attempt", -1)) + 1 \
-        if carried.get("phase") == CANCELLED else 0
+# -- starting a build: a chain of policies --
+
+@dataclass(frozen=True)
+class Blocked:
+    """The build cannot start yet: why, and how kiln looks again (after exponential backoff, or `after` seconds)."""
+    reason: str
+    message: str
+    credentials: bool = False  # CredentialsReady is False for this reason
+    stalled: bool = False  # it waits for a change from the user
+    after: float | None = None  # None: exponential backoff
+    undo: bool = False  # delete what an earlier, refused attempt created
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """Blocked a moment ago, and nothing changed since: keep the status, look again when the backoff ends."""
+    after: float
+
+
+@dataclass(frozen=True)
+class Ask:
+    question: Question
+
+
+Verdict = Blocked | Unchanged | Ask | None  # None: this policy lets the build go on
+
+
+def _unchanged_since_blocked(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
     wait = _waiting(facts, spec, carried)
-    if wait is not None and facts.refused is None:  # blocked a moment ago and nothing changed since
-        decision.status = {**carried, "observedGeneration": view.generation, "history": view.history}
-        decision.requeue_after = wait
-        return
-    if isinstance(facts.logins, CredentialsProblem):
-        _blocked(facts, spec, carried, view, decision, facts.logins.reason, facts.logins.message,
-                 credentials=True, stalled=facts.logins.stalls)
-        return
+    return Unchanged(wait) if wait is not None and facts.refused is None else None
+
+
+def _logins_usable(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
+    problem = facts.logins
+    if isinstance(problem, CredentialsProblem):
+        return Blocked(problem.reason, problem.message, credentials=True, stalled=problem.stalls)
+    return None
+
+
+def _its_turn_in_the_namespace(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
     limit = facts.settings.max_builds_per_namespace
     running, ahead = facts.namespace_load
     if limit and (running >= limit or ahead >= limit - running):
-        decision.status = view.blocked(reasons.QUEUED, f"queued: {running} of at most {limit} builds run in namespace "
-                                       f"{spec.namespace}; {ahead} waiting before this one (place {ahead + 1} in line)",
-                                       credentials=False, stalled=False)
-        decision.requeue_after = WAIT_FOR_VOLUME
-        return
+        return Blocked(reasons.QUEUED, f"queued: {running} of at most {limit} builds run in namespace {spec.namespace}; "
+                                       f"{ahead} waiting before this one (place {ahead + 1} in line)", after=WAIT_FOR_VOLUME)
+    return None
+
+
+def _cache_volume_free(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
     if facts.volume_holder:
-        decision.status = view.blocked(reasons.WAITING_FOR_CACHE_VOLUME, f"cache volume {spec.cache.volume} is in use by "
-                                       f"{facts.volume_holder}", credentials=False, stalled=False)
-        decision.requeue_after = WAIT_FOR_VOLUME
-        return
+        return Blocked(reasons.WAITING_FOR_CACHE_VOLUME, f"cache volume {spec.cache.volume} is in use by "
+                                                         f"{facts.volume_holder}", after=WAIT_FOR_VOLUME)
+    return None
+
+
+def _push_allowed(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
+    check = PushCheck(_push_targets(spec))
+    if check.repositories and check not in facts.answers:
+        return Ask(check)
+    answer = facts.answers.get(check)
+    if isinstance(answer, RegistryProblem):
+        return Blocked(answer.reason, f"push check: {answer.message}", credentials=not answer.transient,
+                       stalled=not answer.transient)
+    return None
+
+
+def _children_accepted(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
+    if facts.refused:  # the children created before the refusal go again: a partial build can only mislead
+        what, message = facts.refused
+        return Blocked(reasons.CREATE_REJECTED, f"the API server refused to create {what}: {message}", stalled=True,
+                       undo=True)
+    return None
+
+
+# What a build needs before its children are created, asked in this order; the first that says no decides.
+START_POLICIES = (
+    ("blocked a moment ago, nothing changed since", _unchanged_since_blocked),
+    ("its logins are Ready", _logins_usable),
+    ("its turn in the namespace", _its_turn_in_the_namespace),
+    ("its local cache volume is free", _cache_volume_free),
+    ("the registries accept its pushes", _push_allowed),
+    ("the API server accepted its children", _children_accepted),
+)
+
+
+def start_verdict(facts: Facts, spec: BuildSpec, carried: dict) -> tuple[str, Verdict]:
+    """The first policy that keeps the build from starting, and its verdict; ("", None) when none does."""
+    for name, policy in START_POLICIES:
+        if (verdict := policy(facts, spec, carried)) is not None:
+            return name, verdict
+    return "", None
+
+
+def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision) -> None:
+    """A build that has no units in status yet: the start policies, then its children."""
+    attempt = max((u.get("attempt", 0) for u in carried.get("units") or []), default=carried.get("attempt", -1)) + 1 \
+        if carried.get("phase") == CANCELLED else 0
     try:
         plan = build_plan(spec, facts.ready_archs)
     except InvalidSpec as exc:
         decision.status = statuses.invalid_build_status(view.generation, str(exc), view.history)
         return
-    check = PushCheck(_push_targets(spec))
-    if check.repositories and check not in facts.answers:
-        decision.ask = check
-        return
-    answer = facts.answers.get(check)
-    if isinstance(answer, RegistryProblem):
-        _blocked(facts, spec, carried, view, decision, answer.reason, f"push check: {answer.message}",
-                 credentials=not answer.transient, stalled=not answer.transient)
-        return
-    if facts.refused:  # the children created before the refusal go again: a partial build can only mislead
-        what, message = facts.refused
-        _blocked(facts, spec, carried, view, decision, reasons.CREATE_REJECTED,
-                 f"the API server refused to create {what}: {message}", credentials=False, stalled=True)
-        decision.delete_jobs += [job_name(spec, unit, attempt) for unit in plan]
-        decision.delete_credentials.append(spec.build_id)
-        return
-    units = [unit_record(unit, spec, attempt, _iso(facts.now)) for unit in plan]
-    decision.create = render_build(spec, facts.logins, plan, facts.settings, attempt)
-    decision.events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
-    decision.status = _progress(view, BUILD_PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD, units)
-    _look_again(decision, POD_PATIENCE)  # if no pod comes, the Job's events say why
+    _, verdict = start_verdict(facts, spec, carried)
+    if isinstance(verdict, Unchanged):
+        decision.status = {**carried, "observedGeneration": view.generation, "history": view.history}
+        decision.requeue_after = verdict.after
+    elif isinstance(verdict, Ask):
+        decision.ask = verdict.question
+    elif isinstance(verdict, Blocked):
+        _block(facts, spec, carried, view, decision, verdict)
+        if verdict.undo:
+            decision.delete_jobs += [job_name(spec, unit, attempt) for unit in plan]
+            decision.delete_credentials.append(spec.build_id)
+    else:
+        units = [unit_record(unit, spec, attempt, labels.iso(facts.now)) for unit in plan]
+        decision.create = render_build(spec, facts.logins, plan, facts.settings, attempt)
+        decision.events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
+        decision.status = _progress(view, BUILD_PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD, units)
+        _look_again(decision, POD_PATIENCE)  # if no pod comes, the Job's events say why
 
 
 def _push_targets(spec: BuildSpec) -> tuple[str, ...]:
@@ -393,7 +460,7 @@ def _image_pull_patience(state: UnitState, facts: Facts, record: dict) -> UnitSt
     if state.reason != reasons.BUILDER_IMAGE_PULL_FAILED or state.phase != FAILED or not state.retryable:
         record.pop("pullFailingSince", None)
         return state
-    since = record.setdefault("pullFailingSince", _iso(facts.now))
+    since = record.setdefault("pullFailingSince", labels.iso(facts.now))
     if (facts.now - _parse(since)).total_seconds() < facts.settings.image_pull_grace:
         return dataclasses.replace(state, phase=PENDING, retryable=False)
     return dataclasses.replace(state, retryable=False,
@@ -431,7 +498,7 @@ def _pod_on_its_way(facts: Facts, state: UnitState, decision: Decision) -> UnitS
     """A Job concluded, and kiln has seen no pod of it: Jobs and Pods come on separate watch streams, and a busy
     operator may get a fast build's Job before its pod. The pod's final state (digest, exit code, log) is on its
     way: kiln waits for it a while, and only then concludes from the Job alone (the pod was deleted, or collected).
-    Its twin for a pod kiln last saw before its end is observe._ending, which needs no bound: that pod's end comes."""
+    Its twin for a pod kiln last saw before its end is outcomes._ending, which needs no bound: that pod's end comes."""
     ended = state.completion_time
     waited = (facts.now - _parse(ended)).total_seconds() if ended else POD_PATIENCE
     if waited >= POD_PATIENCE:
@@ -482,8 +549,8 @@ def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: list[dic
            view: statuses.BuildStatus, decision: Decision) -> None:
     """Transient failures run again as a new attempt, with the build's credentials made again."""
     if isinstance(facts.logins, CredentialsProblem):
-        _blocked(facts, spec, view.carried, view, decision, facts.logins.reason, f"a retry waits: {facts.logins.message}",
-                 credentials=True, stalled=False)
+        _block(facts, spec, view.carried, view, decision,
+               Blocked(facts.logins.reason, f"a retry waits: {facts.logins.message}", credentials=True))
         decision.status["units"] = records
         decision.status["phase"] = BUILDING
         return
@@ -511,12 +578,12 @@ def _fail(facts: Facts, spec: BuildSpec, records: list[dict], failed: dict, seve
     decision.delete_jobs += [j["metadata"]["name"] for j in facts.jobs if _build_of(j) == spec.build_id and active(j)]
     reason = failed.get("reason") or reasons.BUILD_FAILED
     message = f"{_named(failed, several)}{failed.get('message') or 'the build failed'}"
-    completion = failed.get("completionTime") or _iso(facts.now)
+    completion = failed.get("completionTime") or labels.iso(facts.now)
     status = _progress(view, BUILD_FAILED, reason, message, records)
     view.carried = {**view.carried, "startTime": status.get("startTime")}
     decision.status = {**view.failed(failed["job"], reason, message, failed.get("logExcerpt", ""),
                                      [r["job"] for r in records], max(r["attempt"] for r in records), completion,
-                                     _iso(facts.now)), "units": records}
+                                     labels.iso(facts.now)), "units": records}
     decision.events.append(("Warning", "BuildFailed", f"{reason}: {message}"))
 
 
@@ -548,9 +615,8 @@ def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses
             return
         if isinstance(answer, RegistryProblem) and isinstance(question, AssembleIndex):
             if answer.transient:
-                _blocked(facts, spec, view.carried, view, decision, answer.reason,
-                         f"the images are built; assembling the index: {answer.message}", credentials=False,
-                         stalled=False)
+                _block(facts, spec, view.carried, view, decision,
+                       Blocked(answer.reason, f"the images are built; assembling the index: {answer.message}"))
                 decision.status.update(phase=BUILDING, units=records)
             else:
                 _fail(facts, spec, records, {**records[0], "reason": answer.reason,
@@ -564,11 +630,11 @@ def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses
             platforms = [(p, d, records[0]["builtBy"]) for p, d in answer]
     status = _progress(view, BUILD_SUCCEEDED, reasons.SUCCEEDED, "", records)
     view.carried = {**view.carried, "startTime": status.get("startTime")}
-    completion = max((r["completionTime"] for r in records if r.get("completionTime")), default=_iso(facts.now))
+    completion = max((r["completionTime"] for r in records if r.get("completionTime")), default=labels.iso(facts.now))
     decision.status = {**view.succeeded(
         [r["job"] for r in records], max(r["attempt"] for r in records), completion, digest,
         [{"platform": p, "digest": d, "builtBy": b} for p, d, b in platforms],
-        sum(r.get("cachedSteps", 0) for r in records), sum(r.get("totalSteps", 0) for r in records), _iso(facts.now)),
+        sum(r.get("cachedSteps", 0) for r in records), sum(r.get("totalSteps", 0) for r in records), labels.iso(facts.now)),
         "units": records}
     decision.status.pop("retry", None)
     decision.events.append(("Normal", "BuildSucceeded", f"pushed {decision.status.get('image') or spec.output.image}"))

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import datetime
 
-from kiln import reasons
-from kiln.parse import BuildSpec
-from kiln.render import cache_ref
-from kiln.resolve import BuildUnit
+from kiln.build.platforms import BuildUnit
+from kiln.build.render import cache_ref
+from kiln.spec import reasons
+from kiln.spec.parse import BuildSpec
 
 PENDING, BUILDING, SUCCEEDED, FAILED, CANCELLED = "Pending", "Building", "Succeeded", "Failed", "Cancelled"
 DEFAULT_HISTORY_LIMIT = 5  # spec.historyLimit's default, for a spec too broken to read one from
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(kind: str, status: bool, reason: str, message: str, generation: int) -> dict:

@@ -8,14 +8,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from kiln import API_VERSION
-from kiln.apply import Kube, path
-from kiln.cache import MANAGED, Cache, Reader, own_secret
-from kiln.events import Recorder
-from kiln.observe import true_condition
-from kiln.registries import Registries
-from kiln.render import short_name
-from kiln.settings import Settings
-from kiln.status import BUILDING, PENDING
+from kiln.build.outcomes import true_condition
+from kiln.build.render import short_name
+from kiln.build.status import BUILDING, PENDING
+from kiln.clients.events import Recorder
+from kiln.clients.kube import Kube, path
+from kiln.clients.registry_sessions import Registries
+from kiln.clients.watch_cache import MANAGED, Cache, Reader, own_secret
+from kiln.spec.settings import Settings
 
 Key = tuple[str, str]  # (namespace, name)
 # A failed reconcile is tried again after 1s, 2s, 4s ... at most every 5 minutes.

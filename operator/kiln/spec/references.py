@@ -25,6 +25,10 @@ DOCKER_HUB = "docker.io"
 # What the docker CLI and BuildKit use as Docker Hub's key in config.json.
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
 _DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+# What an image's manifest and a multi-platform index are, in OCI's and Docker's words.
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+INDEX_MEDIA_TYPES = (OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_MEDIA_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
 
 
 def registry_host(image: str) -> str:

@@ -7,9 +7,9 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from kiln.credentials import ResolvedLogin
-from kiln.registry import Registry, RegistryClient
-from kiln.settings import Settings
+from kiln.build.credentials import ResolvedLogin
+from kiln.clients.registry import Registry, RegistryClient
+from kiln.spec.settings import Settings
 
 PUSH_CHECK_SECONDS = 300.0  # how long an allowed push is taken as still allowed (a revoked one: the build says so)
 IDLE_SECONDS = 600.0  # a session unused this long is closed

@@ -6,10 +6,11 @@ burst, the builds' own writes reach the API server first and their events follow
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 
-from kiln.apply import Kube
-from kiln.status import now_iso
+from kiln.clients.kube import Kube
+from kiln.spec import labels
 
 LOG = logging.getLogger("kiln.events")
 QUEUED_AT_MOST = 1000  # as client-go's recorder: past that the API server is not keeping up, and events give way
@@ -24,7 +25,7 @@ class Recorder:
     def record(self, obj: dict, kind: str, reason: str, message: str) -> None:
         """Queue an event about obj, stamped now; dropped (and logged) when the queue is full."""
         try:
-            self._queue.put_nowait((obj, kind, reason, message, now_iso()))
+            self._queue.put_nowait((obj, kind, reason, message, labels.iso(datetime.datetime.now(datetime.UTC))))
             self._pending += 1
         except asyncio.QueueFull:
             meta = obj["metadata"]

@@ -1,4 +1,4 @@
-"""apply: the only module that talks to the Kubernetes API.
+"""The Kubernetes API client: the only module that talks to the Kubernetes API.
 
 The kubernetes library loads the configuration (kubeconfig or in-cluster, with
 token refresh); requests are plain async REST on aiohttp, so objects stay the

@@ -22,15 +22,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kiln.apply import Kube, labels_match, path
+from kiln.clients.kube import Kube, labels_match, path
+from kiln.spec import labels
 
 # kopf indexes (handlers.py) and their keys: what a reconcile of one build reads is found at once, not by a
 # walk of its namespace, so a build costs the same in a namespace of ten builds or ten thousand.
 INDEXES = ("logins_by_namespace",  # namespace
            "jobs_by_build", "pods_by_build",  # (namespace, the kiln.dev/imagebuild label)
            "secrets_by_name")  # a login's Secret: (namespace, name)
-BUILD_LABEL = "kiln.dev/imagebuild"
-MANAGED = {"app.kubernetes.io/managed-by": "kiln"}  # the label of everything kiln makes
+BUILD_LABEL = labels.IMAGEBUILD
+MANAGED = labels.MANAGED
 EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this is looked at as it is
 
 

@@ -14,11 +14,12 @@ import re
 from urllib.parse import urlsplit
 
 from kiln import API_VERSION
-from kiln.credentials import ResolvedLogin, merged_docker_config
-from kiln.parse import BuildSpec, ConfigMapSource, GitSource, UrlSource, VolumeSource
-from kiln.references import split_tagged
-from kiln.resolve import BuildUnit
-from kiln.settings import Settings
+from kiln.build.credentials import ResolvedLogin, merged_docker_config
+from kiln.build.platforms import BuildUnit
+from kiln.spec import labels
+from kiln.spec.parse import BuildSpec, ConfigMapSource, GitSource, UrlSource, VolumeSource
+from kiln.spec.references import split_tagged
+from kiln.spec.settings import Settings
 
 STATE_DIR = "/home/user/.local/share/buildkit"  # where the rootless daemon keeps its cache
 DOCKER_CONFIG_DIR = "/kiln/docker"
@@ -68,10 +69,10 @@ def build_labels(spec: BuildSpec) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "kiln",
         "app.kubernetes.io/component": "build",
-        "app.kubernetes.io/managed-by": "kiln",
-        "kiln.dev/imagebuild": short_name(spec.name),
-        "kiln.dev/build-id": spec.build_id,
-        "kiln.dev/generation": str(spec.generation),
+        **labels.MANAGED,
+        labels.IMAGEBUILD: short_name(spec.name),
+        labels.BUILD_ID: spec.build_id,
+        labels.GENERATION: str(spec.generation),
     }
 
 
@@ -227,12 +228,12 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
         pod["serviceAccountName"] = spec.builder.service_account
     if spec.builder.tolerations:
         pod["tolerations"] = list(spec.builder.tolerations)
-    unit_labels = {"kiln.dev/unit": unit.key or "all"}
+    unit_labels = {labels.UNIT: unit.key or "all"}
     if spec.cache.volume:
-        unit_labels["kiln.dev/cache-volume"] = short_name(spec.cache.volume)
-    annotations = {"kiln.dev/built-by": unit.built_by, "kiln.dev/attempt": str(attempt)}
+        unit_labels[labels.CACHE_VOLUME] = short_name(spec.cache.volume)
+    annotations = {labels.BUILT_BY: unit.built_by, labels.ATTEMPT: str(attempt)}
     if unit.platforms:
-        annotations["kiln.dev/platforms"] = ",".join(unit.platforms)
+        annotations[labels.PLATFORMS] = ",".join(unit.platforms)
     metadata = {**_metadata(spec, job_name(spec, unit, attempt), **unit_labels), "annotations": annotations}
     return {
         "apiVersion": "batch/v1",

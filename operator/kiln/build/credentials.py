@@ -1,4 +1,4 @@
-"""resolve (credentials): Secrets -> Credentials, RegistryLogins -> one merged docker config.
+"""Credentials (pure), the resolve step's first half: Secrets -> Credentials, RegistryLogins -> one docker config.
 
 Pure functions. Problems raise CredentialsProblem whose message names the Secret,
 the key and the registry, and never contains a credential value.
@@ -10,9 +10,9 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-from kiln import reasons
-from kiln.parse import BuildSpec, LoginSpec
-from kiln.references import docker_config_key, normalize_server
+from kiln.spec import reasons
+from kiln.spec.parse import BuildSpec, LoginSpec
+from kiln.spec.references import docker_config_key, normalize_server
 
 
 class CredentialsProblem(Exception):

@@ -1,0 +1,2 @@
+"""The operator: kopf's handlers, the reconcilers of ImageBuilds (builds) and RegistryLogins (logins), and what
+they share (runtime)."""

@@ -1,0 +1,96 @@
+"""ImageBuild: gather what there is, decide (build/decide.py, pure), answer its questions, carry the decision
+out, report it in status.
+
+Level-triggered: every call looks at the ImageBuild, its Jobs, Pods and credentials and moves
+one step toward the spec. Re-running it at any point (an operator restart, two events at once)
+creates nothing twice: children have deterministic names and a 409 means "already there".
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+
+from kiln import API_VERSION
+from kiln.build.decide import (
+    Decision,
+    Event,
+    Facts,
+    decide,
+)
+from kiln.build.status import CANCELLED, FAILED, SUCCEEDED, status_patch
+from kiln.clients.kube import Kube, path
+from kiln.controller.answers import answer
+from kiln.controller.carry_out import carry_out
+from kiln.controller.gather import observe
+from kiln.controller.runtime import Runtime
+from kiln.spec import labels
+from kiln.spec.parse import spec_identity
+
+# One decision may ask a registry about each unit (digest, log) and the index; more means something loops.
+MAX_QUESTIONS = 24
+
+
+def build_path(namespace: str | None, name: str | None = None) -> str:
+    return path(API_VERSION, "imagebuilds", namespace, name)
+
+
+@dataclasses.dataclass
+class Outcome:
+    obj: dict | None
+    events: list[Event]
+    requeue_after: float | None = None  # seconds until this ImageBuild should be looked at again
+    status: dict | None = None  # the status decided
+
+
+async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: logging.Logger) -> Outcome:
+    """One step for one ImageBuild."""
+    if not runtime.cache.ready:  # kopf fills its indexes before any handler runs: only an early resync sees this
+        return Outcome(None, [], 1.0)
+    async with runtime.locks[(namespace, name)]:
+        reader = runtime.reader()
+        obj = await reader.build(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            runtime.locks.pop((namespace, name), None)
+            return Outcome(None, [])
+        facts = await observe(reader, runtime.settings, obj)
+        decision = await decided(runtime, facts)
+        if decision.ask is not None:
+            logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,
+                           MAX_QUESTIONS)
+            return Outcome(obj, [], 1.0)
+        refused = await carry_out(runtime, namespace, name, decision)
+        if refused:  # decide again knowing it, and undo what was created before the refusal
+            decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
+            await carry_out(runtime, namespace, name, decision)
+        written = await write_status(runtime.kube, obj, decision.status)
+        if written is not None:  # newer than the watch may show for a moment; its echo needs no look
+            runtime.cache.wrote("ImageBuild", written)
+        return Outcome(obj, decision.events, decision.requeue_after, decision.status)
+
+
+async def decided(runtime: Runtime, facts: Facts) -> Decision:
+    """decide, answering the registry questions it asks, one at a time."""
+    decision = decide(facts)
+    for _ in range(MAX_QUESTIONS):
+        if decision.ask is None:
+            break
+        facts.answers[decision.ask] = await answer(runtime, facts, decision.ask)
+        decision = decide(facts)
+    return decision
+
+
+def settled(obj: dict) -> bool:
+    """A finished build of the current spec and rebuild token: only an edit or a new token gives it work again."""
+    status, meta = obj.get("status") or {}, obj["metadata"]
+    return status.get("phase") in (SUCCEEDED, FAILED, CANCELLED) and status.get("observedGeneration") == meta.get("generation") \
+        and meta.get("resourceVersion") is not None and status.get("specIdentity") == spec_identity(obj)
+
+
+async def write_status(kube: Kube, obj: dict, new: dict) -> dict | None:
+    """Write the status when it changed (no write, no watch event, no reconcile storm otherwise); the object as written."""
+    patch = status_patch(obj.get("status"), new, labels.iso(datetime.datetime.now(datetime.UTC)))
+    meta = obj["metadata"]
+    return None if patch is None else await kube.patch_status(build_path(meta["namespace"], meta["name"]), patch)
+
+

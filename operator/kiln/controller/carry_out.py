@@ -1,0 +1,37 @@
+"""carry_out: a Decision's deletes and creates, in its order, through the Kubernetes API."""
+from __future__ import annotations
+
+from kiln.build.decide import (
+    Decision,
+)
+from kiln.build.render import build_secret_name
+from kiln.clients.kube import KubeError, path
+from kiln.controller.runtime import Runtime
+
+_PLURALS = {"Secret": "secrets", "Job": "jobs"}
+
+async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Decision) -> tuple[str, str] | None:
+    """Delete, then create, in the decision's order. A create the API server refuses is returned as
+    (object, message); transient API errors raise, and the caller tries again later."""
+    kube = runtime.kube
+    for name in decision.delete_jobs:
+        await kube.delete(path("batch/v1", "jobs", namespace, name))
+        runtime.cache.deleted(namespace, name)
+    for build_id in decision.delete_credentials:
+        name = build_secret_name(build, build_id)
+        await kube.delete(path("v1", "secrets", namespace, name))
+        runtime.cache.deleted_secret(namespace, name)
+    for child in decision.create:
+        try:
+            await kube.create(path(child["apiVersion"], _PLURALS[child["kind"]], namespace), child)
+            if child["kind"] == "Job":  # until the watch shows it, it is known to exist
+                runtime.job_created(namespace, child)
+            elif child["kind"] == "Secret":  # no watch shows kiln's own Secrets: this is how it knows
+                runtime.cache.made_secret(namespace, child)
+        except KubeError as exc:
+            if exc.status >= 500 or exc.status == 429:
+                raise
+            # A Secret's refusal could quote its data: say only the status code.
+            detail = f"HTTP {exc.status}" if child["kind"] == "Secret" else exc.message
+            return f"{child['kind']} {child['metadata']['name']}", detail
+    return None
