@@ -8,10 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.versions import COMPONENTS, ETCD, HERE, KUBERNETES, Component, bin_dir
+from cluster.versions import CACHE, COMPONENTS, ETCD, HERE, KUBERNETES, Component, bin_dir
+
+NO_GO = ("the Go toolchain (1.26 or newer, https://go.dev/doc/install) builds the pinned components once; "
+         "`go` is not on PATH")
 
 
 def _go(args: list[str], goarch: str, cwd: Path | None = None, gobin: Path | None = None) -> None:
+    if not shutil.which("go"):
+        raise SystemExit(f"cluster: {NO_GO}, and {CACHE} does not hold {cwd.name if cwd else args[-1]} yet")
     # GOTOOLCHAIN=local: a module's `toolchain` line must not make go fetch another Go.
     env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOOS": "linux", "GOARCH": goarch}
     if gobin:

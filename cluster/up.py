@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster import netns, pki, procs, registry
-from cluster.build import all_built, build, build_all
+from cluster.build import NO_GO, all_built, build, build_all
 from cluster.images import buildkit_image, pause_image
 from cluster.versions import BUILDKIT_IMAGE, CACHE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE, bin_dir
 
@@ -425,8 +425,7 @@ def preflight(needs_build: bool) -> None:
     """What `make cluster` needs and this machine lacks, each said with how to get it, before anything starts."""
     problems = []
     if needs_build and not shutil.which("go"):
-        problems.append("the Go toolchain (1.26 or newer, https://go.dev/doc/install) builds the pinned components once; "
-                        f"`go` is not on PATH, and {CACHE} does not hold them all")
+        problems.append(f"{NO_GO}, and {CACHE} does not hold them all")
     problems += [f"port {port} is taken: {who}" for port in PORTS if (who := taken(port))]
     if problems:
         raise SystemExit("cluster: cannot start the local cluster:\n" + "\n".join(f"  - {p}" for p in problems))

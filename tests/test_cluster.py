@@ -10,7 +10,7 @@ import time
 import tomllib
 
 import pytest
-from cluster import registry, up, watchdog
+from cluster import procs, registry, up, watchdog
 from cluster.versions import BUILDKIT, BUILDKIT_IMAGE, COMPONENTS, HERE
 
 from kiln.spec.settings import DEFAULT_BUILDKIT_IMAGE
@@ -82,6 +82,11 @@ def test_down_kills_a_process_naming_the_cluster_state_that_has_no_pid_file(tmp_
     monkeypatch.setattr(up, "STATE", tmp_path)
     stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", f"--config={tmp_path}/kubelet.yaml"])
     try:
+        deadline = time.monotonic() + 10
+        # Popen returns once its child has begun to exec, which sets up the child's command line a moment later.
+        while str(tmp_path) not in procs.command_line(stray.pid):
+            assert time.monotonic() < deadline, "the stray never started"
+            time.sleep(0.01)
         up._kill_strays()
         assert stray.wait(timeout=5) == -signal.SIGKILL
     finally:
@@ -130,3 +135,13 @@ def test_a_machine_without_go_is_told_where_to_get_it_when_the_cache_lacks_a_com
         up.preflight(needs_build=True)
     assert "Go toolchain" in str(refused.value) and "https://go.dev/doc/install" in str(refused.value)
     up.preflight(needs_build=False)  # with every component cached, go is not needed
+
+
+def test_a_build_without_go_says_where_to_get_it_instead_of_a_traceback(tmp_path):
+    from cluster.versions import ROOTLESSKIT
+
+    env = {"PATH": "/nonexistent", "KILN_CACHE": str(tmp_path), "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "cluster", "build", ROOTLESSKIT.name], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "https://go.dev/doc/install" in result.stderr
