@@ -187,7 +187,7 @@ async def test_the_cache_volume_stays_busy_while_a_deleted_jobs_pod_still_runs(c
 async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_are_being_created(monkeypatch):
     """The builds kept grow while the handler walks them (their handler runs between awaits); a finished
     build is left alone, and so is one only kiln's listing at start has shown (it may be gone)."""
-    from kiln.controller import handlers
+    from kiln.controller import builds
 
     finished = {"metadata": {"name": "done", "namespace": "default", "generation": 1, "resourceVersion": "4"},
                 "spec": {}, "status": {"phase": "Succeeded", "observedGeneration": 1}}
@@ -198,18 +198,17 @@ async def test_a_login_event_reaches_every_unfinished_build_even_while_builds_ar
     kept.listed_build({"metadata": {"name": "listed", "namespace": "default"}})
     started = []
 
-    async def build(memo, namespace, name, logger):
+    async def build(runtime, namespace, name, logger):
         started.append(name)
         kept.saw_build({"metadata": {"name": f"app-{len(started) + 1}", "namespace": "default"}})  # another arrives
 
     async def verified(runtime, body):
         return {"conditions": []}
 
-    monkeypatch.setattr(handlers, "_build", build)
-    monkeypatch.setattr(handlers.logins, "reconcile_login", verified)
+    monkeypatch.setattr(builds, "reconcile", build)
+    monkeypatch.setattr(builds, "reconcile_login", verified)
     body = {"metadata": {"namespace": "default", "name": "reg"}}
-    runtime = types.SimpleNamespace(cache=kept)
-    await handlers._login(memo=types.SimpleNamespace(runtime=runtime), body=body, logger=None)
+    await builds.login_changed(types.SimpleNamespace(cache=kept), body, logger=None)
     assert started == ["app-1"]
 
 

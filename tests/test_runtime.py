@@ -12,7 +12,7 @@ from kiln.build.platforms import build_plan
 from kiln.build.render import render_build
 from kiln.clients import watch_cache
 from kiln.clients.kube import Kube
-from kiln.controller import handlers, logins
+from kiln.controller import builds, handlers, logins
 from kiln.controller.runtime import Runtime
 from kiln.spec.parse import parse_image_build, spec_identity
 from kiln.spec.settings import Settings
@@ -72,7 +72,7 @@ def test_kopfs_per_object_info_is_off_unless_verbose_and_kilns_own_lines_and_kop
         root.setLevel(logging.INFO)  # `kopf run`
         handlers.quiet_kopf_objects()
         assert not objects.isEnabledFor(logging.INFO) and objects.isEnabledFor(logging.WARNING)
-        assert handlers.LOG.isEnabledFor(logging.INFO)
+        assert builds.LOG.isEnabledFor(logging.INFO) and logging.getLogger("kiln.logins").isEnabledFor(logging.INFO)
         objects.setLevel(logging.NOTSET)
         root.setLevel(logging.DEBUG)  # `kopf run --verbose`
         handlers.quiet_kopf_objects()
@@ -151,10 +151,10 @@ async def test_a_jobs_or_pods_event_reconciles_only_a_known_unfinished_build_and
     rt = runtime()
     reconciled = []
 
-    async def build(memo, namespace, name, logger):
+    async def build(runtime, namespace, name, logger):
         reconciled.append(name)
 
-    monkeypatch.setattr(handlers, "_build", build)
+    monkeypatch.setattr(builds, "reconcile", build)
     memo = types.SimpleNamespace(runtime=rt)
     job = {**served(active=1), "metadata": {**served()["metadata"], "labels": {watch_cache.BUILD_LABEL: "app"},
                                             "ownerReferences": [{"kind": "ImageBuild", "name": "app", "controller": True}]}}

@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 import logging
 
-from kiln import API_VERSION
+from kiln import API_VERSION, metrics
 from kiln.build.decide import (
     Decision,
     Event,
@@ -19,14 +19,16 @@ from kiln.build.decide import (
     decide,
 )
 from kiln.build.status import CANCELLED, FAILED, SUCCEEDED, status_patch
-from kiln.clients.kube import Kube, path
+from kiln.clients.kube import Kube, KubeError, path
 from kiln.controller.answers import answer
 from kiln.controller.carry_out import carry_out
 from kiln.controller.gather import observe
+from kiln.controller.logins import reconcile_login
 from kiln.controller.runtime import Runtime
 from kiln.spec import labels
 from kiln.spec.parse import spec_identity
 
+LOG = logging.getLogger("kiln.builds")  # what happens to builds, at INFO
 # One decision may ask a registry about each unit (digest, log) and the index; more means something loops.
 MAX_QUESTIONS = 24
 
@@ -43,30 +45,56 @@ class Outcome:
     status: dict | None = None  # the status decided
 
 
+async def reconcile(runtime: Runtime, namespace: str, name: str, logger: logging.Logger) -> None:
+    """Reconcile one ImageBuild through the work queue; report what happened (log, metrics, events)."""
+    async def step() -> float | None:
+        with metrics.RECONCILES.track_inprogress():
+            outcome = await reconcile_build(runtime, namespace, name, logger)
+        _report(runtime, outcome, namespace, name)
+        return outcome.requeue_after
+
+    def failed(exc: Exception, delay: float) -> None:
+        metrics.RECONCILE_ERRORS.labels("ImageBuild").inc()
+        logger.warning("ImageBuild %s/%s: reconcile failed (%s: %s); trying again in %gs", namespace, name,
+                       type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (KubeError, OSError)))
+
+    await runtime.queue.process((namespace, name), step, failed)
+
+
+def _report(runtime: Runtime, outcome: Outcome, namespace: str, name: str) -> None:
+    for kind, reason, message in outcome.events:
+        LOG.info("ImageBuild %s/%s: %s: %s", namespace, name, reason, message)
+        if reason == "BuildStarted":
+            metrics.BUILDS_STARTED.inc()
+        elif reason in ("BuildSucceeded", "BuildFailed") and outcome.status:
+            spec = outcome.obj.get("spec") or {}
+            metrics.build_finished(outcome.status, (spec.get("cache") or {}).get("type", "registry"),
+                                   (spec.get("multiArch") or {}).get("strategy", "qemu"))
+        runtime.recorder.record(outcome.obj, kind, reason, message)
+
+
 async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: logging.Logger) -> Outcome:
-    """One step for one ImageBuild."""
+    """One step for one ImageBuild (the work queue holds its key's lock)."""
     if not runtime.cache.ready:  # kopf fills its indexes before any handler runs: only an early resync sees this
         return Outcome(None, [], 1.0)
-    async with runtime.locks[(namespace, name)]:
-        reader = runtime.reader()
-        obj = await reader.build(namespace, name)
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
-            runtime.locks.pop((namespace, name), None)
-            return Outcome(None, [])
-        facts = await observe(reader, runtime.settings, obj)
-        decision = await decided(runtime, facts)
-        if decision.ask is not None:
-            logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,
-                           MAX_QUESTIONS)
-            return Outcome(obj, [], 1.0)
-        refused = await carry_out(runtime, namespace, name, decision)
-        if refused:  # decide again knowing it, and undo what was created before the refusal
-            decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
-            await carry_out(runtime, namespace, name, decision)
-        written = await write_status(runtime.kube, obj, decision.status)
-        if written is not None:  # newer than the watch may show for a moment; its echo needs no look
-            runtime.cache.wrote("ImageBuild", written)
-        return Outcome(obj, decision.events, decision.requeue_after, decision.status)
+    reader = runtime.reader()
+    obj = await reader.build(namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return Outcome(None, [])
+    facts = await observe(reader, runtime.settings, obj)
+    decision = await decided(runtime, facts)
+    if decision.ask is not None:
+        logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,
+                       MAX_QUESTIONS)
+        return Outcome(obj, [], 1.0)
+    refused = await carry_out(runtime, namespace, name, decision)
+    if refused:  # decide again knowing it, and undo what was created before the refusal
+        decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
+        await carry_out(runtime, namespace, name, decision)
+    written = await write_status(runtime.kube, obj, decision.status)
+    if written is not None:  # newer than the watch may show for a moment; its echo needs no look
+        runtime.cache.wrote("ImageBuild", written)
+    return Outcome(obj, decision.events, decision.requeue_after, decision.status)
 
 
 async def decided(runtime: Runtime, facts: Facts) -> Decision:
@@ -94,3 +122,14 @@ async def write_status(kube: Kube, obj: dict, new: dict) -> dict | None:
     return None if patch is None else await kube.patch_status(build_path(meta["namespace"], meta["name"]), patch)
 
 
+
+
+async def login_changed(runtime: Runtime, body: dict, logger: logging.Logger) -> None:
+    """A login (or its Secret) changed: check it, then reconcile the builds of its namespace it can matter to."""
+    if await reconcile_login(runtime, body) is None:
+        return
+    namespace = body["metadata"]["namespace"]
+    # A copy (the cache changes meanwhile) of the builds a login can matter to: a finished one is done with logins.
+    waiting = [b["metadata"]["name"] for b in runtime.cache.builds(namespace) if not settled(b)]
+    for build in waiting:
+        await reconcile(runtime, namespace, build, logger)

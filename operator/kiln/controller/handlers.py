@@ -24,7 +24,6 @@ LOGINS = ("kiln.dev", "v1alpha1", "registrylogins")
 # Login Secrets. kiln's own carry no such label (a listing at start and its own writes say which exist), but
 # an older kiln's did, and an emulator without label selectors streams them all: they are no login's.
 LOGIN_SECRETS = {logins.WATCHED_LABEL: "true", watch_cache.BUILD_LABEL: kopf.ABSENT}
-LOG = logging.getLogger("kiln.builds")  # what happens to builds, at INFO (kiln's lines are not kopf's: see below)
 
 
 def quiet_kopf_objects() -> None:
@@ -97,7 +96,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
                                obj["metadata"]["name"], type(exc).__name__, exc)
         for obj in known_builds:
             if not builds.settled(obj):  # a finished build waits for a change of its own, which its watch delivers
-                await _build(memo, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
+                await builds.reconcile(runtime, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
         runtime.cache.unseen_gone()
         # kopf's per-event objects form reference cycles; after a burst of events (builds, or the first listing
         # after a start) they would wait for a full collection that a heap of long-lived cached objects makes rare,
@@ -130,7 +129,7 @@ def login(**_) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_) -> None:
     memo.resync.cancel()
-    memo.runtime.cancel_timers()
+    memo.runtime.queue.shut_down()
     await memo.runtime.recorder.flush(timeout=5)
     memo.recorder.cancel()
     await memo.runtime.registries.close()
@@ -168,46 +167,6 @@ async def secrets_by_name(namespace: str, name: str, body: kopf.Body, **_) -> di
     return {(namespace, name): watch_cache.body(body)}
 
 
-async def _build(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger) -> None:
-    """Reconcile one ImageBuild; look at it again when the decision asks to, or with backoff when it failed."""
-    runtime: Runtime = memo.runtime
-    key = (namespace, name)
-    again = lambda: _build(memo, namespace, name, logger)  # noqa: E731
-    try:
-        async with runtime.reconcile_slots:  # a burst of creates waits here, not all in memory at once
-            with metrics.RECONCILES.track_inprogress():
-                outcome = await builds.reconcile_build(runtime, namespace, name, logger)
-    except Exception as exc:  # an API or network failure: this object tries again soon, not at the next resync
-        metrics.RECONCILE_ERRORS.labels("ImageBuild").inc()
-        delay = runtime.retry_delay(key)
-        logger.warning("ImageBuild %s/%s: reconcile failed (%s: %s); trying again in %gs", namespace, name,
-                       type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (kube.KubeError, OSError)))
-        runtime.later(key, delay, again)
-        return
-    runtime.failures.pop(key, None)
-    if outcome.requeue_after is not None:
-        runtime.later(key, outcome.requeue_after, again)
-    for kind, reason, message in outcome.events:
-        LOG.info("ImageBuild %s/%s: %s: %s", namespace, name, reason, message)
-        if reason == "BuildStarted":
-            metrics.BUILDS_STARTED.inc()
-        elif reason in ("BuildSucceeded", "BuildFailed") and outcome.status:
-            spec = outcome.obj.get("spec") or {}
-            metrics.build_finished(outcome.status, (spec.get("cache") or {}).get("type", "registry"),
-                                   (spec.get("multiArch") or {}).get("strategy", "qemu"))
-        runtime.recorder.record(outcome.obj, kind, reason, message)
-
-
-async def _login(memo: kopf.Memo, body: dict, logger: logging.Logger) -> None:
-    if await logins.reconcile_login(memo.runtime, body) is None:
-        return
-    namespace = body["metadata"]["namespace"]
-    # A copy (the index changes meanwhile) of the builds a login can matter to: a finished one is done with logins.
-    waiting = [b["metadata"]["name"] for b in memo.runtime.cache.builds(namespace) if not builds.settled(b)]
-    for build in waiting:
-        await _build(memo, namespace, build, logger)
-
-
 @kopf.on.event(*IMAGEBUILDS)
 async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
                              logger: logging.Logger, **kwargs) -> None:
@@ -220,7 +179,7 @@ async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: s
         return  # the echo of kiln's own status write: nothing changed that kiln did not know
     if builds.settled(body):
         return  # finished, and neither edited nor given a new rebuild token: a restart lists a thousand such
-    await _build(memo, namespace, name, logger)
+    await builds.reconcile(memo.runtime, namespace, name, logger)
 
 
 def _owner(obj: kopf.Body | dict) -> str | None:
@@ -246,7 +205,7 @@ async def job_changed(type: str, body: kopf.Body, namespace: str, memo: kopf.Mem
     if _done_with(runtime, namespace, owner):
         runtime.job_gone(namespace, body["metadata"]["name"])
     elif runtime.job_state_changed(namespace, body, type):
-        await _build(memo, namespace, owner, logger)
+        await builds.reconcile(runtime, namespace, owner, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels=watch_cache.MANAGED)
@@ -262,7 +221,7 @@ async def pod_changed(type: str, body: kopf.Body, labels: kopf.Labels, namespace
     if type == "DELETED" or _done_with(runtime, namespace, owner):
         runtime.pod_gone(namespace, body["metadata"]["name"])
     elif runtime.pod_state_changed(namespace, body):
-        await _build(memo, namespace, owner, logger)
+        await builds.reconcile(runtime, namespace, owner, logger)
 
 
 @kopf.on.event(*LOGINS)
@@ -271,7 +230,7 @@ async def login_changed(type: str, body: kopf.Body, memo: kopf.Memo, logger: log
     if type == "DELETED":
         memo.runtime.cache.forget("RegistryLogin", body.metadata["namespace"], body.metadata["name"])
     else:
-        await _login(memo, dict(body), logger)
+        await builds.login_changed(memo.runtime, dict(body), logger)
 
 
 @kopf.on.event("", "v1", "secrets", labels=LOGIN_SECRETS)
@@ -281,4 +240,4 @@ async def secret_changed(namespace: str, name: str, memo: kopf.Memo, logger: log
     for login in list(logins_by_secret.get((namespace, name), [])):  # rotation: re-verify without a restart
         obj = memo.runtime.cache.login(namespace, login)
         if obj:
-            await _login(memo, obj, logger)
+            await builds.login_changed(memo.runtime, obj, logger)

@@ -1,10 +1,8 @@
-"""What the handlers of one operator run share (kept in kopf's memo): the API client, settings,
-one lock per ImageBuild, and the timers that look at an object again later."""
+"""What the handlers of one operator run share (kept in kopf's memo): the API client, settings, the watch cache,
+the work queue of ImageBuilds, registry sessions and the event recorder."""
 from __future__ import annotations
 
-import asyncio
-import collections
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kiln import API_VERSION
@@ -15,31 +13,25 @@ from kiln.clients.events import Recorder
 from kiln.clients.kube import Kube, path
 from kiln.clients.registry_sessions import Registries
 from kiln.clients.watch_cache import MANAGED, Cache, Reader, own_secret
+from kiln.controller.workqueue import Key, WorkQueue
 from kiln.spec.settings import Settings
-
-Key = tuple[str, str]  # (namespace, name)
-# A failed reconcile is tried again after 1s, 2s, 4s ... at most every 5 minutes.
-RETRY_BASE, RETRY_CAP = 1.0, 300.0
 
 
 @dataclass
 class Runtime:
     kube: Kube
     settings: Settings
-    # One reconcile at a time per ImageBuild, whichever watch (its own, its Jobs', its Pods') triggered it.
-    locks: dict[Key, asyncio.Lock] = field(default_factory=lambda: collections.defaultdict(asyncio.Lock))
-    failures: dict[Key, int] = field(default_factory=dict)
     cache: Cache = field(default_factory=Cache)
+    # One reconcile at a time per ImageBuild, whichever watch (its own, its Jobs', its Pods') triggered it.
+    queue: WorkQueue = field(init=False)
     registries: Registries = field(init=False)
     recorder: Recorder = field(init=False)  # Kubernetes Events, posted in the background
     _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     _job_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     events: int = 0  # watch events handled so far: whether anything happened since the last resync round
-    reconcile_slots: asyncio.Semaphore = field(init=False)
-    _timers: dict[Key, tuple[float, asyncio.TimerHandle]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.reconcile_slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
+        self.queue = WorkQueue(self.settings.max_concurrent_reconciles)
         self.registries = Registries(self.settings)
         self.recorder = Recorder(self.kube)
 
@@ -59,27 +51,6 @@ class Runtime:
             for build in await self.kube.list(path(API_VERSION, "imagebuilds", namespace)):
                 if (build.get("status") or {}).get("phase") in (None, PENDING, BUILDING):  # the rest hold no place
                     self.cache.listed_build(build)
-
-    def retry_delay(self, key: Key) -> float:
-        """The next delay for an object whose reconcile failed again (exponential, capped)."""
-        self.failures[key] = self.failures.get(key, 0) + 1
-        return min(RETRY_BASE * 2 ** (self.failures[key] - 1), RETRY_CAP)
-
-    def later(self, key: Key, delay: float, run: Callable[[], Awaitable[None]]) -> None:
-        """Run `run` for this object after `delay` seconds; an earlier timer for it wins over a later one."""
-        loop = asyncio.get_running_loop()
-        when = loop.time() + delay
-        pending = self._timers.get(key)
-        if pending and not pending[1].cancelled() and pending[0] <= when:
-            return
-        if pending:
-            pending[1].cancel()
-
-        def fire() -> None:
-            self._timers.pop(key, None)
-            loop.create_task(run())
-
-        self._timers[key] = (when, loop.call_later(delay, fire))
 
     def pod_state_changed(self, namespace: str, pod: Mapping) -> bool:
         """Whether a pod's container started, waits for another reason, or ended since kiln last looked."""
@@ -119,16 +90,7 @@ class Runtime:
         """An ImageBuild is gone: nothing of it is kept."""
         self.cache.build_gone(*key)
         self.cache.credentials.pop((key[0], short_name(key[1])), None)  # the garbage collector takes its Secrets
-        self.failures.pop(key, None)
-        self.locks.pop(key, None)
-        pending = self._timers.pop(key, None)
-        if pending:
-            pending[1].cancel()
-
-    def cancel_timers(self) -> None:
-        for _, handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
+        self.queue.forget(key)
 
 
 def _job_state(job: Mapping) -> tuple:
