@@ -57,7 +57,7 @@ test: system-deps install buildkit
 lint: install
 	$(VENV)/bin/ruff check operator tests bench cluster
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q tests/test_crd_schema.py -k "description or printer_column"
+	$(PY) -m pytest -q tests/spec/test_crd_schema.py -k "description or printer_column"
 
 # A local cluster from pinned upstream releases (root: it runs node agents and makes a bridge).
 cluster: system-deps

@@ -1,8 +1,8 @@
 """The operator's Prometheus endpoint counts what happened: a build through the real operator, then a scrape."""
 import pytest
+from test_operator_builds import first_job, phase, succeed
 
 from scrape import delta, scrape
-from test_operator_builds import first_job, phase, succeed
 
 from kubefake import KubeFake, eventually, operator
 from registries import free_port

@@ -1,6 +1,6 @@
 """The build lifecycle in event orders that once made status untrue: the real operator against the emulator.
 
-Each of these failed on the operator before decide.py (commit c49453b); see tests/test_decide.py for the
+Each of these failed on the operator before decide.py (commit c49453b); see tests/build/test_decide.py for the
 same stories as a table of the pure decision.
 """
 import asyncio
@@ -8,11 +8,6 @@ import dataclasses
 import types
 
 import pytest
-
-from kiln.build.render import build_secret_name
-from kiln.clients.watch_cache import Cache
-from kiln.spec import reasons
-from kiln.spec.parse import parse_image_build, spec_identity
 from test_operator_builds import (
     DIGEST,
     IB,
@@ -25,6 +20,11 @@ from test_operator_builds import (
     ready_login,
     status,
 )
+
+from kiln.build.render import build_secret_name
+from kiln.clients.watch_cache import Cache
+from kiln.spec import reasons
+from kiln.spec.parse import parse_image_build, spec_identity
 
 from conftest import TOKEN_USERS, b64, ready_of
 from kubefake import KubeFake, eventually, operator
