@@ -8,11 +8,12 @@ import kopf
 import kubernetes
 from kopf._core.intents.registries import _matches_metadata
 
+from kiln.build.logins import WATCHED_LABEL
 from kiln.build.platforms import build_plan
 from kiln.build.render import render_build
 from kiln.clients import watch_cache
 from kiln.clients.kube import Kube
-from kiln.controller import builds, handlers, logins
+from kiln.controller import builds, handlers
 from kiln.controller.runtime import Runtime
 from kiln.spec.parse import parse_image_build, spec_identity
 from kiln.spec.settings import Settings
@@ -91,9 +92,9 @@ def test_no_watch_brings_a_builds_own_secret_and_a_login_secret_reaches_its_inde
     (index,) = [h for h in registry._indexing.get_all_handlers() if h.fn is handlers.secrets_by_name]
     spec = parse_image_build(BUILD)
     (secret,) = [o for o in render_build(spec, [], build_plan(spec), Settings()) if o["kind"] == "Secret"]
-    older = {**secret["metadata"]["labels"], logins.WATCHED_LABEL: "true"}
-    login_secret = {logins.WATCHED_LABEL: "true", "app.kubernetes.io/managed-by": "Helm"}
-    assert logins.WATCHED_LABEL not in secret["metadata"]["labels"]  # the selector is that label's
+    older = {**secret["metadata"]["labels"], WATCHED_LABEL: "true"}
+    login_secret = {WATCHED_LABEL: "true", "app.kubernetes.io/managed-by": "Helm"}
+    assert WATCHED_LABEL not in secret["metadata"]["labels"]  # the selector is that label's
     for labels, matched in ((secret["metadata"]["labels"], False), (older, False), (login_secret, True)):
         for pattern in (handler.labels, index.labels):
             assert _matches_metadata(pattern=pattern, content=labels, kwargs={}, cause=None) is matched

@@ -12,11 +12,12 @@ from kiln.build.decide import (
     Facts,
     active,
 )
+from kiln.build.logins import ready_condition
 from kiln.build.outcomes import true_condition
 from kiln.build.render import short_name
 from kiln.build.status import BUILDING, PENDING
 from kiln.clients.watch_cache import BUILD_LABEL, MANAGED, Reader
-from kiln.controller.logins import read_ca_config_map, ready_condition
+from kiln.controller.logins import read_ca_config_map
 from kiln.spec import labels, reasons
 from kiln.spec.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
 from kiln.spec.settings import Settings

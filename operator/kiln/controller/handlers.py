@@ -14,6 +14,7 @@ import logging
 import kopf
 
 from kiln import metrics
+from kiln.build.logins import WATCHED_LABEL
 from kiln.clients import kube, watch_cache
 from kiln.controller import builds, gather, logins
 from kiln.controller.runtime import Runtime
@@ -23,7 +24,7 @@ IMAGEBUILDS = ("kiln.dev", "v1alpha1", "imagebuilds")
 LOGINS = ("kiln.dev", "v1alpha1", "registrylogins")
 # Login Secrets. kiln's own carry no such label (a listing at start and its own writes say which exist), but
 # an older kiln's did, and an emulator without label selectors streams them all: they are no login's.
-LOGIN_SECRETS = {logins.WATCHED_LABEL: "true", watch_cache.BUILD_LABEL: kopf.ABSENT}
+LOGIN_SECRETS = {WATCHED_LABEL: "true", watch_cache.BUILD_LABEL: kopf.ABSENT}
 
 
 def quiet_kopf_objects() -> None:
@@ -64,7 +65,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     managed = ",".join(f"{key}={value}" for key, value in watch_cache.MANAGED.items())
     settings.watching.label_selectors["batch/jobs"] = managed
     settings.watching.label_selectors["pods"] = managed
-    settings.watching.label_selectors["secrets"] = f"{logins.WATCHED_LABEL}=true"
+    settings.watching.label_selectors["secrets"] = f"{WATCHED_LABEL}=true"
     kube.load_config()
     memo.runtime = Runtime(kube.Kube(), Settings.from_env())
     await memo.runtime.list_at_start()
