@@ -179,3 +179,9 @@ async def test_a_jobs_or_pods_event_reconciles_only_a_known_unfinished_build_and
     rt.cache.saw_build(done)
     await events()
     assert reconciled == ["app", "app"] and not rt._job_states and not rt._pod_states
+
+
+def test_every_index_the_watch_cache_reads_is_declared_to_kopf_under_that_name():
+    registry = kopf.get_default_registry()
+    declared = {h.id for h in registry._indexing.get_all_handlers()}
+    assert set(watch_cache.INDEXES) <= declared

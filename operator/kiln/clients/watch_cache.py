@@ -27,9 +27,11 @@ from kiln.spec import labels
 
 # kopf indexes (handlers.py) and their keys: what a reconcile of one build reads is found at once, not by a
 # walk of its namespace, so a build costs the same in a namespace of ten builds or ten thousand.
-INDEXES = ("logins_by_namespace",  # namespace
-           "jobs_by_build", "pods_by_build",  # (namespace, the kiln.dev/imagebuild label)
-           "secrets_by_name")  # a login's Secret: (namespace, name)
+# The handlers declare them with these ids (kopf passes an index to handlers under its id).
+LOGINS_BY_NAMESPACE = "logins_by_namespace"  # namespace
+JOBS_BY_BUILD, PODS_BY_BUILD = "jobs_by_build", "pods_by_build"  # (namespace, the kiln.dev/imagebuild label)
+SECRETS_BY_NAME = "secrets_by_name"  # a login's Secret: (namespace, name)
+INDEXES = (LOGINS_BY_NAMESPACE, JOBS_BY_BUILD, PODS_BY_BUILD, SECRETS_BY_NAME)
 BUILD_LABEL = labels.IMAGEBUILD
 MANAGED = labels.MANAGED
 EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this is looked at as it is
@@ -172,7 +174,7 @@ class Cache:
         """Every ImageBuild or RegistryLogin the watches delivered, in every namespace served."""
         if kind == "ImageBuild":
             return [self._newest(kind, obj) for builds in list(self.watched_builds.values()) for obj in list(builds.values())]
-        index = self.indexes.get("logins_by_namespace") or {}
+        index = self.indexes.get(LOGINS_BY_NAMESPACE) or {}
         return [self._newest(kind, obj) for key in list(index) for obj in list(index[key])]
 
     def build(self, namespace: str, name: str) -> dict | None:
@@ -187,17 +189,17 @@ class Cache:
         return found + list(self.listed_builds.get(namespace, {}).values()) if listed else found
 
     def logins(self, namespace: str) -> list[dict]:
-        return [self._newest("RegistryLogin", b) for b in self._at("logins_by_namespace", namespace)]
+        return [self._newest("RegistryLogin", b) for b in self._at(LOGINS_BY_NAMESPACE, namespace)]
 
     def login(self, namespace: str, name: str) -> dict | None:
         """One login: kiln's own later write of it only for that one, not for the whole namespace."""
-        watched = next((o for o in self._at("logins_by_namespace", namespace) if o["metadata"]["name"] == name), None)
+        watched = next((o for o in self._at(LOGINS_BY_NAMESPACE, namespace) if o["metadata"]["name"] == name), None)
         return self._newest("RegistryLogin", watched) if watched else None
 
     def jobs(self, namespace: str, build: str | None = None) -> list[dict]:
         """Kiln's Jobs of one build (by its kiln.dev/imagebuild label) or of the whole namespace, with those
         kiln just created and the watch does not show yet."""
-        watched = self._at("jobs_by_build", (namespace, build)) if build else self._in_namespace("jobs_by_build", namespace)
+        watched = self._at(JOBS_BY_BUILD, (namespace, build)) if build else self._in_namespace(JOBS_BY_BUILD, namespace)
         names = {job["metadata"]["name"] for job in watched}
         now = time.monotonic()
         for key in [(namespace, build)] if build else [key for key in self.expected if key[0] == namespace]:
@@ -212,7 +214,7 @@ class Cache:
         return watched
 
     def pods(self, namespace: str, build: str | None = None) -> list[dict]:
-        return self._at("pods_by_build", (namespace, build)) if build else self._in_namespace("pods_by_build", namespace)
+        return self._at(PODS_BY_BUILD, (namespace, build)) if build else self._in_namespace(PODS_BY_BUILD, namespace)
 
     def secrets(self, namespace: str, build: str) -> list[dict]:
         """A build's own Secrets: those kiln made or found at its start, and has not deleted since."""
@@ -220,7 +222,7 @@ class Cache:
 
     def secret(self, namespace: str, name: str) -> dict | None:
         """A login's Secret, by name."""
-        return next(iter(self._at("secrets_by_name", (namespace, name))), None)
+        return next(iter(self._at(SECRETS_BY_NAME, (namespace, name))), None)
 
     def made_secret(self, namespace: str, secret: Mapping) -> None:
         """kiln created one of its own Secrets, or found it (at its start, or as a 409)."""

@@ -148,22 +148,22 @@ async def logins_by_secret(namespace: str, name: str, spec: kopf.Spec, **_) -> d
 
 # What reconciles read instead of the API server (watch_cache.py): the watches fill these before any handler runs.
 # (ImageBuilds are kept by imagebuild_changed: see watch_cache.py.)
-@kopf.index(*LOGINS)
+@kopf.index(*LOGINS, id=watch_cache.LOGINS_BY_NAMESPACE)
 async def logins_by_namespace(namespace: str, body: kopf.Body, **_) -> dict:
     return {namespace: watch_cache.body(body)}
 
 
-@kopf.index("batch", "v1", "jobs", labels=watch_cache.MANAGED)
+@kopf.index("batch", "v1", "jobs", labels=watch_cache.MANAGED, id=watch_cache.JOBS_BY_BUILD)
 async def jobs_by_build(namespace: str, body: kopf.Body, **_) -> dict:
     return {watch_cache.build_key(namespace, body): watch_cache.job_body(body)}
 
 
-@kopf.index("", "v1", "pods", labels=watch_cache.MANAGED)
+@kopf.index("", "v1", "pods", labels=watch_cache.MANAGED, id=watch_cache.PODS_BY_BUILD)
 async def pods_by_build(namespace: str, body: kopf.Body, **_) -> dict:
     return {watch_cache.build_key(namespace, body): watch_cache.pod_body(body)}
 
 
-@kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS)
+@kopf.index("", "v1", "secrets", labels=LOGIN_SECRETS, id=watch_cache.SECRETS_BY_NAME)
 async def secrets_by_name(namespace: str, name: str, body: kopf.Body, **_) -> dict:
     return {(namespace, name): watch_cache.body(body)}
 
