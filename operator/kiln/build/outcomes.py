@@ -6,12 +6,22 @@ is what failures are classified from.
 """
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
 from kiln.spec import reasons
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+
+class UnitPhase(enum.StrEnum):
+    """What one BuildKit pod of a build (a unit in status.units) is doing."""
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+PENDING, RUNNING, SUCCEEDED, FAILED = UnitPhase.PENDING, UnitPhase.RUNNING, UnitPhase.SUCCEEDED, UnitPhase.FAILED
 _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 _AUTH = r"(401 Unauthorized|403 Forbidden|unauthorized|denied|insufficient_scope|authorization failed|failed to authorize)"
 # (reason, retryable, summary, pattern); the first that matches the log tail wins.

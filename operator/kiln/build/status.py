@@ -7,13 +7,24 @@ cannot get there without a change from the user.
 from __future__ import annotations
 
 import datetime
+import enum
 
 from kiln.build.platforms import BuildUnit
 from kiln.build.render import cache_ref
 from kiln.spec import reasons
 from kiln.spec.parse import BuildSpec
 
-PENDING, BUILDING, SUCCEEDED, FAILED, CANCELLED = "Pending", "Building", "Succeeded", "Failed", "Cancelled"
+
+class Phase(enum.StrEnum):
+    """An ImageBuild's status.phase."""
+    PENDING = "Pending"
+    BUILDING = "Building"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+PENDING, BUILDING, SUCCEEDED, FAILED, CANCELLED = Phase.PENDING, Phase.BUILDING, Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED
 DEFAULT_HISTORY_LIMIT = 5  # spec.historyLimit's default, for a spec too broken to read one from
 
 

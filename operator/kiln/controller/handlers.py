@@ -15,6 +15,7 @@ import kopf
 
 from kiln import metrics
 from kiln.build.logins import WATCHED_LABEL
+from kiln.build.status import Phase
 from kiln.clients import kube, watch_cache
 from kiln.controller import builds, gather, logins
 from kiln.controller.runtime import Runtime
@@ -110,7 +111,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
             _give_back_freed_memory()
         queued = sum(gather.queued(o) for o in known_builds)
         metrics.BUILDS_QUEUED.set(queued)
-        metrics.BUILDS_RUNNING.set(sum((o.get("status") or {}).get("phase") in ("Pending", "Building")
+        metrics.BUILDS_RUNNING.set(sum((o.get("status") or {}).get("phase") in (Phase.PENDING, Phase.BUILDING)
                                        for o in known_builds) - queued)
 
 
