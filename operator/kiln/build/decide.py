@@ -370,8 +370,7 @@ def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildSta
         return
     _, verdict = start_verdict(facts, spec, carried)
     if isinstance(verdict, Unchanged):
-        decision.status = {**carried, "observedGeneration": view.generation, "history": view.history}
-        decision.requeue_after = verdict.after
+        _keep_until(view, decision, verdict.after)
     elif isinstance(verdict, Ask):
         decision.ask = verdict.question
     elif isinstance(verdict, Blocked):
@@ -587,27 +586,45 @@ def _fail(facts: Facts, spec: BuildSpec, records: list[dict], failed: dict, seve
     decision.events.append(("Warning", "BuildFailed", f"{reason}: {message}"))
 
 
+def _to_ask_before_concluding(spec: BuildSpec, records: list[dict]) -> tuple[Question | None, list[tuple[str, str, str]]]:
+    """The registry question concluding needs (assemble the index of several units' images, or look inside the
+    index one pod pushed), or none and the platforms known without one: (platform, digest, built by)."""
+    digest = records[0].get("digest")
+    if any(unit_of(r).by_digest for r in records):
+        return AssembleIndex(spec.output.image, tuple((r["platforms"][0], r["digest"], r.get("mediaType") or "")
+                                                      for r in records), spec.output.tags), []
+    if spec.output.push and digest and records[0].get("mediaType") not in MANIFEST_MEDIA_TYPES:
+        return ImageContents(spec.output.image, digest, tuple(records[0]["platforms"])), []
+    if spec.output.push and digest and len(records[0]["platforms"]) == 1:  # one manifest: its platform is the unit's
+        return None, [(records[0]["platforms"][0], digest, records[0]["builtBy"])]
+    return None, []
+
+
+def _answered_platforms(question: Question, answer, records: list[dict]) -> tuple[str | None, list[tuple[str, str, str]]]:
+    """The pushed digest and the platforms, from the registry's answer to the question concluding asked."""
+    if isinstance(question, AssembleIndex):
+        digest, images = answer
+        built_by = {r["platforms"][0]: r["builtBy"] for r in records}
+        return digest, [(p, d, built_by[p]) for p, d in images]
+    if isinstance(answer, RegistryProblem):  # a failed look inside is no failure: BuildKit pushed it
+        return records[0].get("digest"), []
+    return records[0].get("digest"), [(p, d, records[0]["builtBy"]) for p, d in answer]
+
+
+def _keep_until(view: statuses.BuildStatus, decision: Decision, wait: float) -> None:
+    """Blocked a moment ago and nothing changed since: the status as it is, and a look when the backoff ends."""
+    decision.status = {**view.carried, "observedGeneration": view.generation, "history": view.history}
+    decision.requeue_after = wait
+
+
 def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus,
               decision: Decision) -> None:
     """Every unit pushed: the image (one pod), or the index kiln assembles from several."""
-    platforms: list[tuple[str, str, str]] = []
+    question, platforms = _to_ask_before_concluding(spec, records)
     digest = records[0].get("digest")
-    if any(unit_of(r).by_digest for r in records):
-        question: Question | None = AssembleIndex(spec.output.image, tuple(
-            (r["platforms"][0], r["digest"], r.get("mediaType") or "") for r in records), spec.output.tags)
-    elif spec.output.push and digest and records[0].get("mediaType") not in MANIFEST_MEDIA_TYPES:
-        question = ImageContents(spec.output.image, digest, tuple(records[0]["platforms"]))  # an index: look inside
-    elif spec.output.push and digest:  # one manifest: its platform is the unit's, if the spec named one
-        question = None
-        if len(records[0]["platforms"]) == 1:
-            platforms = [(records[0]["platforms"][0], digest, records[0]["builtBy"])]
-    else:
-        question = None
     if question is not None:
-        wait = _waiting(facts, spec, view.carried)
-        if wait is not None:  # the registry failed a moment ago
-            decision.status = {**view.carried, "observedGeneration": view.generation, "history": view.history}
-            decision.requeue_after = wait
+        if (wait := _waiting(facts, spec, view.carried)) is not None:  # the registry failed a moment ago
+            _keep_until(view, decision, wait)
             return
         answer = facts.answers.get(question)
         if answer is None:
@@ -622,12 +639,12 @@ def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses
                 _fail(facts, spec, records, {**records[0], "reason": answer.reason,
                                              "message": f"assembling the index: {answer.message}"}, False, view, decision)
             return
-        if isinstance(question, AssembleIndex):
-            digest, images = answer
-            built_by = {r["platforms"][0]: r["builtBy"] for r in records}
-            platforms = [(p, d, built_by[p]) for p, d in images]
-        elif not isinstance(answer, RegistryProblem):  # a failed look inside is no failure: BuildKit pushed it
-            platforms = [(p, d, records[0]["builtBy"]) for p, d in answer]
+        digest, platforms = _answered_platforms(question, answer, records)
+    _succeed(facts, spec, records, view, decision, digest, platforms)
+
+
+def _succeed(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus, decision: Decision,
+             digest: str | None, platforms: list[tuple[str, str, str]]) -> None:
     status = _progress(view, BUILD_SUCCEEDED, reasons.SUCCEEDED, "", records)
     view.carried = {**view.carried, "startTime": status.get("startTime")}
     completion = max((r["completionTime"] for r in records if r.get("completionTime")), default=labels.iso(facts.now))
