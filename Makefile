@@ -86,7 +86,7 @@ run: install
 	@if [ "$$KUBECONFIG" != "$(LOCAL_KUBECONFIG)" ] && $(VENV)/bin/python -c 'import sys; from kiln.clients.kube import cluster_problem; sys.exit(bool(cluster_problem()))'; then \
 	  PATH="$(KUBE_BIN):$$PATH" kubectl apply -k crds/ && $(VENV)/bin/kiln run $(KOPF_ARGS); \
 	else \
-	  echo "make run: no reachable cluster; the local one, with kiln built from this checkout (the first time builds the cluster: about 25 minutes)" >&2; \
+	  echo "make run: no reachable cluster; the local one, with kiln built from this checkout (the first time builds the cluster: about 15 minutes)" >&2; \
 	  $(MAKE) --no-print-directory cluster image IMAGE=$(LOCAL_IMAGE) && \
 	  export KUBECONFIG=$(LOCAL_KUBECONFIG) PATH="$(KUBE_BIN):$$PATH" && \
 	  kubectl apply -k manifests/local/ && \

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -565,6 +566,29 @@ def _kill_strays() -> None:
         time.sleep(0.5)
 
 
+def kube_chain_commands(table: str, rules: str) -> list[list[str]]:
+    """The arguments that take the KUBE-* chains out of one table, given its `iptables -S`: the jumps into them
+    from the built-in chains first, then the chains themselves. The kubelet makes some (KUBE-FIREWALL, its canaries)
+    that kube-proxy's cleanup leaves."""
+    jumps, chains = [], []
+    for line in rules.splitlines():
+        words = shlex.split(line)
+        if words[:1] == ["-A"] and not words[1].startswith("KUBE-") and "-j" in words \
+                and words[words.index("-j") + 1].startswith("KUBE-"):
+            jumps.append(["-t", table, "-D", *words[1:]])
+        elif words[:1] == ["-N"] and words[1].startswith("KUBE-"):
+            chains += [["-t", table, "-F", words[1]], ["-t", table, "-X", words[1]]]
+    return jumps + chains[0::2] + chains[1::2]  # every chain flushed before any is deleted
+
+
+def remove_kube_chains() -> None:
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            listed = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True)
+            for args in kube_chain_commands(table, listed.stdout):
+                subprocess.run([tool, *args], capture_output=True)
+
+
 def down(quiet: bool = False) -> None:
     """Stop every process the cluster started, remove its containers, mounts, network and state."""
     require_root()
@@ -580,6 +604,7 @@ def down(quiet: bool = False) -> None:
     proxy = bin_dir(KUBERNETES) / "kube-proxy"
     if proxy.exists():  # its Service rules, in every mode it knows
         subprocess.run([str(proxy), "--cleanup"], capture_output=True)
+    remove_kube_chains()
     _kill_strays()
     _unmount_below(STATE)
     for node in NODES:

@@ -145,3 +145,20 @@ def test_a_build_without_go_says_where_to_get_it_instead_of_a_traceback(tmp_path
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "https://go.dev/doc/install" in result.stderr
+
+
+def test_cluster_down_takes_out_the_kube_chains_the_kubelet_and_kube_proxy_leave_and_only_those():
+    rules = """-P INPUT ACCEPT
+-N KUBE-FIREWALL
+-N KUBE-SERVICES
+-N MINE
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -j MINE
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -j DROP
+"""
+    assert up.kube_chain_commands("filter", rules) == [
+        ["-t", "filter", "-D", "INPUT", "-j", "KUBE-FIREWALL"],
+        ["-t", "filter", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"],
+        ["-t", "filter", "-F", "KUBE-FIREWALL"], ["-t", "filter", "-F", "KUBE-SERVICES"],
+        ["-t", "filter", "-X", "KUBE-FIREWALL"], ["-t", "filter", "-X", "KUBE-SERVICES"]]
