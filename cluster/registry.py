@@ -103,7 +103,7 @@ class Client:
             return error.code, dict(error.headers)
 
     def push_blob(self, repository: str, blob: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        digest = _digest(blob)
         if self.request("HEAD", f"/v2/{repository}/blobs/{digest}")[0] == 200:
             return digest
         status, headers = self.request("POST", f"/v2/{repository}/blobs/uploads/")
@@ -121,7 +121,7 @@ class Client:
         status, _ = self.request("PUT", f"/v2/{repository}/manifests/{reference}", body, {"Content-Type": media_type})
         if status != 201:
             raise SystemExit(f"registry {self.base}: pushing {repository}:{reference} answered {status}")
-        return "sha256:" + hashlib.sha256(body).hexdigest()
+        return _digest(body)
 
 
 def _split(image: str) -> tuple[str, str, str]:
