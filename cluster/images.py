@@ -45,6 +45,9 @@ ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOM
 # vfs_cap_data revision 2, effective flag set, one permitted capability.
 FILE_CAPABILITIES = {"usr/bin/newuidmap": struct.pack("<5I", 0x02000001, 1 << 7, 0, 0, 0),  # CAP_SETUID
                      "usr/bin/newgidmap": struct.pack("<5I", 0x02000001, 1 << 6, 0, 0, 0)}  # CAP_SETGID
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 # Docs, manuals and translations make no difference to a build daemon.
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 
@@ -210,14 +213,14 @@ def write_oci_layout(layout: Path, tag: str, rootfs: Path, config: dict) -> None
 
     image_config = _image_config(config, diff_id)
     manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(image_config),
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": blob(image_config),
                    "size": len(image_config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": f"sha256:{layer_digest}",
                     "size": (blobs / layer_digest).stat().st_size}],
     }, sort_keys=True).encode()
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": blob(manifest), "size": len(manifest),
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{
+        "mediaType": OCI_MANIFEST, "digest": blob(manifest), "size": len(manifest),
         "platform": {"architecture": "amd64", "os": "linux"},
         "annotations": {"org.opencontainers.image.ref.name": tag}}]}
     root = blobs.parent.parent

@@ -118,8 +118,9 @@ def build_image(name: str, archive: Path, push: bool = False) -> Path:
     base = base_layout()
     archive.parent.mkdir(parents=True, exist_ok=True)
     local = name.startswith(f"{registry.HOST}/")
-    env = {**os.environ, "DOCKER_CONFIG": str(registry.docker_config(up.REGISTRY_STATE))} if local and push else None
+    env = None
     if local and push:
+        env = {**os.environ, "DOCKER_CONFIG": str(registry.docker_config(up.REGISTRY_STATE))}
         registry.push_layout(base, registry.BASE)
     daemon, address = _daemon(IMAGES.parent / "buildkitd-image")
     try:

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cluster.images import busybox_layer
+from cluster.images import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, busybox_layer
 
 ADDRESS, PORT = "10.88.0.3", 5000
 HOST = f"{ADDRESS}:{PORT}"
@@ -28,8 +28,6 @@ BUSYBOX_ARCHES = ("amd64", "arm64")
 # kiln's image base (cluster/operator_image.py), pushed beside the operator image: kiln builds kiln FROM it.
 BASE = f"{HOST}/kiln/base:latest"
 PROVIDER = "kiln-local-registry"  # the kubelet's credential provider (its executable's name)
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def config(state: Path) -> dict:
@@ -140,7 +138,7 @@ def push_busybox(image: str = BUSYBOX) -> str:
                              "rootfs": {"type": "layers", "diff_ids": [client.push_blob(repository, layer)]}}).encode()
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+            "config": {"mediaType": OCI_CONFIG,
                        "digest": client.push_blob(repository, config), "size": len(config)},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _digest(layer),
                         "size": len(layer)}]}).encode()

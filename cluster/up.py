@@ -339,7 +339,7 @@ def start_kube_proxy(configs: dict[str, Path]) -> None:
 
 
 def start_registry() -> None:
-    """The local registry on its own host on the bridge, with a multi-arch busybox to build FROM."""
+    """The local registry on its own host on the bridge (its busybox is pushed once it answers: registry.py)."""
     host = netns.create(REGISTRY_NETNS, BRIDGE, registry.ADDRESS, 16)
     start("registry", host.command([REGISTRY_BINARY, "serve", str(REGISTRY_STATE / "config.yml")]))
     wait_for(f"the registry at {registry.HOST}", registry.answers, 30, "registry")
@@ -577,8 +577,9 @@ def kube_chain_commands(table: str, rules: str) -> list[list[str]]:
                 and words[words.index("-j") + 1].startswith("KUBE-"):
             jumps.append(["-t", table, "-D", *words[1:]])
         elif words[:1] == ["-N"] and words[1].startswith("KUBE-"):
-            chains += [["-t", table, "-F", words[1]], ["-t", table, "-X", words[1]]]
-    return jumps + chains[0::2] + chains[1::2]  # every chain flushed before any is deleted
+            chains.append(words[1])
+    # Every chain is flushed before any is deleted: one may still jump to another.
+    return jumps + [["-t", table, "-F", c] for c in chains] + [["-t", table, "-X", c] for c in chains]
 
 
 def remove_kube_chains() -> None:

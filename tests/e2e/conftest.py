@@ -136,7 +136,7 @@ def bootstrap_image() -> str:
 
 
 @pytest.fixture(scope="session")
-def operator(kubectl, lab, tmp_path_factory) -> Operator:
+def operator(kubectl, lab) -> Operator:
     """The operator Deployment, started from the image `make image` built; on the local cluster kiln then builds
     its own image from this checkout (manifests/samples/kiln-builds-kiln.yaml) and is deployed from that."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
@@ -144,13 +144,14 @@ def operator(kubectl, lab, tmp_path_factory) -> Operator:
     deploy(kubectl, overlay(OVERLAY, bootstrap))
     image = bootstrap
     if not os.environ.get("KILN_E2E_ADDRESS"):  # the local cluster: its registry is there to build into
-        image = kiln_builds_kiln(kubectl, lab, tmp_path_factory.mktemp("kiln-source"))
+        image = kiln_builds_kiln(kubectl, lab)
         deploy(kubectl, overlay(OVERLAY, image))
-    yield Operator(kubectl, started, image, bootstrap)
-    print(f"\noperator log tail:\n{Operator(kubectl, started, image, bootstrap).tail(200)}")
+    running = Operator(kubectl, started, image, bootstrap)
+    yield running
+    print(f"\noperator log tail:\n{running.tail(200)}")
 
 
-def kiln_builds_kiln(kubectl: Kubectl, lab: Lab, work: Path) -> str:
+def kiln_builds_kiln(kubectl: Kubectl, lab: Lab) -> str:
     """manifests/samples/kiln-builds-kiln.yaml, its git URL pointing at this checkout (served by the test git
     server), in a namespace of its own; the image it pushed, by digest."""
     namespace = SELF_BUILD_NAMESPACE
