@@ -58,6 +58,8 @@ lint: install
 	$(VENV)/bin/ruff check operator tests bench cluster
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests/spec/test_crd_schema.py -k "description or printer_column"
+	@# The benchmarks run apart (make bench); that they still import is checked here.
+	$(PY) -m pytest -q --collect-only -p no:cacheprovider bench/ >/dev/null
 
 # A local cluster from pinned upstream releases (root: it runs node agents and makes a bridge).
 cluster: system-deps

@@ -36,6 +36,8 @@ KUBERNETES = Component(
     ldflags=f"-X {_K8S_VERSION}.gitVersion=v1.37.2 -X {_K8S_VERSION}.gitMajor=1 -X {_K8S_VERSION}.gitMinor=37 "
             f"-X {_K8S_VERSION}.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=v1.37.2",
 )
+# Rendered objects and manifests are validated against the schemas of the Kubernetes the local cluster runs.
+KUBERNETES_MINOR = KUBERNETES.version.removeprefix("v").rsplit(".", 1)[0]
 ETCD = Component("etcd", "go.etcd.io/etcd/server/v3", "v3.7.3", ("",), tools="etcd")
 CONTAINERD = Component(
     "containerd", "github.com/containerd/containerd/v2", "v2.4.2",

@@ -4,15 +4,12 @@ import shutil
 
 import pytest
 import yaml
-from cluster.versions import KUBERNETES
 
 from registries import REGISTRY_BINARY, start_htpasswd_registry, start_token_registry
 
 # The real-cluster tier needs a cluster and root: `make e2e` runs it (KILN_E2E=1), `make test` the rest.
 collect_ignore = [] if os.environ.get("KILN_E2E") else ["e2e"]
 ROOT = pathlib.Path(__file__).parent.parent
-# Rendered objects and manifests are validated against the schemas of the Kubernetes the local cluster runs.
-K8S_VERSION = KUBERNETES.version.removeprefix("v").rsplit(".", 1)[0]
 SAMPLES = ROOT / "manifests" / "samples"
 BASIC_USERS = {"alice": "alice-Secret-pw1", "bob": "bob-Secret-pw2"}
 TOKEN_USERS = {"pusher": ("pusher-Secret-pw3", {"pull", "push"}), "reader": ("reader-Secret-pw4", {"pull"})}

@@ -22,10 +22,10 @@ import attrs
 import kmock
 import kopf.testing
 import kubernetes_validate
+from cluster.versions import KUBERNETES_MINOR
 
 from kiln.cli import kopf_argv
 
-from conftest import K8S_VERSION
 from crdcheck import pruned, schema_of
 
 WITH_STATUS = {"imagebuilds", "registrylogins", "jobs", "pods"}
@@ -109,7 +109,7 @@ class KubeFake(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(next(_versions))
         if request.action == kmock.action.CREATE and plural in self.validated:
             try:  # what the operator creates must be what a real API server accepts
-                kubernetes_validate.validate(data, K8S_VERSION, strict=True)
+                kubernetes_validate.validate(data, KUBERNETES_MINOR, strict=True)
             except kubernetes_validate.ValidationError as exc:
                 raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
         if request.resource.group == "kiln.dev":  # structural schemas: unknown fields are dropped, not stored

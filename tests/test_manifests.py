@@ -6,8 +6,9 @@ import sys
 import kubernetes_validate
 import pytest
 import yaml
+from cluster.versions import KUBERNETES_MINOR
 
-from conftest import K8S_VERSION, ROOT, load_yaml_docs
+from conftest import ROOT, load_yaml_docs
 
 BASE_FILES = sorted((ROOT / "manifests" / "base").glob("[0-9]*.yaml")) + sorted((ROOT / "manifests" / "namespaced").glob("*-*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml")) \
     + sorted((ROOT / "manifests" / "argocd").glob("*.yaml"))
@@ -27,13 +28,13 @@ def kustomize_build() -> list[dict]:
 @pytest.mark.parametrize("obj", [d for p in BASE_FILES for d in load_yaml_docs(p)] + SAMPLE_K8S_OBJECTS,
                          ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_manifest_object_validates_against_kubernetes_schema(obj):
-    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    kubernetes_validate.validate(obj, KUBERNETES_MINOR, strict=True)
 
 
 def test_kustomize_build_renders_a_complete_deployable_set():
     objects = kustomize_build()
     for obj in objects:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, KUBERNETES_MINOR, strict=True)
         assert "generateName" not in obj["metadata"]  # Argo CD cannot sync generated names
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["CustomResourceDefinition"] * 2 + ["Namespace", "ServiceAccount", "ClusterRole",

@@ -4,8 +4,9 @@ import subprocess
 import kubernetes_validate
 import pytest
 import yaml
+from cluster.versions import KUBERNETES_MINOR
 
-from conftest import K8S_VERSION, ROOT, load_yaml_docs
+from conftest import ROOT, load_yaml_docs
 
 NAMESPACED_RESOURCES = {"imagebuilds", "registrylogins", "imagebuilds/status", "registrylogins/status",
                         "imagebuilds/finalizers", "secrets", "configmaps", "jobs", "pods", "pods/log", "events"}
@@ -25,7 +26,7 @@ def _rules(obj: dict) -> set[tuple[str, str, str]]:
 def test_the_namespaced_install_grants_nothing_on_namespaced_resources_cluster_wide():
     objects = _rendered()
     for obj in objects:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, KUBERNETES_MINOR, strict=True)
     cluster_roles = [o for o in objects if o["kind"] == "ClusterRole"]
     assert [o["metadata"]["name"] for o in cluster_roles] == ["kiln-operator-cluster-read"]
     assert not {r for _, r, _ in _rules(cluster_roles[0])} & NAMESPACED_RESOURCES

@@ -16,21 +16,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from kiln.build.children import children
 from kiln.build.credentials import Credentials, CredentialsProblem, ResolvedLogin
-from kiln.build.decide import (
-    START_POLICIES,
-    AssembleIndex,
-    BuildLog,
-    Decision,
-    Facts,
-    ImageContents,
-    JobEvents,
-    PushCheck,
-    RegistryProblem,
-    TagDigest,
-    decide,
-    start_verdict,
-)
+from kiln.build.decide import START_POLICIES, Decision, Facts, decide, start_verdict
+from kiln.build.questions import AssembleIndex, BuildLog, ImageContents, JobEvents, PushCheck, RegistryProblem, TagDigest
 from kiln.spec import reasons
 from kiln.spec.parse import InvalidSpec, parse_image_build
 from kiln.spec.settings import Settings
@@ -65,8 +54,11 @@ class World:
     ready_archs: frozenset = frozenset()
     volume_holder: str | None = None
     namespace_load: tuple[int, int] = (0, 0)
+    mounts: CredentialsProblem | None = None
+    secret_values: frozenset = frozenset()
     settings: Settings = field(default_factory=lambda: Settings(image_pull_grace=60))
     created: list[str] = field(default_factory=list)  # every Job ever created, in order
+    creating: list[dict] = field(default_factory=list)  # what the last decision created, rendered
     events: list[str] = field(default_factory=list)
 
     def facts(self, refused=None) -> Facts:
@@ -78,7 +70,7 @@ class World:
                      pods=dict(self.pods), credentials=frozenset(self.credentials), logins=self.logins,
                      logins_revision=self.logins_revision, settings=self.settings, now=self.now,
                      ready_archs=self.ready_archs, volume_holder=self.volume_holder, answers=dict(self.answers),
-                     namespace_load=self.namespace_load,
+                     namespace_load=self.namespace_load, mounts=self.mounts, secret_values=self.secret_values,
                      refused=refused)
 
     def decide(self, crash_after: int | None = None, refuse: str | None = None) -> Decision:
@@ -97,7 +89,8 @@ class World:
             self.jobs.pop(name, None)
             self.pods.pop(name, None)
         self.credentials -= set(decision.delete_credentials)
-        for i, child in enumerate(decision.create):
+        self.creating = children(facts, decision)
+        for i, child in enumerate(self.creating):
             if crash_after is not None and i >= crash_after:
                 return decision
             name = child["metadata"]["name"]
@@ -108,6 +101,7 @@ class World:
                     self.jobs.pop(job, None)
                 self.credentials -= set(again.delete_credentials)
                 self.obj["status"] = again.status
+                self.creating = children(facts, again)
                 return again
             if child["kind"] == "Job" and name not in self.jobs:
                 self.jobs[name] = {**copy.deepcopy(child), "status": {}}
@@ -194,10 +188,37 @@ def index_answer(w: World, amd64: str, arm64: str, result: str = digest(9)) -> N
 
 def test_a_new_build_creates_credentials_then_one_job_per_unit_and_records_the_plan():
     w = native()
-    decision = w.decide()
-    assert [o["kind"] for o in decision.create] == ["Secret", "Job", "Job"]
+    w.decide()
+    assert [o["kind"] for o in w.creating] == ["Secret", "Job", "Job"]
     assert [u["key"] for u in w.status["units"]] == ["amd64", "arm64"] and w.status["phase"] == "Pending"
     assert w.events == ["BuildStarted"] and len(w.jobs) == 2 and w.credentials == {w.status["buildID"]}
+
+
+def test_a_build_that_mounts_a_secret_which_has_not_opted_in_stalls_and_creates_nothing():
+    w = world(secrets=[{"id": "npm", "secretRef": {"name": "npm-token", "key": ".npmrc"}}])
+    w.mounts = CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, "Secret 'npm-token' has not opted in to ImageBuilds")
+    w.decide()
+    assert w.creating == [] and w.jobs == {} and w.credentials == set()
+    assert w.condition("Stalled")["status"] == "True" and w.condition("Stalled")["reason"] == reasons.SECRET_NOT_OPTED_IN
+    assert w.condition("CredentialsReady")["status"] == "False"
+    w.mounts, w.logins_revision = None, "2"  # labelled by its owner: a new resourceVersion ends the backoff
+    w.decide()
+    assert [o["kind"] for o in w.creating] == ["Secret", "Job"]
+
+
+def test_a_failed_run_steps_output_in_status_never_shows_a_value_of_the_builds_secrets():
+    token = "npm_Rk3yT0ken-value-42"
+    w = world(retries=0)
+    w.secret_values = frozenset({token, "-----BEGIN KEY-----\nMIIEkey-line-two\n-----END KEY-----"})
+    w.decide()
+    # The kubelet keeps the tail of the output: here it begins in the middle of the token.
+    w.finish(w.job("all"), f"Rk3yT0ken-value-42\n#7 RUN cat /run/secrets/npm\n{token}\nMIIEkey-line-two\n"
+                           "ERROR: process did not complete successfully: exit code: 1", exit_code=1)
+    w.decide()
+    shown = json.dumps(w.status)
+    assert w.status["phase"] == "Failed" and "exit code: 1" in w.status["failure"]["logExcerpt"]
+    assert "Rk3y" not in shown and "T0ken" not in shown and "MIIEkey" not in shown
+    assert w.status["failure"]["logExcerpt"].startswith("[redacted]\n#7 RUN cat /run/secrets/npm\n[redacted]")
 
 
 def test_an_operator_crash_between_two_job_creates_is_completed_on_the_next_decision():
@@ -219,7 +240,7 @@ def test_a_credentials_problem_blocks_the_start_with_backoff_and_creates_nothing
     w = world()
     w.logins = problem
     decision = w.decide()
-    assert decision.create == [] and w.jobs == {}
+    assert w.creating == [] and w.jobs == {}
     assert (w.condition("CredentialsReady")["reason"], w.condition("Stalled")["status"]) == (problem.reason, stalled)
     assert w.condition("Reconciling")["status"] == ("False" if stalled == "True" else "True")
     said = w.condition("Stalled" if stalled == "True" else "Reconciling")["message"]
@@ -240,15 +261,15 @@ def test_a_blocked_build_asks_the_registry_again_only_after_its_backoff_or_a_cha
     assert w.status["retry"]["count"] == 2
     w.logins_revision = "2"  # the login's Secret changed: look at once, and the backoff starts over
     w.answers[check] = None
-    decision = w.decide()
-    assert [o["kind"] for o in decision.create] == ["Secret", "Job"] and "retry" not in w.status
+    w.decide()
+    assert [o["kind"] for o in w.creating] == ["Secret", "Job"] and "retry" not in w.status
 
 
 def test_a_busy_cache_volume_waits_without_stalling_and_looks_again():
     w = world(cache={"type": "local", "volume": {"claimName": "state"}})
     w.volume_holder = "pod other-g1-abc-xyz"
     decision = w.decide()
-    assert decision.create == [] and decision.requeue_after == 15
+    assert w.creating == [] and decision.requeue_after == 15
     assert (w.condition("Reconciling")["reason"], w.condition("Stalled")["status"]) == (reasons.WAITING_FOR_CACHE_VOLUME, "False")
     assert "in use by pod other-g1-abc-xyz" in w.condition("Reconciling")["message"]
 
@@ -260,7 +281,7 @@ def test_with_a_limit_of_builds_per_namespace_a_build_waits_its_turn_in_line(run
     w.settings = Settings(max_builds_per_namespace=1)
     w.namespace_load = (running, ahead)
     decision = w.decide()
-    assert bool(decision.create) is not queued
+    assert bool(w.creating) is not queued
     if queued:
         assert w.condition("Reconciling")["reason"] == reasons.QUEUED and w.condition("Stalled")["status"] == "False"
         assert f"place {ahead + 1} in line" in w.condition("Reconciling")["message"] and decision.requeue_after == 15
@@ -345,7 +366,7 @@ def test_a_login_that_stops_being_ready_while_the_pod_runs_changes_nothing_for_t
     w.run(w.job("all"))
     w.logins = CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)")
     decision = w.decide()
-    assert w.status["phase"] == "Building" and decision.delete_jobs == [] and w.credentials  # its pod keeps them
+    assert w.status["phase"] == "Building" and decision.delete_jobs == () and w.credentials  # its pod keeps them
     w.finish(w.job("all"), metadata(digest(1)))
     w.decide()
     assert w.status["phase"] == "Succeeded"
@@ -558,12 +579,15 @@ def _backing_off(w: World, state: dict) -> None:
 
 
 # Each makes one start policy say no, by its name in START_POLICIES, in the order they are asked: why this order. A
-# backoff ends only with a change; logins first, as nothing can be checked without them; a place in line and a free
+# backoff ends only with a change; logins first, as nothing can be checked without them; then the Secrets the pod
+# would mount (a build must not run with one it may not use); a place in line and a free
 # volume before the registries are asked anything; the API server's refusal is known only after a create.
 SAY_NO = {
     "blocked a moment ago, nothing changed since": _backing_off,
     "its logins are Ready": lambda w, state: setattr(w, "logins", CredentialsProblem(
         reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)")),
+    "the Secrets it mounts opted in": lambda w, state: setattr(w, "mounts", CredentialsProblem(
+        reasons.SECRET_NOT_OPTED_IN, "Secret 'npm' has not opted in to ImageBuilds")),
     "its turn in the namespace": lambda w, state: (setattr(w, "settings", Settings(max_builds_per_namespace=1)),
                                                    setattr(w, "namespace_load", (1, 0))),
     "its local cache volume is free": lambda w, state: setattr(w, "volume_holder", "default/other"),

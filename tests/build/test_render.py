@@ -11,6 +11,7 @@ import tomllib
 import kubernetes_validate
 import pytest
 import yaml
+from cluster.versions import KUBERNETES_MINOR
 
 from kiln.build.credentials import Credentials, ResolvedLogin
 from kiln.build.platforms import BuildUnit, build_plan
@@ -21,7 +22,7 @@ from kiln.spec import references
 from kiln.spec.parse import InvalidSpec, parse_image_build
 from kiln.spec.settings import Settings
 
-from conftest import K8S_VERSION, ROOT, SAMPLES, load_yaml_docs
+from conftest import ROOT, SAMPLES, load_yaml_docs
 from crdcheck import schema_of
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -60,7 +61,7 @@ def test_rendered_objects_match_the_golden_file(story):
 @pytest.mark.parametrize("story", sorted(STORIES))
 def test_rendered_objects_are_valid_kubernetes_objects(story):
     for obj in rendered_story(story):
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, KUBERNETES_MINOR, strict=True)
 
 
 def _job(story: str, index: int = 0) -> dict:

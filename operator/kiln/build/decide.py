@@ -1,9 +1,15 @@
 """decide: everything known about one ImageBuild -> what to do next and the status to report (pure).
 
-observe gathers the inputs (Facts); apply carries out the Decision. Nothing here reads a clock,
-a cluster or a registry: when a decision needs a registry's answer (may we push? which digest
-does the tag have? the assembled index), it asks a Question, and the caller decides again with
-the answer in Facts.answers.
+gather collects the inputs (Facts); carry_out creates and deletes what the Decision says, rendering
+its children with build/render.py. Nothing here reads a clock, a cluster or a registry: when a
+decision needs a registry's answer (may we push? which digest does the tag have? the assembled
+index), it asks a Question (build/questions.py), and the caller decides again with the answer in
+Facts.answers.
+
+Every step returns a Decision; none changes one. A build with units in status is followed (each
+unit seen, then failed, retried, concluded or still waiting); one without is started, after the
+start policies (START_POLICIES, in order) let it. Two rules then hold whatever was decided: the
+build's Secret exists exactly while a Job of it may run, and Jobs of builds out of the history go.
 
 The plan of a build (its units: which pod builds which platforms) is written into status when
 the build starts, and the build concludes against that plan, never against whatever Jobs exist.
@@ -25,10 +31,21 @@ from kiln.build.outcomes import (
     WAITING_FOR_POD,
     UnitState,
     observe_unit,
+    redacted,
     true_condition,
 )
 from kiln.build.platforms import BuildUnit, build_plan
-from kiln.build.render import buildkitd_files, job_name, render_build, render_job
+from kiln.build.questions import (
+    AssembleIndex,
+    BuildLog,
+    ImageContents,
+    JobEvents,
+    PushCheck,
+    Question,
+    RegistryProblem,
+    TagDigest,
+)
+from kiln.build.render import job_name
 from kiln.build.status import BUILDING, CANCELLED
 from kiln.build.status import FAILED as BUILD_FAILED
 from kiln.build.status import PENDING as BUILD_PENDING
@@ -45,60 +62,6 @@ BACKOFF_BASE, BACKOFF_CAP = 10.0, 600.0
 WAIT_FOR_VOLUME = 15.0
 # A Job with no pod after this long is asked why (Pod Security admission, a quota); then every this long again.
 POD_PATIENCE = 10.0
-
-
-# -- questions decide asks a registry, and their answers --
-
-@dataclass(frozen=True)
-class PushCheck:
-    """Do these repositories accept a push with the build's credentials?"""
-    repositories: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class TagDigest:
-    """Which digest and media type does this tag have (a build that pushed but reported no digest)?"""
-    image: str
-    tag: str
-
-
-@dataclass(frozen=True)
-class ImageContents:
-    """(platform, manifest digest) of each image in what was pushed under this digest."""
-    image: str
-    digest: str
-    platforms: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AssembleIndex:
-    """Verify every child is in the registry, push one index of them under every tag; answer its digest."""
-    image: str
-    children: tuple[tuple[str, str, str], ...]  # (platform, digest, media type)
-    tags: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class JobEvents:
-    """What the Job controller said about a Job that has made no pod: (reason, message) of its events."""
-    job: str
-
-
-@dataclass(frozen=True)
-class BuildLog:
-    """The build pod's log, for what BuildKit took from a cache."""
-    pod: str
-
-
-Question = PushCheck | TagDigest | ImageContents | AssembleIndex | BuildLog | JobEvents
-
-
-@dataclass(frozen=True)
-class RegistryProblem:
-    """A registry's answer that was not the fact asked for."""
-    reason: str
-    message: str
-    transient: bool
 
 
 # -- inputs and outputs --
@@ -121,17 +84,32 @@ class Facts:
     namespace_load: tuple[int, int] = (0, 0)
     answers: dict = field(default_factory=dict)  # Question -> answer (or RegistryProblem)
     refused: tuple[str, str] | None = None  # (object, message) the API server refused to create
+    mounts: CredentialsProblem | None = None  # why the build may not mount a Secret it names (before it starts)
+    secret_values: frozenset[str] = field(default=frozenset(), repr=False)  # kept out of what status shows
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
-    status: dict
-    create: list[dict] = field(default_factory=list)  # in this order
-    delete_jobs: list[str] = field(default_factory=list)
-    delete_credentials: list[str] = field(default_factory=list)  # build IDs
-    events: list[Event] = field(default_factory=list)
+    status: dict = field(default_factory=dict)
+    credentials: bool = False  # create the build's Secret (again, if it is gone), before its Jobs
+    jobs: tuple[tuple[BuildUnit, int], ...] = ()  # Jobs to create, in this order: (unit, attempt)
+    delete_jobs: tuple[str, ...] = ()
+    delete_credentials: tuple[str, ...] = ()  # build IDs
+    events: tuple[Event, ...] = ()
     ask: Question | None = None  # decide again with its answer before carrying anything out
     requeue_after: float | None = None  # look again then, even if nothing changes
+
+    def then(self, later: Decision) -> Decision:
+        """This decision's deletes and events, followed by everything of `later`."""
+        return dataclasses.replace(later, delete_jobs=self.delete_jobs + later.delete_jobs,
+                                   delete_credentials=self.delete_credentials + later.delete_credentials,
+                                   events=self.events + later.events)
+
+    def sooner(self, seconds: float | None) -> Decision:
+        """Look again within `seconds` too, if that is sooner."""
+        if seconds is None or (self.requeue_after is not None and self.requeue_after <= seconds):
+            return self
+        return dataclasses.replace(self, requeue_after=seconds)
 
 
 def _parse(stamp: str) -> datetime.datetime:
@@ -145,6 +123,10 @@ def _build_of(job: dict) -> str:
 def active(job: dict) -> bool:
     """May this Job's pod still run (and need the build's credentials)?"""
     return not (true_condition(job, "Complete") or true_condition(job, "Failed"))
+
+
+def _running_jobs(facts: Facts, build_id: str) -> tuple[str, ...]:
+    return tuple(j["metadata"]["name"] for j in facts.jobs if _build_of(j) == build_id and active(j))
 
 
 # -- units in status --
@@ -167,71 +149,80 @@ def _named(record: dict, several: bool) -> str:
 
 # -- the decision --
 
-def decide(facts: Facts) -> Decision:
-    meta = facts.obj["metadata"]
+def current_spec(facts: Facts) -> BuildSpec:
+    """The spec with the ID of the build it asks for: an edit that leaves the image as it was (same identity)
+    keeps the build that runs or ran, even at a new generation."""
     old = facts.obj.get("status") or {}
-    generation = meta.get("generation") or 1
+    if old.get("specIdentity") == facts.spec.identity and old.get("buildID"):
+        return dataclasses.replace(facts.spec, build_id=old["buildID"])
+    return facts.spec
+
+
+def decide(facts: Facts) -> Decision:
+    old = facts.obj.get("status") or {}
+    generation = facts.obj["metadata"].get("generation") or 1
     if facts.spec is None:
         return _invalid(facts, old, generation)
-    spec = facts.spec
-    if old.get("specIdentity") == spec.identity and old.get("buildID"):
-        spec = dataclasses.replace(spec, build_id=old["buildID"])  # same image: same build, even at a new generation
+    spec = current_spec(facts)
     same = old.get("buildID") == spec.build_id
-    decision = Decision(status={})
-    history = list(old.get("history") or [])
+    superseded, history = _supersede(facts, spec, old)
+    view = statuses.BuildStatus(spec, generation, old if same else {}, history)
 
-    for job in facts.jobs:  # a new build supersedes whatever still runs for an older one
+    if spec.suspend:
+        decision = _suspend(facts, spec, old, same, view)
+    elif same and old.get("phase") in (BUILD_SUCCEEDED, BUILD_FAILED):
+        decision = Decision(status=view.keep())
+    elif not same or not old.get("units") or old.get("phase") == CANCELLED:
+        decision = _start(facts, spec, view)
+    else:
+        decision = _follow(facts, spec, old, view)
+    if decision.ask is not None:
+        return decision
+    return _trim_history(facts, spec, _credentials_rule(facts, spec, superseded.then(decision)))
+
+
+def _supersede(facts: Facts, spec: BuildSpec, old: dict) -> tuple[Decision, list[dict]]:
+    """A new build supersedes whatever still runs for an older one; the older one, if it was current, is
+    recorded as cancelled. The deletes and events, and the history."""
+    history, deletes, events = list(old.get("history") or []), [], []
+    for job in facts.jobs:
         other = _build_of(job)
         if other != spec.build_id and active(job):
-            decision.delete_jobs.append(job["metadata"]["name"])
+            deletes.append(job["metadata"]["name"])
             if old.get("buildID") == other and old.get("phase") in (BUILD_PENDING, BUILDING) and \
                     all(item.get("buildID") != other for item in history):
                 history = statuses.with_history(history, statuses.build_record(
                     old, CANCELLED, reasons.SUPERSEDED, labels.iso(facts.now)), spec.history_limit)
-                decision.events.append(("Normal", "BuildSuperseded", f"build {other} superseded by {spec.build_id}"))
-    carried = old if same else {}
-    view = statuses.BuildStatus(spec, generation, carried, history)
-
-    if spec.suspend:
-        _suspend(facts, spec, old, same, view, decision)
-    elif same and old.get("phase") in (BUILD_SUCCEEDED, BUILD_FAILED):
-        decision.status = view.keep()
-    elif not same or not old.get("units") or old.get("phase") == CANCELLED:
-        _start(facts, spec, carried, view, decision)
-    else:
-        _follow(facts, spec, old, view, decision)
-    _credentials_rule(facts, spec, decision)
-    _trim_history(facts, spec, decision)
-    return decision
+                events.append(("Normal", "BuildSuperseded", f"build {other} superseded by {spec.build_id}"))
+    return Decision(delete_jobs=tuple(deletes), events=tuple(events)), history
 
 
 def _invalid(facts: Facts, old: dict, generation: int) -> Decision:
     """Nothing can be built: stop whatever runs (it could still push) and remove its credentials."""
-    decision = Decision(status=statuses.invalid_build_status(generation, facts.problem or "", old.get("history")))
-    running = [job for job in facts.jobs if active(job)]
-    decision.delete_jobs = [job["metadata"]["name"] for job in running]
-    decision.delete_credentials = sorted(facts.credentials)
+    status = statuses.invalid_build_status(generation, facts.problem or "", old.get("history"))
+    running = tuple(job["metadata"]["name"] for job in facts.jobs if active(job))
+    events: tuple[Event, ...] = ()
     if running and old.get("phase") in (BUILD_PENDING, BUILDING):
-        history = statuses.with_history(old.get("history"), statuses.build_record(
+        status["history"] = statuses.with_history(old.get("history"), statuses.build_record(
             old, CANCELLED, reasons.INVALID_SPEC, labels.iso(facts.now)), statuses.DEFAULT_HISTORY_LIMIT)
-        decision.status["history"] = history
-        decision.events.append(("Warning", "BuildCancelled", f"build {old.get('buildID')} cancelled: the spec is invalid"))
-    return decision
+        events = (("Warning", "BuildCancelled", f"build {old.get('buildID')} cancelled: the spec is invalid"),)
+    return Decision(status=status, delete_jobs=running, delete_credentials=tuple(sorted(facts.credentials)),
+                    events=events)
 
 
-def _suspend(facts: Facts, spec: BuildSpec, old: dict, same: bool, view: statuses.BuildStatus,
-             decision: Decision) -> None:
-    running = [j["metadata"]["name"] for j in facts.jobs if _build_of(j) == spec.build_id and active(j)]
-    decision.delete_jobs += running
+def _suspend(facts: Facts, spec: BuildSpec, old: dict, same: bool, view: statuses.BuildStatus) -> Decision:
+    running = _running_jobs(facts, spec.build_id)
     if same and old.get("phase") in (BUILD_SUCCEEDED, BUILD_FAILED):
-        decision.status = view.keep()
-        return
+        return Decision(status=view.keep(), delete_jobs=running)
+    events: tuple[Event, ...] = ()
     if running or (same and old.get("phase") in (BUILD_PENDING, BUILDING)):
-        decision.events.append(("Normal", "BuildCancelled", f"build {spec.build_id} cancelled: spec.suspend is true"))
-        view.history = statuses.with_history(view.history, statuses.build_record(
-            {**view.carried, "buildID": spec.build_id}, CANCELLED, reasons.SUSPENDED, labels.iso(facts.now)), spec.history_limit)
-    decision.status = view.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false")
-    decision.status.pop("retry", None)
+        events = (("Normal", "BuildCancelled", f"build {spec.build_id} cancelled: spec.suspend is true"),)
+        view = dataclasses.replace(view, history=statuses.with_history(view.history, statuses.build_record(
+            {**view.carried, "buildID": spec.build_id}, CANCELLED, reasons.SUSPENDED, labels.iso(facts.now)),
+            spec.history_limit))
+    status = view.make(CANCELLED, reasons.SUSPENDED, "suspended: nothing is built until spec.suspend is false")
+    status.pop("retry", None)
+    return Decision(status=status, delete_jobs=running, events=events)
 
 
 def _backoff_key(facts: Facts, spec: BuildSpec) -> str:
@@ -247,23 +238,26 @@ def _waiting(facts: Facts, spec: BuildSpec, carried: dict) -> float | None:
     return left if left > 0 else None
 
 
-def _block(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision,
-           blocked: Blocked) -> None:
+def _block(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus, blocked: Blocked) -> Decision:
     """Pending and blocked: report why, and when kiln looks again (after a fixed wait, or exponential backoff)."""
     if blocked.after is not None:
-        decision.status = view.blocked(blocked.reason, blocked.message, credentials=blocked.credentials,
-                                       stalled=blocked.stalled)
-        decision.requeue_after = blocked.after
-        return
-    retry = carried.get("retry") or {}
+        return Decision(status=view.blocked(blocked.reason, blocked.message, credentials=blocked.credentials,
+                                            stalled=blocked.stalled), requeue_after=blocked.after)
+    retry = view.carried.get("retry") or {}
     key = _backoff_key(facts, spec)
     count = retry.get("count", 0) + 1 if retry.get("key") == key and retry.get("reason") == blocked.reason else 1
     delay = min(BACKOFF_BASE * 2 ** (count - 1), BACKOFF_CAP)
     after = labels.iso(facts.now + datetime.timedelta(seconds=delay))
-    decision.status = view.blocked(blocked.reason, f"{blocked.message}; kiln looks again at {after}",
-                                   credentials=blocked.credentials, stalled=blocked.stalled)
-    decision.status["retry"] = {"reason": blocked.reason, "count": count, "after": after, "key": key}
-    decision.requeue_after = delay
+    status = view.blocked(blocked.reason, f"{blocked.message}; kiln looks again at {after}",
+                          credentials=blocked.credentials, stalled=blocked.stalled)
+    status["retry"] = {"reason": blocked.reason, "count": count, "after": after, "key": key}
+    return Decision(status=status, requeue_after=delay)
+
+
+def _keep_until(view: statuses.BuildStatus, wait: float) -> Decision:
+    """Blocked a moment ago and nothing changed since: the status as it is, and a look when the backoff ends."""
+    return Decision(status={**view.carried, "observedGeneration": view.generation, "history": view.history},
+                    requeue_after=wait)
 
 
 # -- starting a build: a chain of policies --
@@ -302,6 +296,12 @@ def _logins_usable(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
     problem = facts.logins
     if isinstance(problem, CredentialsProblem):
         return Blocked(problem.reason, problem.message, credentials=True, stalled=problem.stalls)
+    return None
+
+
+def _secrets_opted_in(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
+    if facts.mounts is not None:
+        return Blocked(facts.mounts.reason, facts.mounts.message, credentials=True, stalled=True)
     return None
 
 
@@ -344,6 +344,7 @@ def _children_accepted(facts: Facts, spec: BuildSpec, carried: dict) -> Verdict:
 START_POLICIES = (
     ("blocked a moment ago, nothing changed since", _unchanged_since_blocked),
     ("its logins are Ready", _logins_usable),
+    ("the Secrets it mounts opted in", _secrets_opted_in),
     ("its turn in the namespace", _its_turn_in_the_namespace),
     ("its local cache volume is free", _cache_volume_free),
     ("the registries accept its pushes", _push_allowed),
@@ -359,31 +360,31 @@ def start_verdict(facts: Facts, spec: BuildSpec, carried: dict) -> tuple[str, Ve
     return "", None
 
 
-def _start(facts: Facts, spec: BuildSpec, carried: dict, view: statuses.BuildStatus, decision: Decision) -> None:
+def _start(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus) -> Decision:
     """A build that has no units in status yet: the start policies, then its children."""
+    carried = view.carried
     attempt = max((u.get("attempt", 0) for u in carried.get("units") or []), default=carried.get("attempt", -1)) + 1 \
         if carried.get("phase") == CANCELLED else 0
     try:
         plan = build_plan(spec, facts.ready_archs)
     except InvalidSpec as exc:
-        decision.status = statuses.invalid_build_status(view.generation, str(exc), view.history)
-        return
+        return Decision(status=statuses.invalid_build_status(view.generation, str(exc), view.history))
     _, verdict = start_verdict(facts, spec, carried)
     if isinstance(verdict, Unchanged):
-        _keep_until(view, decision, verdict.after)
-    elif isinstance(verdict, Ask):
-        decision.ask = verdict.question
-    elif isinstance(verdict, Blocked):
-        _block(facts, spec, carried, view, decision, verdict)
-        if verdict.undo:
-            decision.delete_jobs += [job_name(spec, unit, attempt) for unit in plan]
-            decision.delete_credentials.append(spec.build_id)
-    else:
-        units = [unit_record(unit, spec, attempt, labels.iso(facts.now)) for unit in plan]
-        decision.create = render_build(spec, facts.logins, plan, facts.settings, attempt)
-        decision.events.append(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"))
-        decision.status = _progress(view, BUILD_PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD, units)
-        _look_again(decision, POD_PATIENCE)  # if no pod comes, the Job's events say why
+        return _keep_until(view, verdict.after)
+    if isinstance(verdict, Ask):
+        return Decision(ask=verdict.question)
+    if isinstance(verdict, Blocked):
+        blocked = _block(facts, spec, view, verdict)
+        if not verdict.undo:
+            return blocked
+        return dataclasses.replace(blocked, delete_jobs=tuple(job_name(spec, unit, attempt) for unit in plan),
+                                   delete_credentials=(spec.build_id,))
+    units = [unit_record(unit, spec, attempt, labels.iso(facts.now)) for unit in plan]
+    return Decision(status=_progress(view, BUILD_PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD, units),
+                    credentials=True, jobs=tuple((unit, attempt) for unit in plan),
+                    events=(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"),),
+                    requeue_after=POD_PATIENCE)  # if no pod comes, the Job's events say why
 
 
 def _push_targets(spec: BuildSpec) -> tuple[str, ...]:
@@ -399,49 +400,85 @@ def _done(record: dict) -> bool:
     return record["phase"] in (SUCCEEDED, FAILED)
 
 
-def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus, decision: Decision) -> None:
+@dataclass(frozen=True)
+class Seen:
+    """A unit's state as kiln sees it, with what seeing it needs: a question answered, or a look later."""
+    state: UnitState
+    ask: Question | None = None
+    look_again: float | None = None
+
+
+def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus) -> Decision:
+    """A build with units in status: see each unfinished unit, then fail, retry, conclude or keep waiting."""
     jobs = {job["metadata"]["name"]: job for job in facts.jobs}
-    records = [dict(r) for r in old["units"]]
-    several = len(records) > 1
-    retries: list[dict] = []
-    for record in records:
+    records: list[dict] = []
+    retries: set[int] = set()  # indexes of the records to run again
+    looks: list[float] = []
+    for record in old["units"]:
         if _done(record):  # recorded once seen: a Job deleted since loses nothing
+            records.append(dict(record))
             continue
-        job = jobs.get(record["job"])
-        state = observe_unit(job, facts.pods.get(record["job"])) if job else \
-            UnitState(FAILED, reasons.JOB_LOST, "its Job was deleted before the build finished", retryable=True)
-        state = _image_pull_patience(state, facts, record)
-        if job and record["job"] not in facts.pods and state.phase == PENDING:
-            state = _why_no_pod(facts, job, state, decision)
-            if decision.ask:
-                return
-        if job and record["job"] not in facts.pods and state.phase in (SUCCEEDED, FAILED):
-            state = _pod_on_its_way(facts, state, decision)
-        if state.phase == SUCCEEDED:
-            state = _with_digest(facts, spec, record, state, decision)
-            if decision.ask:
-                return
-        record.update(_recorded(state, record))
-        if state.phase == FAILED and state.retryable and record["attempt"] < spec.retries:
-            retries.append(record)
-    retrying = {id(r) for r in retries}
-    failed = next((r for r in records if r["phase"] == FAILED and id(r) not in retrying), None)
+        record, seen = _see(facts, spec, record, jobs.get(record["job"]))
+        if seen.ask is not None:
+            return Decision(ask=seen.ask)
+        if seen.look_again is not None:
+            looks.append(seen.look_again)
+        record = {**record, **_recorded(seen.state, record, facts.secret_values)}
+        if seen.state.phase == FAILED and seen.state.retryable and record["attempt"] < spec.retries:
+            retries.add(len(records))
+        records.append(record)
+    several = len(records) > 1
+    failed = next((r for i, r in enumerate(records) if r["phase"] == FAILED and i not in retries), None)
     if failed:
-        _fail(facts, spec, records, failed, several, view, decision)
+        decision = _fail(facts, spec, records, failed, several, view)
     elif retries:
-        _retry(facts, spec, records, retries, several, view, decision)
+        decision = _retry(facts, spec, records, retries, several, view)
     elif all(r["phase"] == SUCCEEDED for r in records):
-        _conclude(facts, spec, records, view, decision)
+        decision = _conclude(facts, spec, records, view)
     else:
-        running = any(r["phase"] in (RUNNING, SUCCEEDED) for r in records)
-        waiting = next((r for r in records if r["phase"] == PENDING), records[0])
-        message = "building" if running else f"{_named(waiting, several)}{waiting.get('message') or 'waiting'}"
-        reason = reasons.BUILDING if running else waiting.get("reason") or reasons.BUILD_PENDING
-        decision.status = _progress(view, BUILDING if running else BUILD_PENDING, reason, message, records)
-        pulls = [_parse(r["pullFailingSince"]) for r in records if r.get("pullFailingSince")]
-        if pulls:  # nothing else may happen when the patience runs out
-            grace = datetime.timedelta(seconds=facts.settings.image_pull_grace)
-            _look_again(decision, max((min(pulls) + grace - facts.now).total_seconds(), 1.0))
+        decision = _waiting_units(facts, records, several, view)
+    for seconds in looks:
+        decision = decision.sooner(seconds)
+    return decision
+
+
+def _see(facts: Facts, spec: BuildSpec, record: dict, job: dict | None) -> tuple[dict, Seen]:
+    """One unfinished unit: its Job and pod read, with the patience each state calls for; the record as the
+    pull patience left it."""
+    state = observe_unit(job, facts.pods.get(record["job"])) if job else \
+        UnitState(FAILED, reasons.JOB_LOST, "its Job was deleted before the build finished", retryable=True)
+    state, record = _image_pull_patience(state, facts, record)
+    looks: list[float] = []
+    no_pod = job is not None and record["job"] not in facts.pods
+    if no_pod and state.phase == PENDING:
+        seen = _why_no_pod(facts, job, state)
+        if seen.ask is not None:
+            return record, seen
+        state, looks = seen.state, [*looks, seen.look_again]
+    if no_pod and state.phase in (SUCCEEDED, FAILED):
+        seen = _pod_on_its_way(facts, state)
+        state, looks = seen.state, [*looks, seen.look_again]
+    if state.phase == SUCCEEDED:
+        seen = _with_digest(facts, spec, record, state)
+        if seen.ask is not None:
+            return record, seen
+        state = seen.state
+    looks = [seconds for seconds in looks if seconds is not None]
+    return record, Seen(state, look_again=min(looks) if looks else None)
+
+
+def _waiting_units(facts: Facts, records: list[dict], several: bool, view: statuses.BuildStatus) -> Decision:
+    """Units still pending or running: say what the build waits for."""
+    running = any(r["phase"] in (RUNNING, SUCCEEDED) for r in records)
+    waiting = next((r for r in records if r["phase"] == PENDING), records[0])
+    message = "building" if running else f"{_named(waiting, several)}{waiting.get('message') or 'waiting'}"
+    reason = reasons.BUILDING if running else waiting.get("reason") or reasons.BUILD_PENDING
+    decision = Decision(status=_progress(view, BUILDING if running else BUILD_PENDING, reason, message, records))
+    pulls = [_parse(r["pullFailingSince"]) for r in records if r.get("pullFailingSince")]
+    if pulls:  # nothing else may happen when the patience runs out
+        grace = datetime.timedelta(seconds=facts.settings.image_pull_grace)
+        decision = decision.sooner(max((min(pulls) + grace - facts.now).total_seconds(), 1.0))
+    return decision
 
 
 def _progress(view: statuses.BuildStatus, phase: str, reason: str, message: str, records: list[dict]) -> dict:
@@ -454,46 +491,45 @@ def _progress(view: statuses.BuildStatus, phase: str, reason: str, message: str,
     return status
 
 
-def _image_pull_patience(state: UnitState, facts: Facts, record: dict) -> UnitState:
+def _started(view: statuses.BuildStatus, records: list[dict]) -> statuses.BuildStatus:
+    """The view with the build's start: its earliest unit's."""
+    starts = [r["startTime"] for r in records if r.get("startTime")]
+    start = min(starts) if starts else view.carried.get("startTime")
+    return dataclasses.replace(view, carried={**view.carried, "startTime": start})
+
+
+def _image_pull_patience(state: UnitState, facts: Facts, record: dict) -> tuple[UnitState, dict]:
     """The kubelet keeps retrying a pull by itself: kiln reports it, recreates nothing, and gives up after a while."""
     if state.reason != reasons.BUILDER_IMAGE_PULL_FAILED or state.phase != FAILED or not state.retryable:
-        record.pop("pullFailingSince", None)
-        return state
-    since = record.setdefault("pullFailingSince", labels.iso(facts.now))
+        return state, {k: v for k, v in record.items() if k != "pullFailingSince"}
+    since = record.get("pullFailingSince") or labels.iso(facts.now)
+    record = {**record, "pullFailingSince": since}
     if (facts.now - _parse(since)).total_seconds() < facts.settings.image_pull_grace:
-        return dataclasses.replace(state, phase=PENDING, retryable=False)
-    return dataclasses.replace(state, retryable=False,
-                               message=f"{state.message}; still failing after {facts.settings.image_pull_grace:g}s")
+        return dataclasses.replace(state, phase=PENDING, retryable=False), record
+    return dataclasses.replace(state, retryable=False, message=f"{state.message}; still failing after "
+                                                               f"{facts.settings.image_pull_grace:g}s"), record
 
 
-def _look_again(decision: Decision, seconds: float) -> None:
-    """Look at this build again within `seconds`, or sooner if something else asked for sooner."""
-    decision.requeue_after = seconds if decision.requeue_after is None else min(decision.requeue_after, seconds)
-
-
-def _why_no_pod(facts: Facts, job: dict, state: UnitState, decision: Decision) -> UnitState:
+def _why_no_pod(facts: Facts, job: dict, state: UnitState) -> Seen:
     """A Job that makes no pod: Pod Security admission refusing it fails the build at once (it will not pass
     by waiting); anything else the Job controller reports (a quota, say) is shown while kiln waits."""
     created = job["metadata"].get("creationTimestamp")
     if not created or (facts.now - _parse(created)).total_seconds() < POD_PATIENCE:
-        _look_again(decision, POD_PATIENCE)
-        return state
+        return Seen(state, look_again=POD_PATIENCE)
     question = JobEvents(job["metadata"]["name"])
     if question not in facts.answers:
-        decision.ask = question
-        return state
+        return Seen(state, ask=question)
     refusals = [message for reason, message in facts.answers[question] if reason == "FailedCreate"]
-    _look_again(decision, POD_PATIENCE)
     if any("violates PodSecurity" in message for message in refusals):
-        return UnitState(FAILED, reasons.POD_SECURITY_REJECTED, "the namespace's Pod Security admission refuses the "
-                         f"build pod ({refusals[-1][-300:]}); rootless BuildKit needs the privileged level, see the README")
-    if refusals:
-        return dataclasses.replace(state, reason=reasons.POD_CREATE_FAILED,
-                                   message=f"the Job cannot create its pod: {refusals[-1][-300:]}")
-    return state
+        state = UnitState(FAILED, reasons.POD_SECURITY_REJECTED, "the namespace's Pod Security admission refuses the "
+                          f"build pod ({refusals[-1][-300:]}); rootless BuildKit needs the privileged level, see the README")
+    elif refusals:
+        state = dataclasses.replace(state, reason=reasons.POD_CREATE_FAILED,
+                                    message=f"the Job cannot create its pod: {refusals[-1][-300:]}")
+    return Seen(state, look_again=POD_PATIENCE)
 
 
-def _pod_on_its_way(facts: Facts, state: UnitState, decision: Decision) -> UnitState:
+def _pod_on_its_way(facts: Facts, state: UnitState) -> Seen:
     """A Job concluded, and kiln has seen no pod of it: Jobs and Pods come on separate watch streams, and a busy
     operator may get a fast build's Job before its pod. The pod's final state (digest, exit code, log) is on its
     way: kiln waits for it a while, and only then concludes from the Job alone (the pod was deleted, or collected).
@@ -501,40 +537,40 @@ def _pod_on_its_way(facts: Facts, state: UnitState, decision: Decision) -> UnitS
     ended = state.completion_time
     waited = (facts.now - _parse(ended)).total_seconds() if ended else POD_PATIENCE
     if waited >= POD_PATIENCE:
-        return state
-    _look_again(decision, POD_PATIENCE - waited)
-    return UnitState(RUNNING, reasons.BUILDING, "building")
+        return Seen(state)
+    return Seen(UnitState(RUNNING, reasons.BUILDING, "building"), look_again=POD_PATIENCE - waited)
 
 
-def _with_digest(facts: Facts, spec: BuildSpec, record: dict, state: UnitState, decision: Decision) -> UnitState:
+def _with_digest(facts: Facts, spec: BuildSpec, record: dict, state: UnitState) -> Seen:
     """A unit's digest, from its termination message, else (one pod that pushed tags) from the registry."""
     if not state.digest and spec.output.push:
         if unit_of(record).by_digest:  # nothing else names what it pushed
-            return dataclasses.replace(state, phase=FAILED, reason=reasons.DIGEST_NOT_REPORTED, retryable=True,
-                                       message="the image was pushed by digest, but its digest did not reach kiln")
+            return Seen(dataclasses.replace(state, phase=FAILED, reason=reasons.DIGEST_NOT_REPORTED, retryable=True,
+                                            message="the image was pushed by digest, but its digest did not reach kiln"))
         question = TagDigest(spec.output.image, spec.output.tags[0])
         answer = facts.answers.get(question)
         if answer is None:
-            decision.ask = question
-            return state
+            return Seen(state, ask=question)
         if isinstance(answer, RegistryProblem):
-            return dataclasses.replace(state, phase=FAILED, reason=reasons.DIGEST_NOT_REPORTED, retryable=answer.transient,
-                                       message=f"the build reported no digest, and {answer.message}")
+            return Seen(dataclasses.replace(state, phase=FAILED, reason=reasons.DIGEST_NOT_REPORTED,
+                                            retryable=answer.transient,
+                                            message=f"the build reported no digest, and {answer.message}"))
         state = dataclasses.replace(state, digest=answer[0], media_type=answer[1])
     pod = facts.pods.get(record["job"])
     if pod is None:
-        return state
+        return Seen(state)
     log = BuildLog(pod["metadata"]["name"])
     if log not in facts.answers:
-        decision.ask = log
-        return state
+        return Seen(state, ask=log)
     cached, total = facts.answers[log]
-    return dataclasses.replace(state, cached_steps=cached, total_steps=total)
+    return Seen(dataclasses.replace(state, cached_steps=cached, total_steps=total))
 
 
-def _recorded(state: UnitState, record: dict) -> dict:
-    found = {"phase": state.phase, "reason": state.reason, "message": state.message, "digest": state.digest,
-             "mediaType": state.media_type, "logExcerpt": state.log_excerpt, "startTime": record.get("startTime"),
+def _recorded(state: UnitState, record: dict, secret_values: frozenset[str]) -> dict:
+    """What status keeps of a unit's state; a RUN step's output never shows a value of the build's Secrets."""
+    found = {"phase": state.phase, "reason": state.reason, "message": redacted(state.message, secret_values),
+             "digest": state.digest, "mediaType": state.media_type,
+             "logExcerpt": redacted(state.log_excerpt, secret_values), "startTime": record.get("startTime"),
              "completionTime": state.completion_time, "cachedSteps": state.cached_steps,
              "totalSteps": state.total_steps}
     return {k: v for k, v in found.items() if v not in (None, "")}
@@ -544,46 +580,43 @@ _RESULT_FIELDS = ("reason", "message", "digest", "mediaType", "logExcerpt", "com
                   "cachedSteps", "totalSteps")
 
 
-def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: list[dict], several: bool,
-           view: statuses.BuildStatus, decision: Decision) -> None:
+def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: set[int], several: bool,
+           view: statuses.BuildStatus) -> Decision:
     """Transient failures run again as a new attempt, with the build's credentials made again."""
     if isinstance(facts.logins, CredentialsProblem):
-        _block(facts, spec, view.carried, view, decision,
-               Blocked(facts.logins.reason, f"a retry waits: {facts.logins.message}", credentials=True))
-        decision.status["units"] = records
-        decision.status["phase"] = BUILDING
-        return
-    decision.create += render_build(spec, facts.logins, (), facts.settings)  # the Secret, made again if it is gone
+        blocked = _block(facts, spec, view, Blocked(facts.logins.reason, f"a retry waits: {facts.logins.message}",
+                                                    credentials=True))
+        return dataclasses.replace(blocked, status={**blocked.status, "units": records, "phase": BUILDING})
     running = {j["metadata"]["name"] for j in facts.jobs if active(j)}
-    for record in retries:
-        unit = unit_of(record)
+    again, deletes, events, jobs = [], [], [], []
+    for i, record in enumerate(records):
+        if i not in retries:
+            again.append(record)
+            continue
+        unit, attempt, reason = unit_of(record), record["attempt"] + 1, record["reason"]
         if record["job"] in running:
-            decision.delete_jobs.append(record["job"])
-        decision.events.append(("Warning", "BuildRetried", f"{_named(record, several)}{record['reason']}: "
-                                f"{record['message']}; attempt {record['attempt'] + 2} of {spec.retries + 1}"))
-        reason = record["reason"]
-        for key in _RESULT_FIELDS:
-            record.pop(key, None)
-        record.update(attempt=record["attempt"] + 1, phase=PENDING, job=job_name(spec, unit, record["attempt"] + 1),
-                      reason=reasons.BUILD_PENDING, message=WAITING_FOR_POD)
-        decision.create.append(render_job(spec, unit, facts.settings, attempt=record["attempt"],
-                                          buildkitd=tuple(buildkitd_files(facts.logins))))
-    decision.status = _progress(view, BUILDING, reasons.BUILDING, f"retrying after {reason}", records)
+            deletes.append(record["job"])
+        events.append(("Warning", "BuildRetried", f"{_named(record, several)}{reason}: {record['message']}; "
+                                                  f"attempt {attempt + 1} of {spec.retries + 1}"))
+        kept = {k: v for k, v in record.items() if k not in _RESULT_FIELDS}
+        again.append({**kept, "attempt": attempt, "phase": PENDING, "job": job_name(spec, unit, attempt),
+                      "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD})
+        jobs.append((unit, attempt))
+    return Decision(status=_progress(view, BUILDING, reasons.BUILDING, f"retrying after {reason}", again),
+                    credentials=True, jobs=tuple(jobs), delete_jobs=tuple(deletes), events=tuple(events))
 
 
 def _fail(facts: Facts, spec: BuildSpec, records: list[dict], failed: dict, several: bool,
-          view: statuses.BuildStatus, decision: Decision) -> None:
+          view: statuses.BuildStatus) -> Decision:
     """One unit failed for good: the others stop (no index can be made) and the build fails, naming it."""
-    decision.delete_jobs += [j["metadata"]["name"] for j in facts.jobs if _build_of(j) == spec.build_id and active(j)]
     reason = failed.get("reason") or reasons.BUILD_FAILED
     message = f"{_named(failed, several)}{failed.get('message') or 'the build failed'}"
     completion = failed.get("completionTime") or labels.iso(facts.now)
-    status = _progress(view, BUILD_FAILED, reason, message, records)
-    view.carried = {**view.carried, "startTime": status.get("startTime")}
-    decision.status = {**view.failed(failed["job"], reason, message, failed.get("logExcerpt", ""),
-                                     [r["job"] for r in records], max(r["attempt"] for r in records), completion,
-                                     labels.iso(facts.now)), "units": records}
-    decision.events.append(("Warning", "BuildFailed", f"{reason}: {message}"))
+    status = _started(view, records).failed(failed["job"], reason, message, failed.get("logExcerpt", ""),
+                                            [r["job"] for r in records], max(r["attempt"] for r in records),
+                                            completion, labels.iso(facts.now))
+    return Decision(status={**status, "units": records}, delete_jobs=_running_jobs(facts, spec.build_id),
+                    events=(("Warning", "BuildFailed", f"{reason}: {message}"),))
 
 
 def _to_ask_before_concluding(spec: BuildSpec, records: list[dict]) -> tuple[Question | None, list[tuple[str, str, str]]]:
@@ -611,70 +644,59 @@ def _answered_platforms(question: Question, answer, records: list[dict]) -> tupl
     return records[0].get("digest"), [(p, d, records[0]["builtBy"]) for p, d in answer]
 
 
-def _keep_until(view: statuses.BuildStatus, decision: Decision, wait: float) -> None:
-    """Blocked a moment ago and nothing changed since: the status as it is, and a look when the backoff ends."""
-    decision.status = {**view.carried, "observedGeneration": view.generation, "history": view.history}
-    decision.requeue_after = wait
-
-
-def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus,
-              decision: Decision) -> None:
+def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus) -> Decision:
     """Every unit pushed: the image (one pod), or the index kiln assembles from several."""
     question, platforms = _to_ask_before_concluding(spec, records)
-    digest = records[0].get("digest")
-    if question is not None:
-        if (wait := _waiting(facts, spec, view.carried)) is not None:  # the registry failed a moment ago
-            _keep_until(view, decision, wait)
-            return
-        answer = facts.answers.get(question)
-        if answer is None:
-            decision.ask = question
-            return
-        if isinstance(answer, RegistryProblem) and isinstance(question, AssembleIndex):
-            if answer.transient:
-                _block(facts, spec, view.carried, view, decision,
-                       Blocked(answer.reason, f"the images are built; assembling the index: {answer.message}"))
-                decision.status.update(phase=BUILDING, units=records)
-            else:
-                _fail(facts, spec, records, {**records[0], "reason": answer.reason,
-                                             "message": f"assembling the index: {answer.message}"}, False, view, decision)
-            return
-        digest, platforms = _answered_platforms(question, answer, records)
-    _succeed(facts, spec, records, view, decision, digest, platforms)
+    if question is None:
+        return _succeed(facts, spec, records, view, records[0].get("digest"), platforms)
+    if (wait := _waiting(facts, spec, view.carried)) is not None:  # the registry failed a moment ago
+        return _keep_until(view, wait)
+    answer = facts.answers.get(question)
+    if answer is None:
+        return Decision(ask=question)
+    if isinstance(answer, RegistryProblem) and isinstance(question, AssembleIndex):
+        if not answer.transient:
+            return _fail(facts, spec, records, {**records[0], "reason": answer.reason,
+                                                "message": f"assembling the index: {answer.message}"}, False, view)
+        blocked = _block(facts, spec, view, Blocked(answer.reason, f"the images are built; assembling the index: "
+                                                                   f"{answer.message}"))
+        return dataclasses.replace(blocked, status={**blocked.status, "phase": BUILDING, "units": records})
+    digest, platforms = _answered_platforms(question, answer, records)
+    return _succeed(facts, spec, records, view, digest, platforms)
 
 
-def _succeed(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus, decision: Decision,
-             digest: str | None, platforms: list[tuple[str, str, str]]) -> None:
-    status = _progress(view, BUILD_SUCCEEDED, reasons.SUCCEEDED, "", records)
-    view.carried = {**view.carried, "startTime": status.get("startTime")}
+def _succeed(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus,
+             digest: str | None, platforms: list[tuple[str, str, str]]) -> Decision:
     completion = max((r["completionTime"] for r in records if r.get("completionTime")), default=labels.iso(facts.now))
-    decision.status = {**view.succeeded(
+    status = _started(view, records).succeeded(
         [r["job"] for r in records], max(r["attempt"] for r in records), completion, digest,
         [{"platform": p, "digest": d, "builtBy": b} for p, d, b in platforms],
-        sum(r.get("cachedSteps", 0) for r in records), sum(r.get("totalSteps", 0) for r in records), labels.iso(facts.now)),
-        "units": records}
-    decision.status.pop("retry", None)
-    decision.events.append(("Normal", "BuildSucceeded", f"pushed {decision.status.get('image') or spec.output.image}"))
+        sum(r.get("cachedSteps", 0) for r in records), sum(r.get("totalSteps", 0) for r in records), labels.iso(facts.now))
+    status = {**status, "units": records}
+    status.pop("retry", None)
+    return Decision(status=status, events=(("Normal", "BuildSucceeded",
+                                            f"pushed {status.get('image') or spec.output.image}"),))
 
 
 # -- rules that hold whatever was decided --
 
-def _credentials_rule(facts: Facts, spec: BuildSpec, decision: Decision) -> None:
+def _credentials_rule(facts: Facts, spec: BuildSpec, decision: Decision) -> Decision:
     """A build's Secret exists exactly while one of its Jobs may still run."""
     deleted = set(decision.delete_jobs)
     running = {_build_of(j) for j in facts.jobs if active(j) and j["metadata"]["name"] not in deleted}
     units = decision.status.get("units") or []
     # A unit recorded as created and not finished may run even if the watch has not shown its Job yet.
-    if any(obj["kind"] == "Job" for obj in decision.create) or (
-            decision.status.get("buildID") == spec.build_id and any(not _done(u) for u in units)
-            and decision.status.get("phase") in (BUILD_PENDING, BUILDING)):
+    if decision.jobs or (decision.status.get("buildID") == spec.build_id and any(not _done(u) for u in units)
+                         and decision.status.get("phase") in (BUILD_PENDING, BUILDING)):
         running.add(spec.build_id)
-    decision.delete_credentials = sorted(set(decision.delete_credentials) | (facts.credentials - running))
-    decision.create = [obj for obj in decision.create if obj["kind"] == "Job" or spec.build_id in running]
+    return dataclasses.replace(
+        decision, delete_credentials=tuple(sorted(set(decision.delete_credentials) | (facts.credentials - running))),
+        credentials=decision.credentials and spec.build_id in running)
 
 
-def _trim_history(facts: Facts, spec: BuildSpec, decision: Decision) -> None:
+def _trim_history(facts: Facts, spec: BuildSpec, decision: Decision) -> Decision:
     """Jobs of builds that fell out of the history (and are not the current one) are deleted."""
     keep = {spec.build_id} | {item.get("buildID") for item in decision.status.get("history") or []}
-    decision.delete_jobs += [j["metadata"]["name"] for j in facts.jobs
-                             if _build_of(j) not in keep and j["metadata"]["name"] not in decision.delete_jobs]
+    gone = tuple(j["metadata"]["name"] for j in facts.jobs
+                 if _build_of(j) not in keep and j["metadata"]["name"] not in decision.delete_jobs)
+    return dataclasses.replace(decision, delete_jobs=decision.delete_jobs + gone)

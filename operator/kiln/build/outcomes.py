@@ -74,6 +74,24 @@ def excerpt(text: str, lines: int = 15, limit: int = 1500) -> str:
     return tail[-limit:]
 
 
+REDACTED = "[redacted]"
+_SHORTEST_REDACTED = 4  # shorter pieces of a secret are too common to hide (and say nothing)
+
+
+def redacted(text: str, values: frozenset[str]) -> str:
+    """text without any of the values (each line of a multi-line one), nor the end of one that the text, a tail
+    of a longer log, begins in the middle of."""
+    pieces = {line.strip() for value in values for line in value.splitlines()}
+    pieces = sorted((p for p in pieces if len(p) >= _SHORTEST_REDACTED), key=len, reverse=True)
+    for piece in pieces:
+        text = text.replace(piece, REDACTED)
+    for piece in pieces:
+        cut = next((n for n in range(len(piece) - 1, _SHORTEST_REDACTED - 1, -1) if text.startswith(piece[-n:])), 0)
+        if cut:
+            text = REDACTED + text[cut:]
+    return text
+
+
 def classify_failure(log: str) -> tuple[str, bool, str]:
     """(reason, retryable, summary) of a failed build from its output."""
     for reason, retryable, summary, pattern in _FAILURE_PATTERNS:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from kiln import API_VERSION
@@ -284,6 +285,12 @@ def _volumes(spec: BuildSpec, buildkitd: tuple[str, ...]) -> tuple[list[dict], l
 def render_build(spec: BuildSpec, logins: list[ResolvedLogin], plan: tuple[BuildUnit, ...],
                  settings: Settings, attempt: int = 0) -> list[dict]:
     """Every object one build needs: its Secret, one Job per unit."""
-    buildkitd = tuple(buildkitd_files(logins))
-    return [render_build_secret(spec, logins), *(render_job(spec, unit, settings, buildkitd=buildkitd, attempt=attempt)
-                                                 for unit in plan)]
+    return render_children(spec, logins, settings, secret=True, jobs=[(unit, attempt) for unit in plan])
+
+
+def render_children(spec: BuildSpec, logins: list[ResolvedLogin], settings: Settings, *, secret: bool,
+                    jobs: Sequence[tuple[BuildUnit, int]]) -> list[dict]:
+    """What a decision creates, in its order: the build's Secret when asked for, then a Job per (unit, attempt)."""
+    buildkitd = tuple(buildkitd_files(logins)) if jobs else ()
+    return [*([render_build_secret(spec, logins)] if secret else []),
+            *(render_job(spec, unit, settings, buildkitd=buildkitd, attempt=attempt) for unit, attempt in jobs)]

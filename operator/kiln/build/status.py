@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+from dataclasses import dataclass
 
 from kiln.build.platforms import BuildUnit
 from kiln.build.render import cache_ref
@@ -102,11 +103,14 @@ def logs_command(spec: BuildSpec, job_name: str) -> str:
     return f"kubectl logs -n {spec.namespace} job/{job_name} -c buildkit"
 
 
+@dataclass(frozen=True)
 class BuildStatus:
-    """Builds the status dict of the current build."""
-
-    def __init__(self, spec: BuildSpec, generation: int, carried: dict, history: list[dict]):
-        self.spec, self.generation, self.carried, self.history = spec, generation, carried, history
+    """Builds the status dict of the current build: from its spec, the status carried over from the same
+    build (empty for a new one), and the history so far."""
+    spec: BuildSpec
+    generation: int
+    carried: dict
+    history: list[dict]
 
     def _base(self, phase: str, reason: str, message: str, credentials: dict) -> dict:
         spec = self.spec

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from kiln.build.credentials import CredentialsProblem
-from kiln.build.decide import (
+from kiln.build.decide import Facts
+from kiln.build.outcomes import cache_stats
+from kiln.build.questions import (
     AssembleIndex,
     BuildLog,
-    Facts,
     ImageContents,
     JobEvents,
     PushCheck,
@@ -13,7 +14,6 @@ from kiln.build.decide import (
     RegistryProblem,
     TagDigest,
 )
-from kiln.build.outcomes import cache_stats
 from kiln.clients.registry import RegistryError, assemble_index, image_platforms
 from kiln.controller.gather import resolve_logins
 from kiln.controller.runtime import Runtime

@@ -12,12 +12,8 @@ import datetime
 import logging
 
 from kiln import API_VERSION, metrics
-from kiln.build.decide import (
-    Decision,
-    Event,
-    Facts,
-    decide,
-)
+from kiln.build.children import children
+from kiln.build.decide import Decision, Event, Facts, decide
 from kiln.build.status import CANCELLED, FAILED, SUCCEEDED, status_patch
 from kiln.clients.kube import Kube, KubeError, path
 from kiln.controller.answers import answer
@@ -87,10 +83,10 @@ async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: l
         logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,
                        MAX_QUESTIONS)
         return Outcome(obj, [], 1.0)
-    refused = await carry_out(runtime, namespace, name, decision)
+    refused = await carry_out(runtime, namespace, name, decision, children(facts, decision))
     if refused:  # decide again knowing it, and undo what was created before the refusal
         decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
-        await carry_out(runtime, namespace, name, decision)
+        await carry_out(runtime, namespace, name, decision, children(facts, decision))
     written = await write_status(runtime.kube, obj, decision.status)
     if written is not None:  # newer than the watch may show for a moment; its echo needs no look
         runtime.cache.wrote("ImageBuild", written)

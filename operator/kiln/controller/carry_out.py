@@ -1,18 +1,18 @@
 """carry_out: a Decision's deletes and creates, in its order, through the Kubernetes API."""
 from __future__ import annotations
 
-from kiln.build.decide import (
-    Decision,
-)
+from kiln.build.decide import Decision
 from kiln.build.render import build_secret_name
 from kiln.clients.kube import KubeError, path
 from kiln.controller.runtime import Runtime
 
 _PLURALS = {"Secret": "secrets", "Job": "jobs"}
 
-async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Decision) -> tuple[str, str] | None:
-    """Delete, then create, in the decision's order. A create the API server refuses is returned as
-    (object, message); transient API errors raise, and the caller tries again later."""
+
+async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Decision,
+                    children: list[dict]) -> tuple[str, str] | None:
+    """Delete what the decision says, then create its children (rendered), in order. A create the API server
+    refuses is returned as (object, message); transient API errors raise, and the caller tries again later."""
     kube = runtime.kube
     for name in decision.delete_jobs:
         await kube.delete(path("batch/v1", "jobs", namespace, name))
@@ -21,7 +21,7 @@ async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Deci
         name = build_secret_name(build, build_id)
         await kube.delete(path("v1", "secrets", namespace, name))
         runtime.cache.deleted_secret(namespace, name)
-    for child in decision.create:
+    for child in children:
         try:
             await kube.create(path(child["apiVersion"], _PLURALS[child["kind"]], namespace), child)
             if child["kind"] == "Job":  # until the watch shows it, it is known to exist

@@ -4,6 +4,7 @@
 VERIFIED = "Verified"
 NOT_VERIFIED = "VerificationDisabled"
 SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_NOT_OPTED_IN = "SecretNotOptedIn"
 INVALID_SECRET = "InvalidSecret"
 AUTHENTICATION_FAILED = "AuthenticationFailed"
 REGISTRY_UNREACHABLE = "RegistryUnreachable"
@@ -11,6 +12,7 @@ REGISTRY_ERROR = "RegistryError"  # 5xx, 429, a token service in trouble: worth 
 REGISTRY_REJECTED = "RegistryRejected"  # another answer kiln did not expect: asking again will not help
 IMAGE_NOT_FOUND = "ImageNotFound"
 ADDRESS_NOT_ALLOWED = "AddressNotAllowed"
+INSECURE_TOKEN_REALM = "InsecureTokenRealm"
 CA_BUNDLE_NOT_FOUND = "CABundleNotFound"
 # RegistryLogin SecretWatched
 SECRET_WATCHED = "Labelled"

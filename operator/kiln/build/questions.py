@@ -1,0 +1,60 @@
+"""The questions decide asks of a registry (or of the cluster's logs and events), and a failed answer.
+
+decide stays pure by asking: the controller answers (controller/answers.py) and decide runs again
+with the answer in Facts.answers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PushCheck:
+    """Do these repositories accept a push with the build's credentials?"""
+    repositories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TagDigest:
+    """Which digest and media type does this tag have (a build that pushed but reported no digest)?"""
+    image: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class ImageContents:
+    """(platform, manifest digest) of each image in what was pushed under this digest."""
+    image: str
+    digest: str
+    platforms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AssembleIndex:
+    """Verify every child is in the registry, push one index of them under every tag; answer its digest."""
+    image: str
+    children: tuple[tuple[str, str, str], ...]  # (platform, digest, media type)
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobEvents:
+    """What the Job controller said about a Job that has made no pod: (reason, message) of its events."""
+    job: str
+
+
+@dataclass(frozen=True)
+class BuildLog:
+    """The build pod's log, for what BuildKit took from a cache."""
+    pod: str
+
+
+Question = PushCheck | TagDigest | ImageContents | AssembleIndex | BuildLog | JobEvents
+
+
+@dataclass(frozen=True)
+class RegistryProblem:
+    """A registry's answer that was not the fact asked for."""
+    reason: str
+    message: str
+    transient: bool
