@@ -230,15 +230,23 @@ def _signing_key(workdir: Path) -> tuple[rsa.RSAPrivateKey, x509.Certificate, Pa
 
 def start_token_registry(workdir: Path, users: dict[str, tuple[str, set[str]]], tls: bool = False,
                          host: str = "127.0.0.1", port: int | None = None, issuer_port: int = 0,
-                         namespace: Namespace | None = None) -> RunningRegistry:
-    """users: name -> (password, allowed actions such as {"pull", "push"}); the token issuer listens beside it."""
+                         namespace: Namespace | None = None, realm_tls: bool | None = None) -> RunningRegistry:
+    """users: name -> (password, allowed actions such as {"pull", "push"}); the token issuer listens beside it,
+    over TLS when the registry is (realm_tls=False: plain http, a misconfiguration kiln refuses to send to)."""
     workdir.mkdir(parents=True, exist_ok=True)
     key, certificate, bundle = _signing_key(workdir)
-    issuer = TokenIssuer(key, certificate, users, listening_socket(host, issuer_port, namespace))
-    threading.Thread(target=issuer.serve_forever, daemon=True).start()
-    realm = f"http://{host}:{issuer.server_address[1]}/token"
-    config: dict = {"auth": {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(bundle)}}}
+    config: dict = {}
     ca_pem = _tls(config, workdir, host) if tls else None
+    sock = listening_socket(host, issuer_port, namespace)
+    if tls if realm_tls is None else realm_tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(config["http"]["tls"]["certificate"], config["http"]["tls"]["key"])
+        sock = context.wrap_socket(sock, server_side=True)
+    issuer = TokenIssuer(key, certificate, users, sock)
+    threading.Thread(target=issuer.serve_forever, daemon=True).start()
+    scheme = "https" if isinstance(sock, ssl.SSLSocket) else "http"
+    realm = f"{scheme}://{host}:{issuer.server_address[1]}/token"
+    config["auth"] = {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(bundle)}}
     address, process = _start(config, workdir, host, port, namespace)
     return RunningRegistry(address, {u: p for u, (p, _) in users.items()}, process, issuer, ca_pem)
 

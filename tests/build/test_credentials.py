@@ -28,6 +28,13 @@ def login(server="registry.example.com", name="login", namespace="default") -> L
                                  "spec": {"server": server, "secretRef": {"name": "creds"}}})
 
 
+def opted_in(secret: dict | None) -> dict | None:
+    """The Secret as its owner lets logins use it: labelled kiln.dev/registry-login=true."""
+    if secret is None:
+        return None
+    return {**secret, "metadata": {"name": "creds", "labels": {"kiln.dev/registry-login": "true"}}}
+
+
 def docker_secret(auths: dict) -> dict:
     return {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(json.dumps({"auths": auths}))}}
 
@@ -63,12 +70,12 @@ def test_image_registry_and_repository_follow_docker_reference_rules(image, host
     docker_secret({"registry.example.com": {"username": "u", "password": PASSWORD}}),
 ], ids=["basic-auth", "opaque", "dockerconfig-auth-field", "dockerconfig-user-password"])
 def test_every_supported_secret_type_yields_the_credentials(secret):
-    assert credentials_from_secret(secret, login()) == Credentials("u", PASSWORD)
+    assert credentials_from_secret(opted_in(secret), login()) == Credentials("u", PASSWORD)
 
 
 def test_docker_hub_entry_is_found_under_any_alias():
     secret = docker_secret({"https://index.docker.io/v1/": {"auth": b64(f"u:{PASSWORD}")}})
-    assert credentials_from_secret(secret, login("registry-1.docker.io")).password == PASSWORD
+    assert credentials_from_secret(opted_in(secret), login("registry-1.docker.io")).password == PASSWORD
 
 
 MALFORMED = [
@@ -97,10 +104,36 @@ MALFORMED = [
 @pytest.mark.parametrize(("secret", "reason", "message"), [pytest.param(s, r, m, id=i) for i, s, r, m in MALFORMED])
 def test_malformed_secret_gets_its_own_reason_and_a_message_without_the_value(secret, reason, message):
     with pytest.raises(CredentialsProblem) as caught:
-        credentials_from_secret(secret, login())
+        credentials_from_secret(opted_in(secret), login())
     assert caught.value.reason == reason
     assert message in caught.value.message
     assert PASSWORD not in caught.value.message and b64(PASSWORD)[:8] not in caught.value.message
+
+
+BASIC = {"type": "kubernetes.io/basic-auth", "data": {"username": b64("u"), "password": b64(PASSWORD)}}
+
+
+@pytest.mark.parametrize("metadata", [
+    {"name": "creds"},
+    {"name": "creds", "labels": {"kiln.dev/registry-login": "false"}},
+    {"name": "creds", "annotations": {"kiln.dev/registry-logins": "other, login-2"}},
+    {"name": "creds", "labels": {"kiln.dev/build-secret": "true"}},  # open to builds, not to logins
+], ids=["nothing", "label-false", "annotation-names-others", "build-label"])
+def test_a_secret_that_has_not_opted_in_to_logins_gives_none_of_its_credentials(metadata):
+    with pytest.raises(CredentialsProblem) as caught:
+        credentials_from_secret({**BASIC, "metadata": metadata}, login())
+    assert caught.value.reason == reasons.SECRET_NOT_OPTED_IN and caught.value.stalls
+    assert caught.value.message == ("Secret 'creds' has not opted in to RegistryLogins: label it "
+                                    "kiln.dev/registry-login=true (any login of the namespace may use it) or annotate "
+                                    "it kiln.dev/registry-logins=login (this login only)")
+    assert "u" not in caught.value.message.split() and PASSWORD not in caught.value.message
+
+
+def test_an_annotation_naming_the_login_opts_the_secret_in_for_that_login_only():
+    secret = {**BASIC, "metadata": {"name": "creds", "annotations": {"kiln.dev/registry-logins": "ci, login"}}}
+    assert credentials_from_secret(secret, login()) == Credentials("u", PASSWORD)
+    with pytest.raises(CredentialsProblem):
+        credentials_from_secret(secret, login(name="attacker"))
 
 
 def resolved(name, server, user="u", password=PASSWORD):

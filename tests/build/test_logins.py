@@ -21,7 +21,8 @@ def login(**spec) -> dict:
             "spec": {"server": "r.example", "secretRef": {"name": "reg-creds"}, **spec}}
 
 
-SECRET = {"metadata": {"name": "reg-creds", "resourceVersion": "7"}, "type": "kubernetes.io/basic-auth",
+SECRET = {"metadata": {"name": "reg-creds", "resourceVersion": "7", "annotations": {"kiln.dev/registry-logins": "reg"}},
+          "type": "kubernetes.io/basic-auth",
           "data": {"username": base64.b64encode(b"alice").decode(), "password": base64.b64encode(PASSWORD.encode()).decode()}}
 
 
@@ -47,16 +48,18 @@ REFUSED_61S_AGO = {"observedGeneration": 1, "secretVersion": "7", "lastVerifiedT
 @pytest.mark.parametrize(("obj", "secret", "answer", "asks", "expected"), [
     (login(server="not a host"), SECRET, None, False, ("False", reasons.INVALID_SPEC)),
     (login(), None, None, False, ("False", reasons.SECRET_NOT_FOUND)),
+    (login(), {**SECRET, "metadata": {"name": "reg-creds", "resourceVersion": "7"}}, None, False,
+     ("False", reasons.SECRET_NOT_OPTED_IN)),  # never sent anywhere
     (login(), SECRET, None, True, None),  # the registry is asked first
     (login(), SECRET, "Basic", False, ("True", reasons.VERIFIED)),
     (login(), SECRET, Refused(reasons.AUTHENTICATION_FAILED, "r.example refused alice"), False,
      ("False", reasons.AUTHENTICATION_FAILED)),
     (login(verify=False), SECRET, None, False, ("True", reasons.NOT_VERIFIED)),
     ({**login(), "status": VERIFIED_RECENTLY}, SECRET, None, False, None),  # not due: nothing to do
-    ({**login(), "status": VERIFIED_RECENTLY}, {**SECRET, "metadata": {"name": "reg-creds", "resourceVersion": "8"}},
+    ({**login(), "status": VERIFIED_RECENTLY}, {**SECRET, "metadata": {**SECRET["metadata"], "resourceVersion": "8"}},
      None, True, None),  # the Secret changed: asked again
     ({**login(), "status": REFUSED_61S_AGO}, SECRET, None, True, None),  # not Ready: asked again after a minute
-], ids=["invalid-spec", "no-secret", "asks", "verified", "refused", "not-verified", "not-due", "secret-changed",
+], ids=["invalid-spec", "no-secret", "not-opted-in", "asks", "verified", "refused", "not-verified", "not-due", "secret-changed",
         "retry-after-a-minute"])
 def test_a_login_is_checked_when_due_and_its_status_says_what_the_registry_said(obj, secret, answer, asks, expected):
     decision = decide_login(facts(obj, secret, answer))
@@ -74,3 +77,10 @@ def test_the_registrys_answer_is_decided_with_the_facts_it_was_asked_for():
     answered = decide_login(dataclasses.replace(facts(login()), answer="Bearer"))
     assert asked.status is None and answered.status["authScheme"] == "Bearer"
     assert answered.status["username"] == "alice" and answered.status["secretVersion"] == "7"
+
+
+def test_a_secret_that_has_not_opted_in_shows_nothing_of_itself_in_the_status():
+    unlabelled = {**SECRET, "metadata": {"name": "reg-creds", "resourceVersion": "7"}}
+    decision = decide_login(facts(login(), unlabelled))
+    assert decision.ask is None and "alice" not in json.dumps(decision.status)
+    assert "kiln.dev/registry-logins=reg" in decision.status["conditions"][0]["message"]

@@ -1,6 +1,10 @@
 """The registry client against real registries on 127.0.0.1: Basic and Bearer-token auth, index assembly."""
 import asyncio
+import contextlib
 import datetime
+import http.server
+import ipaddress
+import threading
 
 import pytest
 
@@ -8,6 +12,7 @@ from kiln.build.credentials import Credentials
 from kiln.clients.registry import (
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
+    AddressGuard,
     Registry,
     RegistryClient,
     RegistryError,
@@ -15,17 +20,18 @@ from kiln.clients.registry import (
     forbidden_address,
 )
 from kiln.spec import reasons
+from kiln.spec.settings import Settings
 
 from conftest import BASIC_USERS, TOKEN_USERS
-from registries import DOCKER_TYPES, Client, push_image, silent_server
+from registries import DOCKER_TYPES, Client, push_image, silent_server, start_token_registry
 
 pytestmark = pytest.mark.registry
 
 
 def client(host: str, user: str | None, password: str | None, *, insecure: bool = True, timeout: float = 5.0,
-           ca_pem: str | None = None):
+           ca_pem: str | None = None, guard: AddressGuard | None = None):
     return RegistryClient(Registry(host, insecure=insecure, ca_pem=ca_pem), Credentials(user, password) if user else None,
-                          timeout=timeout)
+                          timeout=timeout, guard=guard or AddressGuard())
 
 
 async def refusal(host, user, password, *, check_push: str | None = None, **kwargs) -> RegistryError:
@@ -151,6 +157,11 @@ async def test_link_local_and_metadata_addresses_are_refused_without_a_connectio
     ("::ffff:100.100.100.200", True), ("64:ff9b::6464:64c8", True),  # Alibaba's metadata address, mapped
     ("::ffff:127.0.0.1", False), ("2002:0a00:0005::1", False), ("64:ff9b::a00:5", False),  # not link-local inside
     ("[::ffff:169.254.169.254]", True), ("fe80::1%eth0", True),
+    ("168.63.129.16", True), ("::ffff:168.63.129.16", True),  # Azure's wire server
+    ("::ffff:0:a9fe:a9fe", True),  # IPv4-translated (RFC 2765)
+    # NAT64 local-use prefixes of every RFC 6052 length, the IPv4 address stepping over the reserved byte 8
+    ("64:ff9b:1:a9fe:a9:fe00::", True), ("64:ff9b:1:1:a9:fea9:fe00:0", True),
+    ("64:ff9b:1:0:a9:fea9:fe00:0", True), ("64:ff9b:1::a9fe:a9fe", True), ("64:ff9b:1:a00:5:0:0:0", False),
 ], ids=lambda v: str(v))
 def test_forbidden_addresses_are_link_local_and_metadata_in_any_form(address, forbidden):
     assert forbidden_address(address) is forbidden
@@ -181,7 +192,8 @@ async def test_a_name_that_resolves_to_a_metadata_address_is_refused(monkeypatch
     monkeypatch.setattr(aiohttp.ThreadedResolver, "resolve", resolve)
     error = await refusal("registry.example.internal:5000", "alice", "pw")
     assert error.reason == reasons.ADDRESS_NOT_ALLOWED
-    assert error.message == "registry.example.internal resolves to a link-local or metadata address"
+    assert error.message == ("registry.example.internal resolves to 169.254.169.254, which is a link-local or cloud "
+                             "metadata address; the operator setting KILN_ALLOW_LINK_LOCAL allows it")
 
 
 PLATFORMS = ["linux/amd64", "linux/arm64"]
@@ -239,3 +251,105 @@ async def test_a_bearer_realm_at_a_metadata_address_is_not_followed_and_gets_no_
     finally:
         server.shutdown()
     assert error.reason == reasons.ADDRESS_NOT_ALLOWED and "::ffff:a9fe:a9fe" in error.message
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A bare registry (or any server): answers each request from `answers` by method, and records it."""
+    server: http.server.ThreadingHTTPServer
+
+    def _answer(self) -> None:
+        self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        status, headers = self.server.answers(self)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def recording_server(host: str, answers):
+    server = http.server.ThreadingHTTPServer((host, 0), _Recorder)
+    server.seen, server.answers = [], answers
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _basic_registry_answering_uploads_with(location: str):
+    def answers(request):
+        if not request.headers.get("Authorization"):
+            return 401, {"WWW-Authenticate": 'Basic realm="test"'}
+        if request.command == "POST":
+            return 202, {"Location": location}
+        return 204, {}
+    return answers
+
+
+@pytest.mark.parametrize("elsewhere", ["http://127.0.0.2:{port}/_admin/indices/production?confirm=true",
+                                       "//127.0.0.2:{port}/_admin/indices/production"])
+async def test_an_upload_location_on_another_origin_gets_no_request_and_no_credentials(elsewhere):
+    with recording_server("127.0.0.2", lambda request: (204, {})) as other:
+        location = elsewhere.format(port=other.server_address[1])
+        with recording_server("127.0.0.1", _basic_registry_answering_uploads_with(location)) as registry:
+            async with client(f"127.0.0.1:{registry.server_address[1]}", "alice", "alice-upload-pw") as session:
+                await session.check_push("team/app")
+    assert other.seen == []
+    assert [method for method, _, _ in registry.seen] == ["POST", "POST"]  # challenged, then started; no DELETE
+
+
+async def test_an_upload_location_on_the_registry_itself_is_cancelled_with_the_credentials():
+    with recording_server("127.0.0.1", lambda request: (204, {})) as registry:
+        port = registry.server_address[1]
+        registry.answers = _basic_registry_answering_uploads_with(f"http://127.0.0.1:{port}/v2/team/app/blobs/uploads/u1")
+        async with client(f"127.0.0.1:{port}", "alice", "alice-upload-pw") as session:
+            await session.check_push("team/app")
+    method, path, authorization = registry.seen[-1]
+    assert (method, path) == ("DELETE", "/v2/team/app/blobs/uploads/u1") and authorization.startswith("Basic ")
+
+
+async def test_a_plain_http_token_realm_of_a_tls_registry_gets_no_credentials_unless_the_login_is_insecure(tmp_path):
+    registry = start_token_registry(tmp_path, TOKEN_USERS, tls=True, realm_tls=False)
+    try:
+        password = TOKEN_USERS["pusher"][0]
+        error = await refusal(registry.host, "pusher", password, insecure=False, ca_pem=registry.ca_pem)
+        assert error.reason == reasons.INSECURE_TOKEN_REALM and not error.transient
+        assert registry.issuer.requests == []  # the realm was never asked
+        async with client(registry.host, "pusher", password, insecure=True) as session:  # said so by the login
+            assert (await session.verify()).scheme == "Bearer"
+    finally:
+        registry.stop()
+
+
+async def test_a_tls_registry_with_a_tls_token_realm_on_another_port_verifies(tmp_path):
+    registry = start_token_registry(tmp_path, TOKEN_USERS, tls=True)
+    try:
+        async with client(registry.host, "pusher", TOKEN_USERS["pusher"][0], insecure=False,
+                          ca_pem=registry.ca_pem) as session:
+            assert (await session.verify()).scheme == "Bearer"
+        assert [r["user"] for r in registry.issuer.requests] == ["pusher"]
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}"], ids=["literal", "name"])
+async def test_a_registry_in_a_denied_range_is_refused_without_a_connection(basic_registry, host):
+    port = basic_registry.host.rsplit(":", 1)[1]
+    guard = AddressGuard(deny=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")))
+    error = await refusal(host.format(port=port), "alice", BASIC_USERS["alice"], guard=guard)
+    assert error.reason == reasons.ADDRESS_NOT_ALLOWED and "KILN_REGISTRY_DENY_CIDRS" in error.message
+
+
+def test_the_denied_ranges_come_from_the_operator_setting_and_a_typo_stops_it():
+    assert AddressGuard.of(Settings.from_env({"KILN_REGISTRY_DENY_CIDRS": "10.0.0.0/8, fd00::/8"})).deny == (
+        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+    with pytest.raises(ValueError, match="'10.0.0.0/33' is not an address range"):
+        Settings.from_env({"KILN_REGISTRY_DENY_CIDRS": "10.0.0.0/33"})

@@ -274,7 +274,8 @@ async def test_an_invalid_spec_is_reported_and_nothing_is_created(cluster, basic
     assert cluster.ever_created("batch/v1", "jobs") == [] and cluster.ever_created("v1", "secrets") == ["reg-creds"]
 
 
-@pytest.mark.parametrize("problem", ["missing-login", "conflict", "login-not-ready", "push-denied"])
+@pytest.mark.parametrize("problem", ["missing-login", "conflict", "login-not-ready", "push-denied", "secret-not-opted-in",
+                                     "mounted-secret-missing"])
 async def test_credential_problems_stall_the_build_before_any_job(cluster, basic_registry, token_registry, problem):
     host = basic_registry.host
     async with operator():
@@ -294,6 +295,15 @@ async def test_credential_problems_stall_the_build_before_any_job(cluster, basic
                 await cluster.apply(obj)
             await cluster.apply(image_build(host))
             expected = (reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed")
+        elif problem in ("secret-not-opted-in", "mounted-secret-missing"):
+            await ready_login(cluster, basic_registry)
+            if problem == "secret-not-opted-in":  # a Secret the build's author may not read
+                await cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                                     "type": "Opaque", "data": {"password": b64("database-password")}})
+            await cluster.apply(image_build(host, secrets=[{"id": "db", "secretRef": {"name": "db", "key": "password"}}]))
+            expected = (reasons.SECRET_NOT_OPTED_IN, "Secret 'db' has not opted in to ImageBuilds: label it "
+                        "kiln.dev/build-secret=true") if problem == "secret-not-opted-in" else \
+                (reasons.SECRET_NOT_FOUND, "Secret 'db' that the build mounts does not exist in namespace 'default'")
         else:
             await ready_login(cluster, token_registry, user="reader", password=TOKEN_USERS["reader"][0])
             await cluster.apply(image_build(token_registry.host))

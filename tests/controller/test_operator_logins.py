@@ -160,3 +160,35 @@ async def test_a_login_with_a_ca_bundle_verifies_a_private_ca_registry(cluster, 
         await cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "registry-ca"},
                              "data": {"ca.crt": tls_registry.ca_pem}})
         await ready_reason(cluster, reasons.VERIFIED)
+
+
+async def test_a_secret_that_has_not_opted_in_is_never_sent_to_the_logins_server(cluster):
+    """The hostile tenant: a login pointing at a listener of theirs, and a Secret they may not read."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="x"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Listener)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret, login_obj = login_objects("reg", f"127.0.0.1:{server.server_address[1]}", "dbadmin", "database-password")
+    del secret["metadata"]["labels"]
+    try:
+        async with operator():
+            await apply_all(cluster, [secret, login_obj])
+            obj = await ready_reason(cluster, reasons.SECRET_NOT_OPTED_IN)
+    finally:
+        server.shutdown()
+    assert seen == [] and "dbadmin" not in str(obj["status"])
+    assert "annotate it kiln.dev/registry-logins=reg" in ready_of(obj)["message"]

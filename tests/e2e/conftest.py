@@ -25,11 +25,11 @@ from harness import (
     ROOT,
     SELF_BUILD_NAMESPACE,
     Kubectl,
+    build_secret,
     deploy,
     diagnosis,
     operator_pod,
     overlay,
-    secret,
     short_id,
     wait_ready,
 )
@@ -164,7 +164,7 @@ def kiln_builds_kiln(kubectl: Kubectl, lab: Lab) -> str:
     build["spec"]["source"]["git"] = {"url": lab.git.url.replace("/app.git", "/kiln/app.git"), "revision": "main",
                                       "secretRef": {"name": "git-token"}}
     build["spec"]["output"]["tags"] = [f"e2e-{short_id()}"]
-    kubectl.apply(*login, secret("git-token", "x-access-token", GIT_TOKEN), build, namespace=namespace)
+    kubectl.apply(*login, build_secret("git-token", "x-access-token", GIT_TOKEN), build, namespace=namespace)
     built = wait_ready(kubectl, namespace, "kiln", timeout=900)
     return built["status"]["image"]
 

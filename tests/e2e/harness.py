@@ -98,8 +98,14 @@ def diagnosis(kubectl: Kubectl, namespace: str) -> str:
 
 
 def secret(name: str, user: str, password: str) -> dict:
-    """A basic-auth Secret, labelled so that kiln sees changes to it at once."""
+    """A basic-auth Secret that the namespace's logins may use (and kiln watches)."""
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": {"kiln.dev/registry-login": "true"}},
+            "type": "kubernetes.io/basic-auth", "stringData": {"username": user, "password": password}}
+
+
+def build_secret(name: str, user: str, password: str) -> dict:
+    """A basic-auth Secret that the namespace's builds may mount (a git token)."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": {"kiln.dev/build-secret": "true"}},
             "type": "kubernetes.io/basic-auth", "stringData": {"username": user, "password": password}}
 
 

@@ -15,6 +15,7 @@ from harness import (
     GIT_TOKEN,
     IB,
     ROOT,
+    build_secret,
     condition,
     diagnosis,
     eventually,
@@ -22,7 +23,6 @@ from harness import (
     image_build,
     layer_files,
     registry_login,
-    secret,
     wait_ready,
 )
 from registries import Client, RunningRegistry
@@ -179,7 +179,7 @@ def test_context_from_a_private_git_repository_with_a_token(kubectl, lab, namesp
         "services/api/hello.txt": "from git\n"})
     authorized = lab.git.authorized
     kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
-                  secret("git-token", "x-access-token", GIT_TOKEN), namespace=namespace)
+                  build_secret("git-token", "x-access-token", GIT_TOKEN), namespace=namespace)
     url = lab.git.url.replace("/app.git", f"/{namespace}/app.git")
     kubectl.apply(image_build("api", source={"git": {"url": url, "revision": "main", "secretRef": {"name": "git-token"}},
                                              "contextDir": "services/api"},

@@ -10,6 +10,7 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
+from kiln.build.opt_in import build_may_use, login_may_use, mounted_secrets
 from kiln.spec import reasons
 from kiln.spec.parse import BuildSpec, LoginSpec
 from kiln.spec.references import docker_config_key, normalize_server
@@ -46,6 +47,8 @@ def credentials_from_secret(secret: dict | None, login: LoginSpec) -> Credential
     where = f"Secret {login.secret!r}"
     if secret is None:
         raise CredentialsProblem(reasons.SECRET_NOT_FOUND, f"{where} does not exist in namespace {login.namespace!r}")
+    if refusal := login_may_use(secret, login.name):
+        raise CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refusal)
     kind = secret.get("type") or "Opaque"
     data = secret.get("data") or {}
     if kind == "kubernetes.io/dockerconfigjson":
@@ -151,3 +154,25 @@ def merged_docker_config(logins: list[ResolvedLogin]) -> dict:
         auths[key] = {"username": user, "password": password,
                       "auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
     return {"auths": auths}
+
+
+def mounted_secrets_problem(spec: BuildSpec, found: dict[str, dict | None]) -> CredentialsProblem | None:
+    """Why the build may not mount the Secrets it names (found: name -> the Secret's metadata, None if missing)."""
+    for name in mounted_secrets(spec):
+        if found.get(name) is None:
+            return CredentialsProblem(reasons.SECRET_NOT_FOUND, f"Secret {name!r} that the build mounts does not "
+                                                                f"exist in namespace {spec.namespace!r}")
+        if refusal := build_may_use(found[name], spec.name):
+            return CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refusal)
+    return None
+
+
+def secret_values(secret: dict) -> set[str]:
+    """Every value a Secret holds, as text."""
+    values = set()
+    for value in (secret.get("data") or {}).values():
+        try:
+            values.add(base64.b64decode(value, validate=True).decode())
+        except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+            continue  # not text: a log cannot show it as it is
+    return values

@@ -26,6 +26,8 @@ CONNECTIONS = 100
 # burst of builds a minute after the last would otherwise open every connection again (aiohttp keeps them 15 s).
 # Below the 90 s after which the API server closes them itself (k8s.io/apiserver, secure_serving.go).
 IDLE_CONNECTION_SECONDS = 60.0
+# The API server's answer without an object's body (PartialObjectMetadata), where it can give one.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
 class KubeError(Exception):
@@ -144,12 +146,12 @@ class Kube:
             await self._session.close()
 
     async def request(self, method: str, url: str, *, body=None, params: dict | None = None,
-                      content_type: str = "application/json", text: bool = False):
+                      content_type: str = "application/json", text: bool = False, accept: str = "application/json"):
         metrics.API_REQUESTS.labels(method).inc()
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=CONNECTIONS, keepalive_timeout=IDLE_CONNECTION_SECONDS)
             self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
-        headers = {**self._headers(), "Accept": "application/json"}
+        headers = {**self._headers(), "Accept": accept}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
@@ -167,9 +169,10 @@ class Kube:
                 raise KubeError(response.status, str(message)[:500])
             return payload if text else json.loads(payload or "{}")
 
-    async def get(self, url: str) -> dict | None:
+    async def get(self, url: str, metadata_only: bool = False) -> dict | None:
+        """The object, or None when there is none; metadata_only: its metadata alone (a Secret's data stays put)."""
         try:
-            return await self.request("GET", url)
+            return await self.request("GET", url, accept=METADATA_ONLY if metadata_only else "application/json")
         except KubeError as exc:
             if exc.status == 404:
                 return None

@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass, field
+from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -21,9 +22,11 @@ from aiohttp.abc import AbstractResolver
 from kiln.build.credentials import Credentials
 from kiln.spec import reasons
 from kiln.spec.references import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, OCI_INDEX, api_endpoint
+from kiln.spec.settings import Settings
 
-# Cloud metadata services reachable at ordinary addresses, beside all of link-local.
-_METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254")}
+# Cloud metadata services reachable at ordinary addresses, beside all of link-local: Alibaba's, AWS's IPv6
+# one, Azure's wire server.
+_METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254", "168.63.129.16")}
 MANIFEST_TYPES = INDEX_MEDIA_TYPES + MANIFEST_MEDIA_TYPES  # what GET manifest accepts
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -40,12 +43,17 @@ class RegistryError(Exception):
         return self.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
 
 
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+# Where RFC 6052 puts the IPv4 address's four bytes for each prefix length a local-use NAT64 prefix may have
+# (byte 8 is reserved, so the address steps over it).
+_RFC6052_BYTES = {48: (6, 7, 9, 10), 56: (7, 9, 10, 11), 64: (9, 10, 11, 12), 96: (12, 13, 14, 15)}
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address stands for: IPv4-mapped and -compatible, 6to4, Teredo
-    (server and client) and NAT64 (RFC 6052 well-known and local-use prefixes)."""
+    """The IPv4 addresses an IPv6 address may stand for: IPv4-mapped, -compatible and -translated, 6to4,
+    Teredo (server and client) and NAT64 (the well-known prefix, and every RFC 6052 layout of local-use ones)."""
     found = []
     if ip.ipv4_mapped:
         found.append(ip.ipv4_mapped)
@@ -56,28 +64,57 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     packed = ip.packed
     if packed[:12] == bytes(12) and int.from_bytes(packed[12:], "big") > 1:  # ::a.b.c.d, but not :: and ::1
         found.append(ipaddress.IPv4Address(packed[12:]))
-    if any(ip in prefix for prefix in _NAT64):
+    if ip in _NAT64_WELL_KNOWN or ip in _IPV4_TRANSLATED:
         found.append(ipaddress.IPv4Address(packed[12:]))
+    if ip in _NAT64_LOCAL_USE:
+        found += [ipaddress.IPv4Address(bytes(packed[i] for i in where)) for where in _RFC6052_BYTES.values()]
     return found
+
+
+def _candidates(address: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    ip = ipaddress.ip_address(address.split("%")[0].strip("[]"))
+    return [ip, *(embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else [])]
 
 
 def forbidden_address(address: str) -> bool:
     """Link-local or a cloud metadata address, directly or inside any IPv6 form that carries an IPv4 one."""
-    ip = ipaddress.ip_address(address.split("%")[0].strip("[]"))
-    candidates = [ip, *(embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else [])]
-    return any(c.is_link_local or c in _METADATA_ADDRESSES for c in candidates)
+    return any(c.is_link_local or c in _METADATA_ADDRESSES for c in _candidates(address))
+
+
+@dataclass(frozen=True)
+class AddressGuard:
+    """Where the operator may connect for a registry (a login's server, its token realm, an upload Location):
+    never a link-local or cloud metadata address unless allowed, never a range the operator denies."""
+    allow_link_local: bool = False
+    deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Settings) -> AddressGuard:
+        return cls(settings.allow_link_local, tuple(ipaddress.ip_network(c, strict=False)
+                                                     for c in settings.registry_deny_cidrs))
+
+    def refusal(self, address: str) -> str | None:
+        """Why the operator may not connect to this address; None when it may."""
+        if not self.allow_link_local and forbidden_address(address):
+            return "is a link-local or cloud metadata address; the operator setting KILN_ALLOW_LINK_LOCAL allows it"
+        candidates = _candidates(address)
+        denied = next((net for net in self.deny for c in candidates if c.version == net.version and c in net), None)
+        return f"is in {denied}, which the operator setting KILN_REGISTRY_DENY_CIDRS denies" if denied else None
 
 
 class _GuardedResolver(AbstractResolver):
-    """Resolves names, refusing link-local and metadata answers, so a login cannot probe them."""
+    """Resolves names, refusing answers the guard refuses (checked at connect time, so DNS rebinding cannot
+    slip past), so a login cannot probe them."""
 
-    def __init__(self) -> None:
+    def __init__(self, guard: AddressGuard) -> None:
         self._inner = aiohttp.ThreadedResolver()
+        self._guard = guard
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
         found = await self._inner.resolve(host, port, family)
-        if any(forbidden_address(item["host"]) for item in found):
-            raise RegistryError(reasons.ADDRESS_NOT_ALLOWED, f"{host} resolves to a link-local or metadata address")
+        for item in found:
+            if refusal := self._guard.refusal(item["host"]):
+                raise RegistryError(reasons.ADDRESS_NOT_ALLOWED, f"{host} resolves to {item['host']}, which {refusal}")
         return found
 
     async def close(self) -> None:
@@ -101,12 +138,12 @@ class RegistryClient:
     """One session with one registry, optionally with credentials."""
 
     def __init__(self, registry: Registry, credentials: Credentials | None, *, timeout: float = 10.0,
-                 allow_link_local: bool = False):
+                 guard: AddressGuard = AddressGuard()):
         self.registry = registry
         self.host = api_endpoint(registry.host)
         self._credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._allow_link_local = allow_link_local
+        self._guard = guard
         self._session: aiohttp.ClientSession | None = None
         self._scheme: str | None = None  # https, or http for an insecure registry that has no TLS
         # scope -> (scheme, token): how requests for that scope are authorized once challenged
@@ -124,8 +161,7 @@ class RegistryClient:
             tls: ssl.SSLContext | bool = False
         else:
             tls = ssl.create_default_context(cadata=self.registry.ca_pem) if self.registry.ca_pem else True
-        resolver = None if self._allow_link_local else _GuardedResolver()
-        connector = aiohttp.TCPConnector(ssl=tls, resolver=resolver)
+        connector = aiohttp.TCPConnector(ssl=tls, resolver=_GuardedResolver(self._guard))
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
     async def __aexit__(self, *exc) -> None:
@@ -142,10 +178,8 @@ class RegistryClient:
             literal = ipaddress.ip_address(host)
         except ValueError:
             return  # names go through the guarded resolver
-        if not self._allow_link_local and forbidden_address(str(literal)):
-            raise RegistryError(reasons.ADDRESS_NOT_ALLOWED,
-                                f"{host} is a link-local or cloud metadata address; the operator setting "
-                                "KILN_ALLOW_LINK_LOCAL allows it")
+        if refusal := self._guard.refusal(str(literal)):
+            raise RegistryError(reasons.ADDRESS_NOT_ALLOWED, f"{host} {refusal}")
 
     async def _request(self, method: str, url: str, **kwargs) -> tuple[int, dict, bytes]:
         self._check_host(url)
@@ -201,8 +235,9 @@ class RegistryClient:
         status, headers, _ = await self._call("POST", f"{base}/v2/{repository}/blobs/uploads/", scope=scope)
         if status == 202:
             location = _header(headers, "location")
-            if location:
-                url = location if location.startswith(("http://", "https://")) else f"{base}{location}"
+            url = urljoin(f"{base}/", location) if location else None
+            # An upload elsewhere is left to expire: the login's credentials go to the registry's own origin only.
+            if url and _origin(url) == _origin(base):
                 await self._call("DELETE", url, scope=scope)
             return
         if status in (401, 403):
@@ -280,6 +315,12 @@ class RegistryClient:
         realm = params.get("realm", "")
         if not realm.startswith(("https://", "http://")):
             raise RegistryError(reasons.REGISTRY_ERROR, f"{self.registry.host} sent a Bearer challenge without a realm")
+        # The realm may be another host (Docker Hub's is): it gets the credentials, but never in clear text when
+        # the registry itself is reached over TLS, unless the login says the registry is insecure.
+        if self._credentials and realm.startswith("http://") and self._scheme == "https" and not self.registry.insecure:
+            raise RegistryError(reasons.INSECURE_TOKEN_REALM,
+                                f"{self.registry.host} names a plain-http token service ({_origin(realm)}); kiln sends "
+                                "the login's credentials there only when the login is insecure")
         query = {"service": params["service"]} if "service" in params else {}
         if scope:
             query["scope"] = scope
@@ -303,6 +344,11 @@ class RegistryClient:
         """5xx and 429 may pass; any other answer kiln did not expect will not change by asking again."""
         reason = reasons.REGISTRY_ERROR if status >= 500 or status == 429 else reasons.REGISTRY_REJECTED
         return RegistryError(reason, f"{self.registry.host} answered HTTP {status} to {path}")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = aiohttp.client.URL(url)
+    return parts.scheme, (parts.host or "").lower(), parts.port
 
 
 def _header(headers: dict, name: str) -> str | None:

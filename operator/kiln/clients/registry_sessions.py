@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from kiln.build.credentials import ResolvedLogin
-from kiln.clients.registry import Registry, RegistryClient
+from kiln.clients.registry import AddressGuard, Registry, RegistryClient
 from kiln.spec.settings import Settings
 
 PUSH_CHECK_SECONDS = 300.0  # how long an allowed push is taken as still allowed (a revoked one: the build says so)
@@ -44,7 +44,7 @@ class Registries:
         if key not in self._sessions:
             client = RegistryClient(Registry(host, bool(login and login.insecure), login.ca_pem if login else None),
                                     login.credentials if login else None, timeout=self.settings.registry_timeout,
-                                    allow_link_local=self.settings.allow_link_local)
+                                    guard=AddressGuard.of(self.settings))
             client.open()
             self._sessions[key] = _Session(client, now)
         session = self._sessions[key]

@@ -290,5 +290,13 @@ class Reader:
         """A labelled Secret from the watch; one without the label from the API server."""
         return self.cache.secret(namespace, name) or await self.kube.get(path("v1", "secrets", namespace, name))
 
+    async def secret_metadata(self, namespace: str, name: str) -> dict | None:
+        """A Secret's metadata (whether it opted in), without reading what it holds."""
+        watched = self.cache.secret(namespace, name)
+        if watched is not None:
+            return {"metadata": watched["metadata"]}
+        found = await self.kube.get(path("v1", "secrets", namespace, name), metadata_only=True)
+        return None if found is None else {"metadata": found.get("metadata") or {}}
+
     async def nodes(self) -> list[dict]:
         return await self.kube.list(path("v1", "nodes"))

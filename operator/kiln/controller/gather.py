@@ -7,12 +7,21 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
-from kiln.build.credentials import CredentialsProblem, ResolvedLogin, merged_docker_config, resolved_login, selected_logins
+from kiln.build.credentials import (
+    CredentialsProblem,
+    ResolvedLogin,
+    merged_docker_config,
+    mounted_secrets_problem,
+    resolved_login,
+    secret_values,
+    selected_logins,
+)
 from kiln.build.decide import (
     Facts,
     active,
 )
 from kiln.build.logins import ready_condition
+from kiln.build.opt_in import mounted_secrets
 from kiln.build.outcomes import true_condition
 from kiln.build.render import short_name
 from kiln.build.status import BUILDING, PENDING
@@ -58,9 +67,31 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
     logins, revision = await resolve_logins(reader, spec)
     started = (obj.get("status") or {}).get("units") and (obj.get("status") or {}).get("buildID") == spec.build_id
     load = await _namespace_load(reader, obj) if settings.max_builds_per_namespace and not started else (0, 0)
+    found = {} if started else {name: await reader.secret_metadata(namespace, name) for name in mounted_secrets(spec)}
+    mounts = None if started else mounted_secrets_problem(spec, found)
+    # A Secret that opts in (or appears) ends a backoff too: the resync sees it, as no watch shows such Secrets.
+    revision += "".join(f"|{((meta or {}).get('metadata') or {}).get('resourceVersion')}" for meta in found.values())
     return dataclasses.replace(facts, logins=logins, logins_revision=revision,
                                ready_archs=await _ready_archs(reader) if spec.strategy == "auto" else frozenset(),
-                               volume_holder=await _volume_holder(reader, spec), namespace_load=load)
+                               volume_holder=await _volume_holder(reader, spec), namespace_load=load, mounts=mounts,
+                               secret_values=await _secret_values(reader, spec, logins, pods) if mounts is None else frozenset())
+
+
+def _failed(pod: dict) -> bool:
+    return any(((status.get("state") or {}).get("terminated") or {}).get("exitCode")
+               for status in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+async def _secret_values(reader: Reader, spec: BuildSpec, logins, pods: dict[str, dict]) -> frozenset[str]:
+    """What a failed build's output must not show: the values of the Secrets it mounts and its logins' passwords.
+    Read only when a pod failed, the one time its output reaches status."""
+    if not any(_failed(pod) for pod in pods.values()):
+        return frozenset()
+    values = {login.credentials.password for login in logins} if isinstance(logins, list) else set()
+    for name in mounted_secrets(spec):
+        secret = await reader.secret(spec.namespace, name)
+        values |= secret_values(secret) if secret else set()
+    return frozenset(values)
 
 
 def queued(build: dict) -> bool:

@@ -10,7 +10,7 @@ from kiln import API_VERSION, metrics
 from kiln.build.logins import LoginDecision, LoginFacts, Refused, Verify, decide_login
 from kiln.build.status import status_patch
 from kiln.clients.kube import Kube, path
-from kiln.clients.registry import Registry, RegistryClient, RegistryError
+from kiln.clients.registry import AddressGuard, Registry, RegistryClient, RegistryError
 from kiln.controller.runtime import Runtime
 from kiln.spec import labels
 from kiln.spec.parse import InvalidSpec, LoginSpec, parse_registry_login
@@ -32,7 +32,7 @@ async def verify(runtime: Runtime, question: Verify) -> str | Refused:
     login, settings = question.login, runtime.settings
     try:
         async with RegistryClient(Registry(login.server, login.insecure, question.ca_pem), question.credentials,
-                                  timeout=settings.registry_timeout, allow_link_local=settings.allow_link_local) as client:
+                                  timeout=settings.registry_timeout, guard=AddressGuard.of(settings)) as client:
             return (await client.verify()).scheme
     except RegistryError as exc:
         return Refused(exc.reason, exc.message)

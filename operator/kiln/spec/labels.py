@@ -13,7 +13,10 @@ CACHE_VOLUME = "kiln.dev/cache-volume"  # the local cache volume a build pod hol
 BUILT_BY = "kiln.dev/built-by"  # annotation: native or qemu
 ATTEMPT = "kiln.dev/attempt"  # annotation: 0 for the first run of a unit
 PLATFORMS = "kiln.dev/platforms"  # annotation: what the unit builds
-REGISTRY_LOGIN = "kiln.dev/registry-login"  # "true" on a login's Secret that kiln may watch
+REGISTRY_LOGIN = "kiln.dev/registry-login"  # "true" on a Secret any login of its namespace may use (and kiln watches)
+LOGINS_ALLOWED = "kiln.dev/registry-logins"  # annotation on a Secret: the logins that may use it, comma-separated
+BUILD_SECRET = "kiln.dev/build-secret"  # "true" on a Secret any ImageBuild of its namespace may mount
+BUILDS_ALLOWED = "kiln.dev/image-builds"  # annotation on a Secret: the ImageBuilds that may mount it
 REBUILD = "kiln.dev/rebuild"  # annotation on an ImageBuild: a new value builds the same spec again
 
 

@@ -1,6 +1,7 @@
 """Operator settings, from the environment (set them on the Deployment)."""
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ class Settings:
     resync_interval: float = 30.0
     # Verification may not reach link-local or cloud metadata addresses unless allowed.
     allow_link_local: bool = False
+    # Address ranges the operator never connects to for a registry (login, token realm, upload), for clusters
+    # where it must not reach internal services.
+    registry_deny_cidrs: tuple[str, ...] = ()
     # How long a build pod may fail to pull the BuildKit image (the kubelet keeps trying) before the build fails.
     image_pull_grace: float = 300.0
     # The namespaces served (`kiln run -n NS`); empty: every namespace.
@@ -41,6 +45,7 @@ class Settings:
             registry_timeout=float(env.get("KILN_REGISTRY_TIMEOUT", cls.registry_timeout)),
             resync_interval=float(env.get("KILN_RESYNC_INTERVAL", cls.resync_interval)),
             allow_link_local=env.get("KILN_ALLOW_LINK_LOCAL", "").lower() in ("1", "true", "yes"),
+            registry_deny_cidrs=_networks(env.get("KILN_REGISTRY_DENY_CIDRS", "")),
             image_pull_grace=float(env.get("KILN_IMAGE_PULL_GRACE", cls.image_pull_grace)),
             namespaces=tuple(n for n in env.get("KILN_NAMESPACES", "").split(",") if n),
             metrics_port=int(env.get("KILN_METRICS_PORT", cls.metrics_port)),
@@ -48,3 +53,14 @@ class Settings:
             max_builds_per_namespace=int(env.get("KILN_MAX_BUILDS_PER_NAMESPACE", cls.max_builds_per_namespace)),
             max_concurrent_reconciles=int(env.get("KILN_MAX_CONCURRENT_RECONCILES", cls.max_concurrent_reconciles)),
         )
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs, each checked now: a typo must stop the operator, not open the range."""
+    networks = tuple(item.strip() for item in text.split(",") if item.strip())
+    for item in networks:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"KILN_REGISTRY_DENY_CIDRS: {item!r} is not an address range (CIDR)") from None
+    return networks
