@@ -27,6 +27,17 @@ class RenderError(Exception):
     pass
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases: a few hundred bytes of nested ones expand to gigabytes (the billion laughs), and
+    Kubernetes objects have no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def _documents(paths: list[str], stdin: TextIO) -> list[tuple[str, dict]]:
     files: list[pathlib.Path | str] = []
     for name in paths:
@@ -42,16 +53,23 @@ def _documents(paths: list[str], stdin: TextIO) -> list[tuple[str, dict]]:
     docs = []
     for path in files:
         try:
-            loaded = list(yaml.safe_load_all(stdin.read() if path == "-" else path.read_text()))
+            loaded = list(yaml.load_all(stdin.read() if path == "-" else path.read_text(), Loader=_NoAliases))
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
-            raise RenderError(f"{path}: not valid YAML{f' at {where}' if where else ''}: {exc.__class__.__name__}") from None
+            what = exc.problem if "aliases" in (getattr(exc, "problem", "") or "") else exc.__class__.__name__
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise RenderError(f"{path}: not valid YAML{at}: {what}") from None
         for doc in loaded:
             if isinstance(doc, dict) and doc.get("kind") == "List":
                 docs += [(str(path), item) for item in doc.get("items", [])]
             elif isinstance(doc, dict):
                 docs.append((str(path), doc))
     return docs
+
+
+def _shown(name) -> str:
+    """A name as an error message shows it: quoted when it holds what could forge a line of output."""
+    return name if isinstance(name, str) and name.isprintable() else repr(name)
 
 
 def _key(doc: dict) -> tuple[str, str]:
@@ -81,10 +99,10 @@ def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = 
         try:
             logins.append(parse_registry_login(doc))
         except InvalidSpec as exc:
-            raise RenderError(f"{path}: RegistryLogin/{_key(doc)[1]}: {exc}") from None
+            raise RenderError(f"{path}: RegistryLogin/{_shown(_key(doc)[1])}: {exc}") from None
     out = []
     for path, doc in by_kind.get("ImageBuild", {}).values():
-        where = f"{path}: ImageBuild/{_key(doc)[1]}"
+        where = f"{path}: ImageBuild/{_shown(_key(doc)[1])}"
         doc = {**doc, "metadata": {"uid": PLACEHOLDER_UID, **(doc.get("metadata") or {})}}
         try:
             spec = parse_image_build(doc)

@@ -365,7 +365,7 @@ def test_kiln_render_show_secrets_prints_the_real_config(capsys):
 
 @pytest.mark.parametrize(("doc", "expected"), [
     ({"spec": {"source": {"git": {"url": "https://g/a.git"}}, "output": {"image": "R/App:1"}}},
-     "bad.yaml: ImageBuild/app: spec.output.image: 'R/App:1' must be a repository without tag or digest"),
+     "bad.yaml: ImageBuild/app: spec.output.image: must be a repository without tag or digest"),
     ({"spec": {"source": {}, "output": {"image": "r.io/a"}}},
      "bad.yaml: ImageBuild/app: spec.source: exactly one of source.git"),
     ({"spec": {"registryLogins": ["nope"], "source": {"url": "https://e/c.tgz"}, "output": {"image": "r.io/a"}}},

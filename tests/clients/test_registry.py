@@ -17,9 +17,9 @@ from kiln.clients.registry import (
     RegistryClient,
     RegistryError,
     assemble_index,
-    forbidden_address,
 )
 from kiln.spec import reasons
+from kiln.spec.addresses import forbidden_address
 from kiln.spec.settings import Settings
 
 from conftest import BASIC_USERS, TOKEN_USERS

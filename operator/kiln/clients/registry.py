@@ -21,12 +21,10 @@ from aiohttp.abc import AbstractResolver
 
 from kiln.build.credentials import Credentials
 from kiln.spec import reasons
+from kiln.spec.addresses import candidates, forbidden_address
 from kiln.spec.references import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, OCI_INDEX, api_endpoint
 from kiln.spec.settings import Settings
 
-# Cloud metadata services reachable at ordinary addresses, beside all of link-local: Alibaba's, AWS's IPv6
-# one, Azure's wire server.
-_METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254", "168.63.129.16")}
 MANIFEST_TYPES = INDEX_MEDIA_TYPES + MANIFEST_MEDIA_TYPES  # what GET manifest accepts
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -41,44 +39,6 @@ class RegistryError(Exception):
     def transient(self) -> bool:
         """Worth trying again later as it is: no answer, a 5xx or 429, or a token service in trouble."""
         return self.reason in (reasons.REGISTRY_UNREACHABLE, reasons.REGISTRY_ERROR)
-
-
-_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
-_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
-# Where RFC 6052 puts the IPv4 address's four bytes for each prefix length a local-use NAT64 prefix may have
-# (byte 8 is reserved, so the address steps over it).
-_RFC6052_BYTES = {48: (6, 7, 9, 10), 56: (7, 9, 10, 11), 64: (9, 10, 11, 12), 96: (12, 13, 14, 15)}
-
-
-def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """The IPv4 addresses an IPv6 address may stand for: IPv4-mapped, -compatible and -translated, 6to4,
-    Teredo (server and client) and NAT64 (the well-known prefix, and every RFC 6052 layout of local-use ones)."""
-    found = []
-    if ip.ipv4_mapped:
-        found.append(ip.ipv4_mapped)
-    if ip.sixtofour:
-        found.append(ip.sixtofour)
-    if ip.teredo:
-        found += list(ip.teredo)
-    packed = ip.packed
-    if packed[:12] == bytes(12) and int.from_bytes(packed[12:], "big") > 1:  # ::a.b.c.d, but not :: and ::1
-        found.append(ipaddress.IPv4Address(packed[12:]))
-    if ip in _NAT64_WELL_KNOWN or ip in _IPV4_TRANSLATED:
-        found.append(ipaddress.IPv4Address(packed[12:]))
-    if ip in _NAT64_LOCAL_USE:
-        found += [ipaddress.IPv4Address(bytes(packed[i] for i in where)) for where in _RFC6052_BYTES.values()]
-    return found
-
-
-def _candidates(address: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    ip = ipaddress.ip_address(address.split("%")[0].strip("[]"))
-    return [ip, *(embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else [])]
-
-
-def forbidden_address(address: str) -> bool:
-    """Link-local or a cloud metadata address, directly or inside any IPv6 form that carries an IPv4 one."""
-    return any(c.is_link_local or c in _METADATA_ADDRESSES for c in _candidates(address))
 
 
 @dataclass(frozen=True)
@@ -97,8 +57,8 @@ class AddressGuard:
         """Why the operator may not connect to this address; None when it may."""
         if not self.allow_link_local and forbidden_address(address):
             return "is a link-local or cloud metadata address; the operator setting KILN_ALLOW_LINK_LOCAL allows it"
-        candidates = _candidates(address)
-        denied = next((net for net in self.deny for c in candidates if c.version == net.version and c in net), None)
+        found = candidates(address)
+        denied = next((net for net in self.deny for c in found if c.version == net.version and c in net), None)
         return f"is in {denied}, which the operator setting KILN_REGISTRY_DENY_CIDRS denies" if denied else None
 
 

@@ -12,11 +12,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 from kiln.spec import labels
+from kiln.spec.addresses import forbidden_host
 from kiln.spec.references import (
+    CREDENTIALS_IN_QUERY,
     CREDENTIALS_IN_URL,
     IMAGE_PATTERN,
+    OPTION_AS_HOST,
     PLATFORM_PATTERN,
     SERVER_PATTERN,
     TAG_PATTERN,
@@ -194,11 +198,13 @@ def parse_image_build(obj: dict) -> BuildSpec:
         _unique(logins, "spec.registryLogins")
     build_args = _mapping(spec.get("buildArgs", {}), "spec.buildArgs")
     for name, value in build_args.items():
-        if not _BUILD_ARG.match(name):
+        if not isinstance(name, str) or not _BUILD_ARG.fullmatch(name):
             raise InvalidSpec(f"spec.buildArgs.{name}",
                               "names must be letters, digits and underscores, not starting with a digit")
         if not isinstance(value, str):
             raise InvalidSpec(f"spec.buildArgs.{name}", "must be a string (quote numbers in YAML)")
+        if "\0" in value:
+            raise InvalidSpec(f"spec.buildArgs.{name}", "must not contain a NUL character")
     target = spec.get("target")
     if target is not None:
         _match(target, _TARGET.pattern, "spec.target", "must be a Dockerfile stage name")
@@ -277,6 +283,10 @@ def _schema(kind: str, obj: dict) -> None:
     found = structural_errors(kind, {"spec": spec})
     if found:
         where, _, message = found[0].partition(": ")
+        # What the API server says, but not the value it quotes: a URL or reference may carry a credential, and
+        # this message reaches status, events and logs.
+        if message.startswith("Invalid value: ") and f": {where} in body " in message:
+            message = message[message.index(f": {where} in body ") + 2:]
         raise InvalidSpec(where.removeprefix('unknown field "').rstrip('"'), message or found[0])
     if key is not None:
         _PASSED[key] = None
@@ -303,11 +313,13 @@ def _parse_source(source: dict) -> Source:
     origin: GitSource | VolumeSource | ConfigMapSource | UrlSource
     if kind == "git":
         git = _mapping(source["git"], "spec.source.git")
-        url = _match(git.get("url"), _GIT_URL.pattern, "spec.source.git.url",
-                     "must be an https://, ssh://, git:// or git@host:path URL without spaces or '#'")
-        if any(re.search(pattern, url) for pattern in CREDENTIALS_IN_URL):
+        url = git.get("url")
+        if isinstance(url, str) and any(re.search(pattern, url) for pattern in CREDENTIALS_IN_URL):
             raise InvalidSpec("spec.source.git.url", "source.git.url must not carry credentials; put the token or key "
                                                      "in the Secret that source.git.secretRef names")
+        _match(url, _GIT_URL.pattern, "spec.source.git.url",
+               "must be an https://, ssh://, git:// or git@host:path URL without spaces or '#'", echo=False)
+        _remote("spec.source.git.url", url)
         revision = git.get("revision")
         if revision is not None:
             _match(revision, _REVISION.pattern, "spec.source.git.revision", "must be a branch, tag or commit name")
@@ -322,10 +334,12 @@ def _parse_source(source: dict) -> Source:
         origin = ConfigMapSource(_name(_mapping(source["configMap"], "spec.source.configMap").get("name"),
                                        "spec.source.configMap.name"))
     else:
-        origin = UrlSource(_match(source["url"], _TARBALL_URL.pattern, "spec.source.url", "must be an http(s) URL"))
-        if re.search(CREDENTIALS_IN_URL[0], origin.url):
+        url = source["url"]
+        if isinstance(url, str) and re.search(CREDENTIALS_IN_URL[0], url):
             raise InvalidSpec("spec.source.url", "source.url must not carry credentials; the URL is written into the "
                                                  "build Job, where whoever may read Jobs sees it")
+        origin = UrlSource(_match(url, _TARBALL_URL.pattern, "spec.source.url", "must be an http(s) URL", echo=False))
+        _remote("spec.source.url", url)
     context_dir = _relative(source.get("contextDir", "."), "spec.source.contextDir")
     if isinstance(origin, (UrlSource, ConfigMapSource)) and context_dir != ".":
         raise InvalidSpec("spec.source.contextDir", "source.contextDir is only supported with source.git and source.volume")
@@ -334,7 +348,7 @@ def _parse_source(source: dict) -> Source:
 
 def _parse_output(output: dict) -> Output:
     image = _match(output.get("image"), IMAGE_PATTERN, "spec.output.image",
-                   "must be a repository without tag or digest, e.g. registry.example.com/team/app")
+                   "must be a repository without tag or digest, e.g. registry.example.com/team/app", echo=False)
     tags = tuple(_strings(output.get("tags", ["latest"]), "spec.output.tags"))
     if not tags:
         raise InvalidSpec("spec.output.tags", "must list at least one tag")
@@ -355,12 +369,12 @@ def _parse_cache(cache: dict, output: Output) -> Cache:
         raise InvalidSpec("spec.cache.importRefs", "cache.importRefs cannot be used when cache.type is none")
     imports = tuple(_strings(cache.get("importRefs", []), "spec.cache.importRefs"))
     for i, ref in enumerate(imports):
-        _match(ref, TAGGED_REF_PATTERN, f"spec.cache.importRefs[{i}]", "must be an image ref with a tag")
+        _match(ref, TAGGED_REF_PATTERN, f"spec.cache.importRefs[{i}]", "must be an image ref with a tag", echo=False)
     ref = None
     if kind == "registry":
         ref = cache.get("ref", f"{output.image}:build-cache")
         _match(ref, TAGGED_REF_PATTERN, "spec.cache.ref",
-               "must be an image ref with a tag, e.g. registry.example.com/app:build-cache")
+               "must be an image ref with a tag, e.g. registry.example.com/app:build-cache", echo=False)
     volume = _name(_mapping(cache["volume"], "spec.cache.volume").get("claimName"), "spec.cache.volume.claimName") \
         if kind == "local" else None
     return Cache(kind, ref, _choice(cache.get("mode", "max"), ("max", "min"), "spec.cache.mode"), imports, volume)
@@ -415,14 +429,36 @@ def _strings(value, where: str) -> list[str]:
     return items
 
 
-def _match(value, pattern: str, where: str, explain: str) -> str:
+def _match(value, pattern: str, where: str, explain: str, echo: bool = True) -> str:
+    """value, when the pattern matches it. echo=False: a refusal does not quote the value (a URL or reference may
+    carry a credential beside what made it fail)."""
     if not isinstance(value, str) or not go_pattern(pattern).search(value):
-        raise InvalidSpec(where, f"{value!r} {explain}" if value is not None else f"required: {explain}")
+        if value is None:
+            raise InvalidSpec(where, f"required: {explain}")
+        raise InvalidSpec(where, f"{value!r} {explain}" if echo else explain)
     return value
 
 
+def _remote(where: str, url: str) -> None:
+    """A URL BuildKit fetches: no credential in its query, no option for a host, no metadata service."""
+    field = where.removeprefix("spec.")
+    if re.search(CREDENTIALS_IN_QUERY, url):
+        raise InvalidSpec(where, f"{field} must not carry a credential in its query; the URL is written into the "
+                                 "build Job, where whoever may read Jobs sees it")
+    if re.search(OPTION_AS_HOST, url):
+        raise InvalidSpec(where, f"{field}: the host must not start with '-'")
+    scp = re.match(r"^[^/@:]*@([^/:]+):", url)  # git@host:path
+    try:
+        host = scp.group(1) if scp else urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if forbidden_host(host):
+        raise InvalidSpec(where, f"{field} points at a link-local or cloud metadata address, which build pods must "
+                                 "not reach")
+
+
 def _name(value, where: str) -> str:
-    if not isinstance(value, str) or len(value) > 253 or not _NAME.match(value):
+    if not isinstance(value, str) or len(value) > 253 or not _NAME.fullmatch(value):
         raise InvalidSpec(where, f"{value!r} is not a Kubernetes object name")
     return value
 

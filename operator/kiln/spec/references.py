@@ -20,6 +20,12 @@ SERVER_PATTERN = rf"^(https?://)?{_HOST}(/[^\s]*)?$"
 # URLs that carry credentials (user:password@, or a token as the user): for http(s) and git:// any user info,
 # for ssh:// a password (a user such as git@ is how SSH names the account).
 CREDENTIALS_IN_URL = (r"^(https?|git)://[^/]*@", r"^ssh://[^/@]*:[^/@]*@")
+# Query parameters that carry a credential (tokens, presigned S3, GCS and Azure URLs): kiln writes URLs into the
+# build Job, where whoever may read Jobs sees them.
+CREDENTIALS_IN_QUERY = (r"(?i)[?&](access_token|private_token|token|password|secret|sig|signature|x-amz-signature"
+                        r"|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential)=")
+# A host starting with '-' reads as an option to git or ssh.
+OPTION_AS_HOST = r"^(([a-z+]+://)([^/@]*@)?|[^/@:]*@)-"
 
 DOCKER_HUB = "docker.io"
 # What the docker CLI and BuildKit use as Docker Hub's key in config.json.
