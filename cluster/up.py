@@ -32,6 +32,8 @@ from cluster.images import buildkit_image, pause_image
 from cluster.versions import BUILDKIT_IMAGE, CACHE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE, bin_dir
 
 STATE = Path(os.environ.get("KILN_CLUSTER_DIR", "/var/lib/kiln-cluster"))
+# Written by up in STATE: down stops processes, unmounts and deletes only in a directory that has it.
+MARKER = ".kiln-cluster"
 PKI, LOGS, PIDS = STATE / "pki", STATE / "logs", STATE / "pids"
 KUBECONFIG = STATE / "admin.kubeconfig"
 AUDIT_LOG = LOGS / "audit.log"
@@ -81,15 +83,11 @@ def start(name: str, argv: list[str], env: dict | None = None) -> None:
     with (LOGS / f"{name}.log").open("ab") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
-    (PIDS / f"{name}.pid").write_text(str(process.pid))
+    (PIDS / f"{name}.pid").write_text(procs.record(process.pid))
 
 
 def running(name: str) -> bool:
-    try:
-        os.kill(int((PIDS / f"{name}.pid").read_text()), 0)
-        return True
-    except (OSError, ValueError):
-        return False
+    return procs.recorded(PIDS / f"{name}.pid") is not None
 
 
 def wait_for(what: str, check, timeout: float, process: str | None = None) -> None:
@@ -467,6 +465,7 @@ def up() -> Path:
 
 def _start(archives: list[Path]) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
+    (STATE / MARKER).write_text("made by kiln's `python3 -m cluster up`; `down` deletes this directory\n")
     (STATE / "resolv.conf").write_text("# kiln's local cluster has no DNS service\n")
     registry.write_files(REGISTRY_STATE)  # containerd and the kubelets read theirs at start
     configs = make_pki()
@@ -485,9 +484,9 @@ def _start(archives: list[Path]) -> None:
 
 def _stop(name: str, grace: float = 10.0) -> None:
     pid_file = PIDS / f"{name}.pid"
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
+    pid = procs.recorded(pid_file)
+    if pid is None:  # gone, or a pid file from before a reboot: nothing of ours to stop
+        pid_file.unlink(missing_ok=True)
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
@@ -507,11 +506,11 @@ def _stop(name: str, grace: float = 10.0) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _processes_mentioning(text: str) -> list[int]:
+def _processes_mentioning(path: str) -> list[int]:
     found = []
     for pid in procs.pids():
         try:
-            if text in procs.command_line(pid):
+            if procs.mentions(pid, path):
                 found.append(pid)
         except OSError:
             continue
@@ -590,9 +589,17 @@ def remove_kube_chains() -> None:
                 subprocess.run([tool, *args], capture_output=True)
 
 
+def made_here(state: Path) -> bool:
+    """Is `state` a directory up made (or one that is empty or not there): one down may clear?"""
+    return not state.exists() or (state / MARKER).is_file() or (state.is_dir() and not any(state.iterdir()))
+
+
 def down(quiet: bool = False) -> None:
     """Stop every process the cluster started, remove its containers, mounts, network and state."""
     require_root()
+    if not made_here(STATE):
+        raise SystemExit(f"cluster: {STATE} was not made by `python3 -m cluster up` (it has no {MARKER}): nothing "
+                         "in it is stopped or deleted; point KILN_CLUSTER_DIR at the cluster's own directory")
     for node in NODES:
         _stop(f"watchdog-{node.name}")
         _stop(f"kubelet-{node.name}")

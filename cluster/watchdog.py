@@ -51,11 +51,6 @@ def kill_stuck(parent: int, seconds: float = STUCK_SECONDS) -> list[int]:
 
 def watch(pid_file: Path) -> None:
     """Until the process pid_file names is gone, every few seconds: kill its stuck children."""
-    while True:
-        try:
-            parent = int(pid_file.read_text())
-            os.kill(parent, 0)
-        except (OSError, ValueError):
-            return
+    while (parent := procs.recorded(pid_file)) is not None:
         kill_stuck(parent)
         time.sleep(EVERY_SECONDS)

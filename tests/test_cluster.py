@@ -78,19 +78,61 @@ def test_the_nodes_have_their_own_containerd_and_kubelet_ports_and_no_overlappin
     assert all(k["address"] == up.GATEWAY and k["authorization"]["mode"] == "Webhook" for k in kubelets)
 
 
-def test_down_kills_a_process_naming_the_cluster_state_that_has_no_pid_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(up, "STATE", tmp_path)
-    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", f"--config={tmp_path}/kubelet.yaml"])
+def _sleeper(*arguments: str) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", *arguments])
+    deadline = time.monotonic() + 10
+    # Popen returns once its child has begun to exec, which sets up the child's command line a moment later.
+    while arguments[-1] not in procs.command_line(process.pid):
+        assert time.monotonic() < deadline, "the process never started"
+        time.sleep(0.01)
+    return process
+
+
+def test_down_kills_a_process_naming_the_cluster_state_and_spares_one_naming_a_path_that_only_looks_alike(
+        tmp_path, monkeypatch):
+    state = tmp_path / "kiln-cluster"
+    monkeypatch.setattr(up, "STATE", state)
+    stray = _sleeper(f"--config={state}/kubelet.yaml")
+    decoys = [_sleeper(f"--config={state}-backup-do-not-kill/x.yaml"), _sleeper(f"/elsewhere{state}/x")]
     try:
-        deadline = time.monotonic() + 10
-        # Popen returns once its child has begun to exec, which sets up the child's command line a moment later.
-        while str(tmp_path) not in procs.command_line(stray.pid):
-            assert time.monotonic() < deadline, "the stray never started"
-            time.sleep(0.01)
         up._kill_strays()
         assert stray.wait(timeout=5) == -signal.SIGKILL
+        assert [decoy.poll() for decoy in decoys] == [None, None]
     finally:
-        stray.kill()
+        for process in (stray, *decoys):
+            process.kill()
+
+
+def test_down_touches_nothing_in_a_directory_up_did_not_make(tmp_path, monkeypatch):
+    monkeypatch.setattr(up, "STATE", tmp_path)
+    (tmp_path / "precious.db").write_text("data")
+    bystander = _sleeper(f"--data-dir={tmp_path}")
+    try:
+        with pytest.raises(SystemExit, match="was not made by `python3 -m cluster up`"):
+            up.down()
+        assert (tmp_path / "precious.db").read_text() == "data" and bystander.poll() is None
+    finally:
+        bystander.kill()
+    (tmp_path / up.MARKER).write_text("")
+    assert up.made_here(tmp_path) and up.made_here(tmp_path / "absent")
+
+
+def test_a_pid_file_names_its_process_only_while_it_runs_and_never_across_a_reboot(tmp_path):
+    process = _sleeper("--pid-file-test")
+    pid_file = tmp_path / "p.pid"
+    try:
+        pid_file.write_text(procs.record(process.pid))
+        assert procs.recorded(pid_file) == process.pid
+        pid, start, boot = pid_file.read_text().split()
+        pid_file.write_text(f"{pid} {start} {'0' * 8}-before-the-reboot")
+        assert procs.recorded(pid_file) is None
+        pid_file.write_text(f"{pid} {int(start) - 1} {boot}")  # the same number, another process
+        assert procs.recorded(pid_file) is None
+    finally:
+        process.kill()
+        process.wait()
+    pid_file.write_text(f"{pid} {start} {boot}")
+    assert procs.recorded(pid_file) is None
 
 
 def test_the_watchdog_kills_a_kubelets_child_that_outlived_its_time_and_spares_younger_ones(tmp_path):
@@ -105,7 +147,7 @@ def test_the_watchdog_kills_a_kubelets_child_that_outlived_its_time_and_spares_y
         time.sleep(1.1)
         assert watchdog.kill_stuck(kubelet.pid, seconds=1) == [child]
         assert kubelet.wait(timeout=10) == 0  # the kubelet's wait ended: killed
-        (tmp_path / "kubelet.pid").write_text(str(kubelet.pid))
+        (tmp_path / "kubelet.pid").write_text(f"{kubelet.pid} 0 {procs.boot_id()}")
         watchdog.watch(tmp_path / "kubelet.pid")  # its kubelet is gone: it returns
     finally:
         kubelet.kill()

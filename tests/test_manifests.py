@@ -11,7 +11,7 @@ from cluster.versions import KUBERNETES_MINOR
 from conftest import ROOT, load_yaml_docs
 
 BASE_FILES = sorted((ROOT / "manifests" / "base").glob("[0-9]*.yaml")) + sorted((ROOT / "manifests" / "namespaced").glob("*-*.yaml")) + sorted((ROOT / "crds").glob("kiln.dev_*.yaml")) \
-    + sorted((ROOT / "manifests" / "argocd").glob("*.yaml"))
+    + sorted((ROOT / "manifests" / "argocd").glob("*.yaml")) + sorted((ROOT / "manifests" / "policy").glob("*-*.yaml"))
 SAMPLE_K8S_OBJECTS = [
     doc for path in sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
     for doc in load_yaml_docs(path) if not doc["apiVersion"].startswith("kiln.dev/")
@@ -104,3 +104,25 @@ def test_the_local_overlay_changes_nothing_but_the_image_which_comes_from_the_lo
         for d in (o for o in objects if o["kind"] == "Deployment"):
             d["spec"]["template"]["spec"]["containers"][0].pop("image")
     assert local == base
+
+
+def test_the_build_pods_network_policy_selects_the_pods_kiln_renders_and_shuts_out_every_metadata_address():
+    import ipaddress
+
+    from kiln.build.platforms import BuildUnit
+    from kiln.build.render import render_job
+    from kiln.spec import addresses
+    from kiln.spec.parse import parse_image_build
+    from kiln.spec.settings import Settings
+
+    (policy,) = load_yaml_docs(ROOT / "manifests" / "policy" / "build-pods-networkpolicy.yaml")
+    spec = parse_image_build({"metadata": {"name": "app", "namespace": "team"}, "spec": {
+        "source": {"git": {"url": "https://git.example/app.git"}}, "output": {"image": "r.example/app"}}})
+    pod_labels = render_job(spec, BuildUnit(()), Settings())["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    blocks = [peer["ipBlock"] for rule in policy["spec"]["egress"] for peer in rule["to"]]
+    excepted = [ipaddress.ip_network(net) for block in blocks for net in block.get("except", [])]
+    shut_out = [*addresses.METADATA_ADDRESSES, ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fe80::1")]
+    for address in shut_out:
+        assert any(address in net for net in excepted if net.version == address.version), address
+    assert {block["cidr"] for block in blocks} == {"0.0.0.0/0", "::/0"}  # everything else stays reachable

@@ -7,7 +7,7 @@ import socket
 
 # Cloud metadata services reachable at ordinary addresses, beside all of link-local: Alibaba's, AWS's IPv6
 # one, Azure's wire server.
-_METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254", "168.63.129.16")}
+METADATA_ADDRESSES = {ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254", "168.63.129.16")}
 # Names the clouds give their metadata services.
 METADATA_NAMES = frozenset({"metadata", "metadata.google.internal", "metadata.goog", "instance-data",
                             "instance-data.ec2.internal"})
@@ -48,7 +48,7 @@ def candidates(address: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Addre
 
 def forbidden_address(address: str) -> bool:
     """Link-local or a cloud metadata address, directly or inside any IPv6 form that carries an IPv4 one."""
-    return any(c.is_link_local or c in _METADATA_ADDRESSES for c in candidates(address))
+    return any(c.is_link_local or c in METADATA_ADDRESSES for c in candidates(address))
 
 
 def forbidden_host(host: str) -> bool:
