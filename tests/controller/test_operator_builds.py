@@ -96,7 +96,8 @@ async def test_a_build_runs_its_rendered_job_with_merged_credentials_and_reports
     async with operator():
         job = await first_job(cluster, basic_registry)
         build = cluster.build("app")
-        expected = render_job(parse_image_build(build), BuildUnit(()), Settings.from_env(), buildkitd=("buildkitd.toml",))
+        expected = render_job(parse_image_build(build), BuildUnit(()), Settings.from_env(), buildkitd=("buildkitd.toml",),
+                              auth_tls=(f"host={basic_registry.host},insecure=true",))
         assert job["spec"] == expected["spec"]
         for key in ("name", "labels", "annotations", "ownerReferences"):
             assert job["metadata"][key] == expected["metadata"][key]

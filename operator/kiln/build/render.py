@@ -109,6 +109,19 @@ def buildkitd_files(logins: list[ResolvedLogin]) -> dict[str, str]:
     return {"buildkitd.toml": "\n".join(sections), **files} if sections else {}
 
 
+def registry_auth_tls(logins: list[ResolvedLogin]) -> tuple[str, ...]:
+    """buildctl's --registry-auth-tlscontext for registries with their own CA or no trusted certificate: buildctl,
+    not the daemon, fetches registry tokens, from a token service often on another port or host that uses the
+    registry's certificates, and it looks its TLS up by the registry's host."""
+    found = []
+    for login in sorted(logins, key=lambda item: item.server):
+        if login.insecure:
+            found.append(f"host={login.server},insecure=true")
+        elif login.ca_pem:
+            found.append(f"host={login.server},ca={BUILDKITD_DIR}/{_ca_key(login.server)}")
+    return tuple(found)
+
+
 def _ca_key(server: str) -> str:
     """A Secret key for the server's CA file (keys allow letters, digits, '-', '_' and '.')."""
     return "ca-" + re.sub(r"[^-._a-zA-Z0-9]", "-", server) + ".crt"
@@ -193,15 +206,16 @@ def _path(base: str, relative: str) -> str:
 
 
 def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkitd: tuple[str, ...] = (),
-               attempt: int = 0) -> dict:
-    """One unit's Job; buildkitd names the build Secret's buildkitd files (buildkitd.toml and CA files), if any."""
+               auth_tls: tuple[str, ...] = (), attempt: int = 0) -> dict:
+    """One unit's Job; buildkitd names the build Secret's buildkitd files (buildkitd.toml and CA files), if any,
+    and auth_tls the TLS buildctl fetches registry tokens with (registry_auth_tls)."""
     volumes, mounts = _volumes(spec, buildkitd)
     flags = "--oci-worker-no-process-sandbox" + (f" --config={BUILDKITD_DIR}/buildkitd.toml" if buildkitd else "")
     container = {
         "name": "buildkit",
         "image": settings.buildkit_image,
         "command": ["/bin/sh", "-c", BUILD_SCRIPT, "kiln-build"],
-        "args": buildctl_args(spec, unit),
+        "args": [*buildctl_args(spec, unit), *(f"--registry-auth-tlscontext={tls}" for tls in auth_tls)],
         "env": [{"name": "BUILDKITD_FLAGS", "value": flags}, {"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR}],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -292,5 +306,7 @@ def render_children(spec: BuildSpec, logins: list[ResolvedLogin], settings: Sett
                     jobs: Sequence[tuple[BuildUnit, int]]) -> list[dict]:
     """What a decision creates, in its order: the build's Secret when asked for, then a Job per (unit, attempt)."""
     buildkitd = tuple(buildkitd_files(logins)) if jobs else ()
+    auth_tls = registry_auth_tls(logins) if jobs else ()
     return [*([render_build_secret(spec, logins)] if secret else []),
-            *(render_job(spec, unit, settings, buildkitd=buildkitd, attempt=attempt) for unit, attempt in jobs)]
+            *(render_job(spec, unit, settings, buildkitd=buildkitd, auth_tls=auth_tls, attempt=attempt)
+              for unit, attempt in jobs)]
