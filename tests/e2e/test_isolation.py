@@ -101,7 +101,7 @@ def test_a_run_step_that_looks_everywhere_finds_no_credential_emulated_or_native
 
 
 def test_a_secret_that_has_not_opted_in_is_not_mounted_and_the_build_says_why(kubectl, lab, namespace):
-    kubectl.apply(*registry_login("account-b", lab.b, "carol"),
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
                   {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
                    "data": {"Dockerfile": f"FROM {lab.base_image}\nRUN --mount=type=secret,id=db cat /run/secrets/db\n"}},
                   {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": "db"},
@@ -145,10 +145,16 @@ def test_the_shipped_admission_policy_holds_builds_to_what_the_namespace_allows(
                         "every key=value must be listed"),
         "no-pool": ({**base}, "spec.builder.nodeSelector must select kiln.dev/pool=builds"),
     }
-    for name, (spec, message) in refused.items():
-        result = kubectl("apply", "-f", "-", f"--namespace={namespace}", check=False,
+    def refusal(name: str, spec: dict) -> str | None:
+        """What the API server says to creating it (a dry run: admission runs, nothing is stored)."""
+        result = kubectl("create", "-f", "-", "--dry-run=server", f"--namespace={namespace}", check=False,
                          input=json.dumps(image_build(name, **spec)))
-        assert result.returncode != 0 and message in result.stderr, (name, result.stderr)
+        return result.stderr if result.returncode != 0 else None
+
+    eventually(lambda: refusal("any-claim", refused["any-claim"][0]), 30, "the API server has loaded the policy")
+    for name, (spec, message) in refused.items():
+        said = refusal(name, spec)
+        assert said and message in said, (name, said)
     allowed = {**base, "cache": {"type": "local", "volume": {"claimName": "buildkit-state"}},
                "builder": {**pool, "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "builds",
                                                     "effect": "NoSchedule"}]}}
