@@ -17,7 +17,7 @@ LOCAL_IMAGE := 10.88.0.3:5000/kiln/operator:$(VERSION)
 # sshd (test servers); runc, the CNI plugins, iptables (kube-proxy), mmdebstrap and uidmap (the local cluster, its
 # images and the operator image); QEMU for arm64.
 DEBS := docker-registry apache2-utils openssh-server runc containernetworking-plugins iptables mmdebstrap uidmap \
-	qemu-user-static
+	qemu-user-static busybox
 # kubectl and buildctl at the pinned versions come first on PATH.
 KUBE_BIN = $(shell python3 -c 'from cluster.versions import KUBERNETES, bin_dir; print(bin_dir(KUBERNETES))')
 BUILDKIT_BIN = $(shell python3 -c 'from cluster.versions import BUILDKIT, bin_dir; print(bin_dir(BUILDKIT))')

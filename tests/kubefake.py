@@ -46,6 +46,7 @@ def now() -> str:
 class KubeFake(kmock.KubernetesEmulator):
     # Requests to fail on purpose: [method, path fragment, status, how many more times, how many to let pass first].
     faults: list = attrs.field(factory=list)
+    reads: list = attrs.field(factory=list)  # the URL of every GET: lists and watches with their selectors
     # What a created object is validated against Kubernetes' schemas for, and whether owners' deletion is followed
     # (benchmarks turn both off: their cost is the emulator's, not kiln's).
     validated: frozenset = frozenset(VALIDATED)
@@ -56,6 +57,8 @@ class KubeFake(kmock.KubernetesEmulator):
         self.faults.append([method.upper(), fragment, status, times, after])
 
     async def _handle(self, request):
+        if str(request.method).upper().endswith("GET"):
+            self.reads.append(request.url)
         for fault in self.faults:
             if fault[3] > 0 and str(request.method).upper().endswith(fault[0]) and fault[1] in request.url.path:
                 if fault[4] > 0:

@@ -18,7 +18,7 @@ import pytest
 
 from kiln.build.children import children
 from kiln.build.credentials import Credentials, CredentialsProblem, ResolvedLogin
-from kiln.build.decide import START_POLICIES, Decision, Facts, decide, start_verdict
+from kiln.build.decide import START_POLICIES, Decision, Facts, decide, settled, start_verdict
 from kiln.build.questions import AssembleIndex, BuildLog, ImageContents, JobEvents, PushCheck, RegistryProblem, TagDigest
 from kiln.spec import reasons
 from kiln.spec.parse import InvalidSpec, parse_image_build
@@ -460,6 +460,23 @@ def test_an_index_the_registry_will_not_take_retries_with_backoff_or_fails(trans
     assert (decision.requeue_after == 10) is transient
 
 
+def test_a_login_deleted_after_the_pods_pushed_fails_the_build_naming_it_instead_of_building_for_ever():
+    """What the controller answers when the build's logins are gone (answers.py: a CredentialsProblem that needs
+    the user is no transient registry trouble)."""
+    w = native()
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    w.finish(w.job("arm64"), metadata(digest(2)))
+    question = AssembleIndex("r.example/team/app", (("linux/amd64", digest(1), OCI_MANIFEST),
+                                                    ("linux/arm64", digest(2), OCI_MANIFEST)), ("v1",))
+    gone = CredentialsProblem(reasons.LOGIN_NOT_FOUND, "RegistryLogin 'reg' named in spec.registryLogins does not exist")
+    w.answers[question] = RegistryProblem(gone.reason, gone.message, transient=not gone.stalls)
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.condition("Stalled")["status"] == "True"
+    assert w.status["failure"]["message"] == ("assembling the index: RegistryLogin 'reg' named in spec.registryLogins "
+                                              "does not exist")
+
+
 def test_an_evicted_pod_is_retried_and_a_dockerfile_error_is_not():
     w = world(retries=1)
     w.decide()
@@ -517,6 +534,15 @@ def test_a_spec_edited_to_invalid_mid_build_stops_the_job_and_removes_its_creden
     assert w.status["phase"] == "Failed" and w.status["history"][0]["phase"] == "Cancelled"
 
 
+def test_an_invalid_spec_is_settled_until_it_is_edited_or_given_a_new_rebuild_token():
+    w = world(source={"git": {"url": "https://git.example/app.git"}, "url": "https://e.example/c.tgz"})
+    w.decide()
+    served = {**w.obj, "metadata": {**w.obj["metadata"], "resourceVersion": "2"}}
+    assert w.status["phase"] == "Failed" and settled(served)  # the resync, logins and Jobs leave it alone
+    assert not settled({**served, "metadata": {**served["metadata"], "generation": 2}})
+    assert not settled({**served, "metadata": {**served["metadata"], "annotations": {"kiln.dev/rebuild": "1"}}})
+
+
 def test_a_superseded_build_leaves_no_job_and_no_credentials_behind():
     w = world()
     w.decide()
@@ -544,6 +570,13 @@ def test_suspend_cancels_the_running_build_and_resume_runs_it_as_a_new_attempt()
     w.edit(suspend=False)
     w.decide()
     assert list(w.jobs) == [f"{first}-r1"]
+    # The resume is no retry: a transient failure now still has the one retry spec.retries gives.
+    w.finish(w.job("all"), "error: failed to push: 503 Service Unavailable", exit_code=1)
+    w.decide()
+    assert w.status["phase"] == "Building" and w.job("all") == f"{first}-r2" and w.events[-1] == "BuildRetried"
+    w.finish(w.job("all"), "error: failed to push: 503 Service Unavailable", exit_code=1)
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.REGISTRY_TRANSIENT
 
 
 def test_a_restart_at_any_point_of_a_native_build_never_creates_a_job_twice():
@@ -569,6 +602,42 @@ def test_history_keeps_the_limit_and_older_jobs_are_deleted():
     w.finish(w.job("all"), metadata(digest(2)))
     w.decide()
     assert list(w.jobs) == [w.job("all")] and len(w.status["history"]) == 1
+
+
+def test_a_retry_job_the_api_server_refuses_fails_the_build_saying_so_not_as_a_deleted_job():
+    w = world()
+    w.decide()
+    first = w.job("all")
+    w.finish(first, "error: failed to push: 503 Service Unavailable", exit_code=1)
+    w.decide(refuse=f"{first}-r1")
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.CREATE_REJECTED
+    assert f"the API server refused to create Job {first}-r1: admission webhook denied" in w.status["failure"]["message"]
+    assert w.credentials == set()
+    w.decide()  # and it stays so
+    assert w.status["failure"]["reason"] == reasons.CREATE_REJECTED
+
+
+def test_a_reverted_rebuild_token_builds_again_instead_of_reporting_the_first_builds_old_result():
+    """rebuild=1, then the annotation removed (Argo CD syncing an older manifest): the first build's ID again."""
+    w = world()
+    w.decide()
+    first = w.status["buildID"]
+    w.finish(w.job("all"), metadata(digest(1)))
+    w.decide()
+    w.obj["metadata"]["annotations"] = {"kiln.dev/rebuild": "1"}
+    w.decide()
+    w.finish(w.job("all"), metadata(digest(2)))
+    w.decide()
+    second = w.status["buildID"]
+    del w.obj["metadata"]["annotations"]
+    w.decide()
+    third = w.status["buildID"]
+    assert third not in (first, second) and w.status["phase"] == "Pending" and len(w.created) == 3
+    w.decide()  # decided again before anything changed: the same build, no other Job
+    assert w.status["buildID"] == third and len(w.created) == 3
+    w.finish(w.job("all"), metadata(digest(3)))
+    w.decide()
+    assert w.status["phase"] == "Succeeded" and w.status["digest"] == digest(3)
 
 
 # -- the start policies, in their order --

@@ -69,6 +69,9 @@ def test_the_digest_survives_the_kubelet_cutting_a_long_termination_message_at_4
     (job(FAILED_JOB), pod({"terminated": {"exitCode": 137}}, conditions=[{"type": "DisruptionTarget", "status": "True"}]),
      FAILED, reasons.EVICTED, True),
     (job(FAILED_JOB), None, FAILED, reasons.EVICTED, True),  # the pod is gone with its node
+    # Deleted by hand: the script stopped the build on SIGTERM (exit 143); the same as when kiln sees it gone.
+    (job(FAILED_JOB), pod({"terminated": {"exitCode": 143, "reason": "Error", "message": "#7 CANCELED\n"}}),
+     FAILED, reasons.EVICTED, True),
     # The Job's end came first on its watch stream; the pod's end (digest, log) has not arrived yet.
     (job(COMPLETE), pod({"running": {"startedAt": "x"}}, phase="Running"), RUNNING, reasons.BUILDING, False),
     (job(COMPLETE), pod({}, phase="Pending"), RUNNING, reasons.BUILDING, False),
@@ -76,7 +79,7 @@ def test_the_digest_survives_the_kubelet_cutting_a_long_termination_message_at_4
     (job({**FAILED_JOB, "reason": "DeadlineExceeded"}), pod({"running": {"startedAt": "x"}}), FAILED, reasons.TIMED_OUT, False),
     (job(FAILED_JOB), pod({"running": {"startedAt": "x"}}, phase="Running", reason="Evicted"), FAILED, reasons.EVICTED, True),
 ], ids=["no-job", "no-pod", "running", "ended-job-not-yet", "builder-pull-backoff", "builder-bad-name", "deadline", "oom", "evicted",
-        "disruption", "node-lost", "completed-job-pod-not-yet", "completed-job-pod-pending", "failed-job-pod-not-yet",
+        "disruption", "node-lost", "deleted-by-hand", "completed-job-pod-not-yet", "completed-job-pod-pending", "failed-job-pod-not-yet",
         "deadline-pod-still-running", "evicted-while-running"])
 def test_job_and_pod_states_map_to_a_phase_and_reason(the_job, the_pod, phase, reason, retryable):
     state = observe_unit(the_job, the_pod)
@@ -100,6 +103,13 @@ def test_job_and_pod_states_map_to_a_phase_and_reason(the_job, the_pod, phase, r
     ("error: failed to solve: failed to push r.io/app:v1: errors:\nblob upload unknown to registry", reasons.REGISTRY_TRANSIENT,
      True),
     ("error: failed to solve: read tcp 10.0.0.1:1->10.0.0.2:443: read: connection reset by peer", reasons.REGISTRY_TRANSIENT, True),
+    # A push target or base registry that is down, or a network that is (seen: a registry restarted mid-build).
+    ("#11 ERROR: failed to push 10.88.0.2:5001/team/app:v1: failed to do request: Put \"https://10.88.0.2:5001/v2/"
+     "team/app/blobs/uploads/x\": dial tcp 10.88.0.2:5001: connect: connection refused", reasons.REGISTRY_TRANSIENT, True),
+    ("error: failed to solve: r.io/base:1: failed to resolve source metadata for r.io/base:1: failed to do request: Head "
+     "\"https://r.io/v2/base/manifests/1\": dial tcp 10.0.0.9:443: connect: no route to host", reasons.REGISTRY_TRANSIENT, True),
+    ("failed to do request: dial tcp: lookup r.io on 10.96.0.10:53: no such host", reasons.REGISTRY_TRANSIENT, True),
+    ("dial tcp 10.0.0.9:443: connect: network is unreachable", reasons.REGISTRY_TRANSIENT, True),
     ("something nobody has seen before", reasons.BUILD_FAILED, False),
 ])
 def test_build_output_is_classified(log, reason, retryable):

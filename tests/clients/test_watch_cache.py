@@ -5,12 +5,12 @@ import json
 import kopf
 import pytest
 
+from kiln.build.decide import settled
 from kiln.build.outcomes import observe_unit
 from kiln.build.platforms import build_plan
 from kiln.build.render import render_build
 from kiln.clients.watch_cache import Cache, Reader, body, job_body, pod_body
 from kiln.controller import handlers
-from kiln.controller.builds import settled
 from kiln.controller.gather import _namespace_load
 from kiln.spec.parse import parse_image_build
 from kiln.spec.settings import Settings

@@ -494,3 +494,33 @@ async def test_a_child_the_api_server_refuses_is_reported_in_status(cluster, bas
     assert "injected by the test" in cond(cluster, "Stalled")["message"]
     assert cond(cluster, "CredentialsReady")["status"] == "True" and cluster.jobs() == []
     assert [s["metadata"]["name"] for s in cluster.all("v1", "secrets")] == ["reg-creds"]  # no credentials left behind
+
+
+async def test_every_list_and_watch_of_jobs_pods_and_secrets_carries_kilns_selector(cluster, basic_registry):
+    """The API server filters them for kiln: its memory and work follow its own objects, not the cluster's."""
+    async with operator():
+        job = await first_job(cluster, basic_registry)
+        await succeed(cluster, job)
+    collections = [url for url in cluster.fake.reads
+                   if url.path.rsplit("/", 1)[-1] in ("jobs", "pods", "secrets")]
+    kinds = {url.path.rsplit("/", 1)[-1]: url.query.get("labelSelector") for url in collections}
+    assert set(kinds) == {"jobs", "pods", "secrets"}, kinds  # each is listed and watched
+    for url in collections:
+        selector = url.query.get("labelSelector", "")
+        assert selector in ("app.kubernetes.io/managed-by=kiln", "kiln.dev/registry-login=true"), url
+
+
+async def test_a_retry_takes_the_credentials_the_login_holds_now_not_those_of_the_first_attempt(cluster, basic_registry):
+    async with operator():
+        (job,) = [await first_job(cluster, basic_registry, retries=1)]
+        secret_name = next(v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"]
+                           if v["name"] == "docker-config")
+        await cluster.patch("v1", "secrets", "reg-creds", {"data": {"username": b64("bob"),
+                                                                     "password": b64(BASIC_USERS["bob"])}})
+        await eventually(lambda: (cluster.get("kiln.dev/v1alpha1", "registrylogins", "reg").get("status") or {})
+                         .get("username") == "bob", message="the login checked with bob")
+        await cluster.finish(job, await cluster.start_pod(job), exit_code=1, message="error: 503 Service Unavailable")
+        await eventually(lambda: [j for j in cluster.jobs() if j["metadata"]["name"].endswith("-r1")], message="a retry")
+        config = json.loads(base64.b64decode(cluster.get("v1", "secrets", secret_name)["data"][".dockerconfigjson"]))
+    (entry,) = config["auths"].values()
+    assert (entry["username"], entry["password"]) == ("bob", BASIC_USERS["bob"])

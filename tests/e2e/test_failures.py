@@ -1,7 +1,10 @@
 """What goes wrong is reported, on a real cluster: before any pod where kiln can tell, from the pod otherwise."""
 from __future__ import annotations
 
+import time
+
 from harness import IB, condition, diagnosis, eventually, image_build, registry_login
+from registries import Client
 
 
 def source(name: str, dockerfile: str) -> tuple[dict, dict]:
@@ -111,3 +114,22 @@ def test_deleting_an_imagebuild_mid_build_takes_its_job_pod_and_credentials_with
     eventually(lambda: kubectl.items("pods", namespace) == [] and kubectl.items("jobs", namespace) == []
                and kubectl.items("secrets", namespace, "app.kubernetes.io/managed-by=kiln") == [], 120,
                "the Job, its pod and the merged Secret are collected", lambda: diagnosis(kubectl, namespace))
+
+
+def test_a_build_pod_deleted_mid_build_stops_at_once_and_pushes_nothing(kubectl, lab, namespace):
+    """Its script is PID 1: without a handler the kernel spared it SIGTERM, and the build went on to push."""
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 15\nRUN echo built > /built\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
+                  namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/stopped", "tags": ["v1"]},
+                              cache={"type": "none"}, retries=0), namespace=namespace)
+    (pod,) = eventually(lambda: [p for p in kubectl.items("pods", namespace) if p["status"].get("phase") == "Running"],
+                        120, "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    time.sleep(3)  # into the RUN step
+    started = time.monotonic()
+    kubectl("delete", "pod", pod["metadata"]["name"], f"--namespace={namespace}", "--wait=true", timeout=60)
+    assert time.monotonic() - started < 15  # not the 30 s grace period: it stopped when asked
+    build = settled(kubectl, namespace, "app", "Stalled", timeout=120)
+    assert build["status"]["failure"]["reason"] == "Evicted"
+    time.sleep(15)  # as long as the build would have needed to finish and push
+    assert Client(lab.b, "carol").request("GET", "/v2/team/stopped/manifests/v1")[0] == 404

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 from dataclasses import dataclass, field
 
 from kiln.build import status as statuses
@@ -51,7 +52,7 @@ from kiln.build.status import FAILED as BUILD_FAILED
 from kiln.build.status import PENDING as BUILD_PENDING
 from kiln.build.status import SUCCEEDED as BUILD_SUCCEEDED
 from kiln.spec import labels, reasons
-from kiln.spec.parse import BuildSpec, InvalidSpec
+from kiln.spec.parse import BuildSpec, InvalidSpec, spec_identity
 from kiln.spec.references import MANIFEST_MEDIA_TYPES, split_tagged
 from kiln.spec.settings import Settings
 
@@ -134,7 +135,8 @@ def _running_jobs(facts: Facts, build_id: str) -> tuple[str, ...]:
 def unit_record(unit: BuildUnit, spec: BuildSpec, attempt: int, started: str) -> dict:
     """A unit as its Job is created: already what observing that Job will say, so that costs no status write."""
     return {"key": unit.key, "platforms": list(unit.platforms), **({"arch": unit.arch} if unit.arch else {}),
-            "builtBy": unit.built_by, "attempt": attempt, "job": job_name(spec, unit, attempt), "phase": PENDING,
+            "builtBy": unit.built_by, "attempt": attempt, "retries": 0, "job": job_name(spec, unit, attempt),
+            "phase": PENDING,
             "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD, "startTime": started}
 
 
@@ -149,13 +151,29 @@ def _named(record: dict, several: bool) -> str:
 
 # -- the decision --
 
+def settled(obj: dict) -> bool:
+    """A finished (or invalid) build of the current spec and rebuild token: only an edit or a new token gives it
+    work again, so nothing else (the resync, a login, its Jobs and Pods) need look at it."""
+    status, meta = obj.get("status") or {}, obj["metadata"]
+    return status.get("phase") in (BUILD_SUCCEEDED, BUILD_FAILED, CANCELLED) \
+        and status.get("observedGeneration") == meta.get("generation") and meta.get("resourceVersion") is not None \
+        and status.get("specIdentity") == spec_identity(obj)
+
+
 def current_spec(facts: Facts) -> BuildSpec:
     """The spec with the ID of the build it asks for: an edit that leaves the image as it was (same identity)
-    keeps the build that runs or ran, even at a new generation."""
+    keeps the build that runs or ran, even at a new generation. A spec that asks again for a build that ran
+    before another (a rebuild token reverted, as Argo CD restoring an older manifest does) is a new build:
+    that build's Jobs and result are of the past, and the tag has moved since."""
     old = facts.obj.get("status") or {}
-    if old.get("specIdentity") == facts.spec.identity and old.get("buildID"):
-        return dataclasses.replace(facts.spec, build_id=old["buildID"])
-    return facts.spec
+    spec = facts.spec
+    if old.get("specIdentity") == spec.identity and old.get("buildID"):
+        return dataclasses.replace(spec, build_id=old["buildID"])
+    earlier = {item.get("buildID") for item in old.get("history") or []} | {_build_of(job) for job in facts.jobs}
+    if old.get("buildID") and spec.build_id != old["buildID"] and spec.build_id in earlier:
+        again = hashlib.sha256(f"{spec.build_id}/{old['buildID']}".encode()).hexdigest()[:6]
+        return dataclasses.replace(spec, build_id=f"{spec.build_id.split('-')[0]}-{again}")
+    return spec
 
 
 def decide(facts: Facts) -> Decision:
@@ -199,7 +217,7 @@ def _supersede(facts: Facts, spec: BuildSpec, old: dict) -> tuple[Decision, list
 
 def _invalid(facts: Facts, old: dict, generation: int) -> Decision:
     """Nothing can be built: stop whatever runs (it could still push) and remove its credentials."""
-    status = statuses.invalid_build_status(generation, facts.problem or "", old.get("history"))
+    status = statuses.invalid_build_status(generation, spec_identity(facts.obj), facts.problem or "", old.get("history"))
     running = tuple(job["metadata"]["name"] for job in facts.jobs if active(job))
     events: tuple[Event, ...] = ()
     if running and old.get("phase") in (BUILD_PENDING, BUILDING):
@@ -368,7 +386,7 @@ def _start(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus) -> Decisio
     try:
         plan = build_plan(spec, facts.ready_archs)
     except InvalidSpec as exc:
-        return Decision(status=statuses.invalid_build_status(view.generation, str(exc), view.history))
+        return Decision(status=statuses.invalid_build_status(view.generation, spec.identity, str(exc), view.history))
     _, verdict = start_verdict(facts, spec, carried)
     if isinstance(verdict, Unchanged):
         return _keep_until(view, verdict.after)
@@ -410,6 +428,13 @@ class Seen:
 
 def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus) -> Decision:
     """A build with units in status: see each unfinished unit, then fail, retry, conclude or keep waiting."""
+    if facts.refused:  # a retry's Job (or its Secret) the API server will not take: waiting will not change that
+        what, message = facts.refused
+        records = [dict(r) for r in old["units"]]
+        refused = next((r for r in records if f"Job {r['job']}" == what), records[0])
+        return _fail(facts, spec, records, {**refused, "reason": reasons.CREATE_REJECTED,
+                                            "message": f"the API server refused to create {what}: {message}"},
+                     len(records) > 1, view)
     jobs = {job["metadata"]["name"]: job for job in facts.jobs}
     records: list[dict] = []
     retries: set[int] = set()  # indexes of the records to run again
@@ -424,7 +449,7 @@ def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus
         if seen.look_again is not None:
             looks.append(seen.look_again)
         record = {**record, **_recorded(seen.state, record, facts.secret_values)}
-        if seen.state.phase == FAILED and seen.state.retryable and record["attempt"] < spec.retries:
+        if seen.state.phase == FAILED and seen.state.retryable and _retries_used(record) < spec.retries:
             retries.add(len(records))
         records.append(record)
     several = len(records) > 1
@@ -576,6 +601,12 @@ def _recorded(state: UnitState, record: dict, secret_values: frozenset[str]) -> 
     return {k: v for k, v in found.items() if v not in (None, "")}
 
 
+def _retries_used(record: dict) -> int:
+    """Retries a unit has had. Its attempt numbers its Jobs, and goes on after a suspend and resume, which is
+    no retry (a unit recorded before kiln counted retries apart: its attempt)."""
+    return record.get("retries", record["attempt"])
+
+
 _RESULT_FIELDS = ("reason", "message", "digest", "mediaType", "logExcerpt", "completionTime", "pullFailingSince",
                   "cachedSteps", "totalSteps")
 
@@ -594,13 +625,14 @@ def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: set[int]
             again.append(record)
             continue
         unit, attempt, reason = unit_of(record), record["attempt"] + 1, record["reason"]
+        used = _retries_used(record) + 1
         if record["job"] in running:
             deletes.append(record["job"])
         events.append(("Warning", "BuildRetried", f"{_named(record, several)}{reason}: {record['message']}; "
-                                                  f"attempt {attempt + 1} of {spec.retries + 1}"))
+                                                  f"attempt {used + 1} of {spec.retries + 1}"))
         kept = {k: v for k, v in record.items() if k not in _RESULT_FIELDS}
-        again.append({**kept, "attempt": attempt, "phase": PENDING, "job": job_name(spec, unit, attempt),
-                      "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD})
+        again.append({**kept, "attempt": attempt, "retries": used, "phase": PENDING,
+                      "job": job_name(spec, unit, attempt), "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD})
         jobs.append((unit, attempt))
     return Decision(status=_progress(view, BUILDING, reasons.BUILDING, f"retrying after {reason}", again),
                     credentials=True, jobs=tuple(jobs), delete_jobs=tuple(deletes), events=tuple(events))

@@ -33,6 +33,9 @@ _FAILURE_PATTERNS = [
     (reasons.REGISTRY_TRANSIENT, True, "a registry or the network failed transiently",
      r"(500 Internal Server Error|502 Bad Gateway|503 Service Unavailable|504 Gateway Timeout|429 Too Many Requests"
      r"|toomanyrequests|connection reset by peer|i/o timeout|TLS handshake timeout|unexpected EOF"
+     # A registry that is down, or a network that is: it comes back.
+     r"|connection refused|no route to host|network is unreachable|connect: connection timed out|no such host"
+     r"|server misbehaving"
      # An upload the registry lost or saw corrupted; BuildKit since v0.28 pushes the image and the cache at
      # once, and two uploads of one blob can race on the registry's side. Pushing again finds the blob there.
      r"|failed to push[\s\S]*(provided digest did not match uploaded content|blob upload (unknown|invalid)))"),
@@ -51,6 +54,7 @@ _DIGEST = re.compile(r'"containerimage\.digest"\s*:\s*"(sha256:[0-9a-f]{64})"')
 _MEDIA_TYPE = re.compile(r'"containerimage\.descriptor"\s*:\s*\{(?:[^{}]|\{[^{}]*\})*?"mediaType"\s*:\s*"([^"]+)"')
 
 
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: render.BUILD_SCRIPT stopped the build when asked to
 WAITING_FOR_POD = "waiting for the build pod to start"  # what a unit says from its Job's creation until it runs
 
 
@@ -185,8 +189,11 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
         return UnitState(FAILED, reasons.OUT_OF_MEMORY, "the build ran out of memory; raise spec.builder.resources.limits.memory",
                          log_excerpt=excerpt(log), **completion)
     pod_status = (pod or {}).get("status") or {}
-    if pod is None or _disrupted(pod):
-        detail = pod_status.get("message") or "its node was lost or it was evicted"
+    # Exit 143: the build script stopped the build on SIGTERM (a pod deleted by hand, a node drained), whether
+    # kiln saw that end or only the pod gone afterwards.
+    if pod is None or _disrupted(pod) or terminated.get("exitCode") == STOPPED_EXIT_CODE:
+        detail = pod_status.get("message") or ("it was asked to stop (deleted, or its node drained)" if pod
+                                               else "its node was lost or it was evicted")
         return UnitState(FAILED, reasons.EVICTED, f"the build pod was stopped before it finished: {detail}",
                          retryable=True, **completion)
     reason, retryable, summary = classify_failure(log)

@@ -36,8 +36,13 @@ TERMINATION_LOG = "/dev/termination-log"  # and the kubelet hands this file's te
 # writes into an emptyDir and this fixed script copies the file over. Every user value stays
 # in "$@": the shell never reads one as script text. A build that pushed but left no metadata
 # still exits 0: the operator then reads the digest from the registry, or reports it missing.
+# The script is the container's PID 1, which the kernel spares the signals it has no handler for: asked to stop
+# (a pod deleted, a suspend, a superseding build), it stops every process of the container (buildctl, the
+# daemon, the RUN step) at once, so nothing is pushed after kiln let go of the build.
 BUILD_SCRIPT = (
-    'buildctl-daemonless.sh "$@" || exit\n'
+    "trap 'kill -TERM -1 2>/dev/null; wait; exit 143' TERM INT\n"
+    'buildctl-daemonless.sh "$@" &\n'
+    'wait $! || exit\n'
     f'cat {METADATA_FILE} > {TERMINATION_LOG} || echo "kiln: buildctl left no metadata file" >&2\n'
 )
 BUILDKIT_UID = 1000  # the rootless image's user; changing it needs another image

@@ -191,9 +191,11 @@ class BuildStatus:
         return {k: v for k, v in status.items() if v is not None}
 
 
-def invalid_build_status(generation: int, message: str, history: list[dict] | None) -> dict:
-    """Status for a spec kiln cannot act on at all."""
+def invalid_build_status(generation: int, identity: str, message: str, history: list[dict] | None) -> dict:
+    """Status for a spec kiln cannot act on at all. Its identity settles it: nothing but an edit (or a new
+    rebuild token) gives it work again, so the resync, logins, Jobs and Pods leave it alone."""
     reason = reasons.INVALID_SPEC
     conditions = [*phase_conditions(FAILED, reason, message, generation),
                   condition("CredentialsReady", False, reason, "not resolved: the spec is invalid", generation)]
-    return {"observedGeneration": generation, "phase": FAILED, "history": history or [], "conditions": conditions}
+    return {"observedGeneration": generation, "specIdentity": identity, "phase": FAILED, "history": history or [],
+            "conditions": conditions}

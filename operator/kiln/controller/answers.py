@@ -32,8 +32,8 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
         logins = facts.logins
     else:  # reading what was pushed needs the credentials, not a login that is Ready right now
         logins, _ = await resolve_logins(runtime.reader(), facts.spec, ready=False)
-        if isinstance(logins, CredentialsProblem):
-            return RegistryProblem(logins.reason, logins.message, transient=True)
+        if isinstance(logins, CredentialsProblem):  # a login deleted, say: waiting will not bring it back
+            return RegistryProblem(logins.reason, logins.message, transient=not logins.stalls)
     try:
         if isinstance(question, PushCheck):
             for image in question.repositories:

@@ -13,8 +13,8 @@ import logging
 
 from kiln import API_VERSION, metrics
 from kiln.build.children import children
-from kiln.build.decide import Decision, Event, Facts, decide
-from kiln.build.status import CANCELLED, FAILED, SUCCEEDED, status_patch
+from kiln.build.decide import Decision, Event, Facts, decide, settled
+from kiln.build.status import status_patch
 from kiln.clients.kube import Kube, KubeError, path
 from kiln.controller.answers import answer
 from kiln.controller.carry_out import carry_out
@@ -22,7 +22,6 @@ from kiln.controller.gather import observe
 from kiln.controller.logins import reconcile_login
 from kiln.controller.runtime import Runtime
 from kiln.spec import labels
-from kiln.spec.parse import spec_identity
 
 LOG = logging.getLogger("kiln.builds")  # what happens to builds, at INFO
 # One decision may ask a registry about each unit (digest, log) and the index; more means something loops.
@@ -102,13 +101,6 @@ async def decided(runtime: Runtime, facts: Facts) -> Decision:
         facts.answers[decision.ask] = await answer(runtime, facts, decision.ask)
         decision = decide(facts)
     return decision
-
-
-def settled(obj: dict) -> bool:
-    """A finished build of the current spec and rebuild token: only an edit or a new token gives it work again."""
-    status, meta = obj.get("status") or {}, obj["metadata"]
-    return status.get("phase") in (SUCCEEDED, FAILED, CANCELLED) and status.get("observedGeneration") == meta.get("generation") \
-        and meta.get("resourceVersion") is not None and status.get("specIdentity") == spec_identity(obj)
 
 
 async def write_status(kube: Kube, obj: dict, new: dict) -> dict | None:

@@ -23,7 +23,12 @@ async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Deci
         runtime.cache.deleted_secret(namespace, name)
     for child in children:
         try:
-            await kube.create(path(child["apiVersion"], _PLURALS[child["kind"]], namespace), child)
+            collection = path(child["apiVersion"], _PLURALS[child["kind"]], namespace)
+            if not await kube.create(collection, child) and child["kind"] == "Secret":
+                # Made before (by a retry's first attempt, or before a crash): made again with what the logins
+                # hold now, as a password rotated since must reach the new pod.
+                await kube.delete(path("v1", "secrets", namespace, child["metadata"]["name"]))
+                await kube.create(collection, child)
             if child["kind"] == "Job":  # until the watch shows it, it is known to exist
                 runtime.job_created(namespace, child)
             elif child["kind"] == "Secret":  # no watch shows kiln's own Secrets: this is how it knows

@@ -14,6 +14,7 @@ import logging
 import kopf
 
 from kiln import metrics
+from kiln.build.decide import settled
 from kiln.build.logins import WATCHED_LABEL
 from kiln.build.status import Phase
 from kiln.clients import kube, watch_cache
@@ -64,9 +65,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
     # Only what is kiln's streams in: the API server filters Jobs, Pods and Secrets for the operator,
     # so its memory and work follow kiln's objects, not the cluster's size.
     managed = ",".join(f"{key}={value}" for key, value in watch_cache.MANAGED.items())
-    settings.watching.label_selectors["batch/jobs"] = managed
-    settings.watching.label_selectors["pods"] = managed
-    settings.watching.label_selectors["secrets"] = f"{WATCHED_LABEL}=true"
+    # Keys are (group, plural): kopf reads one string as one name, and "batch/jobs" names no resource.
+    settings.watching.label_selectors["batch", "jobs"] = managed
+    settings.watching.label_selectors["", "pods"] = managed
+    settings.watching.label_selectors["", "secrets"] = f"{WATCHED_LABEL}=true"
     kube.load_config()
     memo.runtime = Runtime(kube.Kube(), Settings.from_env())
     await memo.runtime.list_at_start()
@@ -97,7 +99,7 @@ async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
                 logger.warning("resync of RegistryLogin %s/%s failed: %s: %s", obj["metadata"]["namespace"],
                                obj["metadata"]["name"], type(exc).__name__, exc)
         for obj in known_builds:
-            if not builds.settled(obj):  # a finished build waits for a change of its own, which its watch delivers
+            if not settled(obj):  # a finished build waits for a change of its own, which its watch delivers
                 await builds.reconcile(runtime, obj["metadata"]["namespace"], obj["metadata"]["name"], logger)
         runtime.cache.unseen_gone()
         # kopf's per-event objects form reference cycles; after a burst of events (builds, or the first listing
@@ -179,7 +181,7 @@ async def imagebuild_changed(type: str, body: kopf.Body, namespace: str, name: s
     memo.runtime.cache.saw_build(body)
     if memo.runtime.own_write((namespace, name), body.metadata.get("resourceVersion")):
         return  # the echo of kiln's own status write: nothing changed that kiln did not know
-    if builds.settled(body):
+    if settled(body):
         return  # finished, and neither edited nor given a new rebuild token: a restart lists a thousand such
     await builds.reconcile(memo.runtime, namespace, name, logger)
 
@@ -195,7 +197,7 @@ def _done_with(runtime: Runtime, namespace: str, owner: str | None) -> bool:
     collector deletes them), or is not known: deleted, or, right after a start, not delivered yet, and then its
     own event reconciles it, reading its children from their indexes."""
     build = runtime.cache.build(namespace, owner) if owner else None
-    return build is None or builds.settled(build)
+    return build is None or settled(build)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=watch_cache.MANAGED)
