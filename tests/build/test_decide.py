@@ -579,6 +579,34 @@ def test_suspend_cancels_the_running_build_and_resume_runs_it_as_a_new_attempt()
     assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.REGISTRY_TRANSIENT
 
 
+@pytest.mark.parametrize("wait", ["queued", "login-not-ready", "cache-volume-busy"])
+def test_a_resumed_build_that_must_wait_drops_its_suspended_plan_and_starts_afresh_later(wait):
+    w = world(retries=0)
+    w.decide()
+    first = w.job("all")
+    w.run(first)
+    w.edit(suspend=True)
+    w.decide()
+    w.edit(suspend=False)
+    if wait == "queued":
+        w.settings, w.namespace_load = Settings(image_pull_grace=60, max_builds_per_namespace=1), (1, 0)
+    elif wait == "login-not-ready":
+        w.logins = CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (x)", stalls=False)
+    else:
+        w.volume_holder = "pod other-build"
+    w.decide()
+    assert w.status["phase"] == "Pending" and "units" not in w.status and w.jobs == {}
+    w.now += datetime.timedelta(seconds=20)
+    w.decide()  # looked at again while it waits: nothing of the suspended plan is followed
+    assert w.status["phase"] == "Pending" and "units" not in w.status
+    w.namespace_load, w.logins, w.volume_holder, w.logins_revision = (0, 0), list(LOGINS), None, "2"
+    w.decide()
+    assert list(w.jobs) == [f"{first}-r1"] and w.status["phase"] == "Pending"
+    w.finish(w.job("all"), metadata(digest(1)))
+    w.decide()
+    assert w.status["phase"] == "Succeeded"
+
+
 def test_a_restart_at_any_point_of_a_native_build_never_creates_a_job_twice():
     """The operator may die after any create of any decision: every prefix, then a clean run to the end."""
     for crash in range(4):

@@ -202,3 +202,19 @@ async def test_right_after_a_start_a_build_only_kilns_listing_has_shown_keeps_it
     cache.listed_build(first)  # listed, then deleted before kopf's own listing: no event will ever bring it
     cache.unseen_gone()  # the resync's rounds: the watch has shown by then every build that still exists
     assert await _namespace_load(reader, second) == (0, 0)
+
+
+async def test_the_namespace_line_goes_by_when_each_build_was_asked_for_not_when_its_imagebuild_was_made():
+    """An old ImageBuild edited for each commit takes its place behind builds asked for before the edit."""
+    old = {**BUILD, "metadata": {**BUILD["metadata"], "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 7}}
+    old["status"] = {"specIdentity": "an earlier spec", "requestTime": "2026-01-01T00:00:00Z", "phase": "Succeeded"}
+    newer = {**BUILD, "metadata": {**BUILD["metadata"], "name": "web", "uid": "u-2",
+                                   "creationTimestamp": "2026-11-29T10:00:00Z"}}
+    newer["status"] = {"specIdentity": parse_image_build(newer).identity, "requestTime": "2026-11-29T10:00:01Z",
+                       "phase": "Pending", "conditions": [{"type": "Reconciling", "reason": "Queued"}]}
+    cache = Cache(indexes={"jobs_by_build": {}})
+    for build in (old, newer):
+        cache.saw_build(build)
+    reader = Reader(None, cache)
+    assert await _namespace_load(reader, old) == (0, 1)  # edited just now: behind the one queued since 10:00:01
+    assert await _namespace_load(reader, newer) == (0, 0)

@@ -196,6 +196,9 @@ def decide(facts: Facts) -> Decision:
         decision = _follow(facts, spec, old, view)
     if decision.ask is not None:
         return decision
+    if decision.status.get("buildID") == spec.build_id:  # its place in the namespace's line
+        requested = old.get("requestTime") if same and old.get("requestTime") else labels.iso(facts.now)
+        decision = dataclasses.replace(decision, status={**decision.status, "requestTime": requested})
     return _trim_history(facts, spec, _credentials_rule(facts, spec, superseded.then(decision)))
 
 
@@ -381,8 +384,13 @@ def start_verdict(facts: Facts, spec: BuildSpec, carried: dict) -> tuple[str, Ve
 def _start(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus) -> Decision:
     """A build that has no units in status yet: the start policies, then its children."""
     carried = view.carried
-    attempt = max((u.get("attempt", 0) for u in carried.get("units") or []), default=carried.get("attempt", -1)) + 1 \
-        if carried.get("phase") == CANCELLED else 0
+    # A build resumed after a suspend goes on numbering its Jobs (the suspended ones may still be being deleted).
+    earlier = max((u.get("attempt", 0) for u in carried.get("units") or []), default=carried.get("attempt"))
+    attempt = 0 if earlier is None else earlier + 1
+    # Until it starts, its status shows no plan: the suspended units are gone, and neither followed nor counted.
+    view = dataclasses.replace(view, carried={
+        **{k: v for k, v in carried.items() if k not in ("units", "jobName", "startTime", "attempt")},
+        **({"attempt": earlier} if earlier is not None else {})})
     try:
         plan = build_plan(spec, facts.ready_archs)
     except InvalidSpec as exc:

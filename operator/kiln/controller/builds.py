@@ -18,7 +18,7 @@ from kiln.build.status import status_patch
 from kiln.clients.kube import Kube, KubeError, path
 from kiln.controller.answers import answer
 from kiln.controller.carry_out import carry_out
-from kiln.controller.gather import observe
+from kiln.controller.gather import observe, queued
 from kiln.controller.logins import reconcile_login
 from kiln.controller.runtime import Runtime
 from kiln.spec import labels
@@ -46,6 +46,8 @@ async def reconcile(runtime: Runtime, namespace: str, name: str, logger: logging
         with metrics.RECONCILES.track_inprogress():
             outcome = await reconcile_build(runtime, namespace, name, logger)
         _report(runtime, outcome, namespace, name)
+        if runtime.settings.max_builds_per_namespace and any(reason in _SLOT_FREED for _, reason, _ in outcome.events):
+            _wake_the_line(runtime, namespace, logger)
         return outcome.requeue_after
 
     def failed(exc: Exception, delay: float) -> None:
@@ -54,6 +56,18 @@ async def reconcile(runtime: Runtime, namespace: str, name: str, logger: logging
                        type(exc).__name__, exc, delay, exc_info=not isinstance(exc, (KubeError, OSError)))
 
     await runtime.queue.process((namespace, name), step, failed)
+
+
+# Events that mean a build stopped running, and its namespace's line may move.
+_SLOT_FREED = ("BuildSucceeded", "BuildFailed", "BuildCancelled")
+
+
+def _wake_the_line(runtime: Runtime, namespace: str, logger: logging.Logger) -> None:
+    """A slot of the namespace freed: the builds in its line look now, not at their next look (15 s)."""
+    for build in runtime.cache.builds(namespace):
+        if queued(build):
+            name = build["metadata"]["name"]
+            runtime.queue.after((namespace, name), 0, lambda n=name: reconcile(runtime, namespace, n, logger))
 
 
 def _report(runtime: Runtime, outcome: Outcome, namespace: str, name: str) -> None:

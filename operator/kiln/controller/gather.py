@@ -28,7 +28,7 @@ from kiln.build.status import BUILDING, PENDING
 from kiln.clients.watch_cache import BUILD_LABEL, MANAGED, Reader
 from kiln.controller.logins import read_ca_config_map
 from kiln.spec import labels, reasons
-from kiln.spec.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login
+from kiln.spec.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login, spec_identity
 from kiln.spec.settings import Settings
 
 
@@ -121,10 +121,21 @@ async def _namespace_load(reader: Reader, obj: dict) -> tuple[int, int]:
     builds = [b for b in await reader.builds(namespace) if b["metadata"]["name"] != meta["name"]]
     running = {b["metadata"]["name"] for b in builds
                if _running(b) or any(active(j) for j in await reader.jobs(namespace, _children_of(b["metadata"]["name"])))}
-    place = (meta.get("creationTimestamp") or "", meta["name"])
+    place = (requested(obj), meta["name"])
     ahead = [b for b in builds if _in_line(b) and b["metadata"]["name"] not in running
-             and ((b["metadata"].get("creationTimestamp") or ""), b["metadata"]["name"]) < place]
+             and (requested(b), b["metadata"]["name"]) < place]
     return len(running), len(ahead)
+
+
+def requested(build: dict) -> str:
+    """When the build it asks for was asked for: the line's order. An ImageBuild edited for each commit takes its
+    place anew, behind those asked for before; one never looked at, its creation."""
+    status, meta = build.get("status") or {}, build["metadata"]
+    if not status:
+        return meta.get("creationTimestamp") or ""
+    if status.get("specIdentity") == spec_identity(build) and status.get("requestTime"):
+        return status["requestTime"]
+    return "~"  # asked for since its status was written: after every time written down (ISO times sort below "~")
 
 
 async def _ready_archs(reader: Reader) -> frozenset[str]:
