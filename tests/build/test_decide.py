@@ -287,6 +287,23 @@ def test_with_a_limit_of_builds_per_namespace_a_build_waits_its_turn_in_line(run
         assert f"place {ahead + 1} in line" in w.condition("Reconciling")["message"] and decision.requeue_after == 15
 
 
+def test_auto_puts_every_emulated_platform_in_the_index_not_only_the_first():
+    w = world(platforms=["linux/amd64", "linux/arm64", "linux/riscv64"], multiArch={"strategy": "auto"})
+    w.ready_archs = frozenset({"amd64"})
+    w.decide()
+    assert sorted(u["key"] for u in w.status["units"]) == ["amd64", "emulated"]
+    w.finish(w.job("amd64"), metadata(digest(1)))
+    w.finish(w.job("emulated"), metadata(digest(2), OCI_INDEX))  # one pod, two platforms: an index
+    question = AssembleIndex("r.example/team/app", (("linux/amd64", digest(1), OCI_MANIFEST),
+                                                    ("linux/arm64", digest(2), OCI_INDEX),
+                                                    ("linux/riscv64", digest(2), OCI_INDEX)), ("v1",))
+    w.answers[question] = (digest(9), [("linux/amd64", digest(1)), ("linux/arm64", digest(3)), ("linux/riscv64", digest(4))])
+    w.decide()
+    assert w.status["phase"] == "Succeeded"
+    assert {p["platform"]: p["builtBy"] for p in w.status["platforms"]} == {
+        "linux/amd64": "native", "linux/arm64": "qemu", "linux/riscv64": "qemu"}
+
+
 def test_auto_with_local_cache_and_nodes_of_both_architectures_is_an_invalid_spec_not_a_crash():
     w = world(platforms=PLATFORMS, cache={"type": "local", "volume": {"claimName": "state"}})
     w.obj["spec"]["multiArch"] = {"strategy": "auto"}  # what an old CRD or a file lets through
@@ -630,6 +647,22 @@ def test_history_keeps_the_limit_and_older_jobs_are_deleted():
     w.finish(w.job("all"), metadata(digest(2)))
     w.decide()
     assert list(w.jobs) == [w.job("all")] and len(w.status["history"]) == 1
+
+
+def test_a_retry_that_waits_for_a_login_retries_once_the_login_is_ready_again():
+    w = world()
+    w.decide()
+    first = w.job("all")
+    w.finish(first, "error: failed to push: 503 Service Unavailable", exit_code=1)
+    w.logins = CredentialsProblem(reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (x)", stalls=False)
+    w.decide()
+    assert w.status["phase"] == "Building" and "a retry waits" in w.condition("Reconciling")["message"]
+    w.now += datetime.timedelta(seconds=30)
+    w.decide()  # looked at again, the login still not Ready: still waiting, not failed
+    assert w.status["phase"] == "Building" and w.status["units"][0]["phase"] == "Pending"
+    w.logins, w.logins_revision = list(LOGINS), "2"
+    w.decide()
+    assert w.job("all") == f"{first}-r1" and w.status["phase"] == "Building" and w.events[-1] == "BuildRetried"
 
 
 def test_a_retry_job_the_api_server_refuses_fails_the_build_saying_so_not_as_a_deleted_job():

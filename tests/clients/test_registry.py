@@ -217,6 +217,20 @@ async def test_an_assembled_index_is_of_the_kind_of_its_children_and_tags_every_
                [(p.split("/")[1], digests[p]) for p in PLATFORMS]
 
 
+async def test_an_index_is_assembled_from_a_native_image_and_an_emulated_pods_index_of_two_platforms(token_registry):
+    """auto: amd64 built natively, arm64 and riscv64 emulated in one pod that pushed an index of both."""
+    password = TOKEN_USERS["pusher"][0]
+    _, native = await asyncio.to_thread(push_image, token_registry, "pusher", "team/auto", ["linux/amd64"])
+    emulated_index, emulated = await asyncio.to_thread(push_image, token_registry, "pusher", "team/auto",
+                                                       ["linux/arm64", "linux/riscv64"], tag="emulated")
+    children = [("linux/amd64", native["linux/amd64"]), ("linux/arm64", emulated_index),
+                ("linux/riscv64", emulated_index)]
+    async with client(token_registry.host, "pusher", password) as registry:
+        _, images = await assemble_index(registry, "team/auto", children, ("v1",))
+    assert images == [("linux/amd64", native["linux/amd64"]), ("linux/arm64", emulated["linux/arm64"]),
+                      ("linux/riscv64", emulated["linux/riscv64"])]
+
+
 async def test_an_index_with_a_child_missing_from_the_registry_is_not_pushed(token_registry):
     _, digests = await asyncio.to_thread(push_image, token_registry, "pusher", "team/partial", ["linux/amd64"])
     missing = "sha256:" + "0" * 64

@@ -192,17 +192,19 @@ def test_context_from_a_private_git_repository_with_a_token(kubectl, lab, namesp
 
 
 def test_context_from_a_config_map_with_auto_strategy_builds_native_where_nodes_exist(kubectl, lab, namespace):
-    """auto: linux/amd64 on the amd64 node, linux/riscv64 (no such node) emulated in one more pod; one index."""
+    """auto: linux/amd64 on the amd64 node, linux/riscv64 and linux/s390x (no such nodes) emulated in one more pod;
+    one index of all three."""
     kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
                   {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
                    "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "from a ConfigMap\n"}},
                   namespace=namespace)
-    kubectl.apply(image_build("small", source={"configMap": {"name": "context"}}, platforms=["linux/amd64", "linux/riscv64"],
+    kubectl.apply(image_build("small", source={"configMap": {"name": "context"}},
+                              platforms=["linux/amd64", "linux/riscv64", "linux/s390x"],
                               multiArch={"strategy": "auto"}, cache={"type": "none"},
                               output={"image": f"{lab.b.host}/team/small", "tags": ["v1"]}), namespace=namespace)
     build = wait_ready(kubectl, namespace, "small")
     assert {p["platform"]: p["builtBy"] for p in build["status"]["platforms"]} == {
-        "linux/amd64": "native", "linux/riscv64": "qemu"}
+        "linux/amd64": "native", "linux/riscv64": "qemu", "linux/s390x": "qemu"}
     nodes = {pod["metadata"]["labels"]["kiln.dev/unit"]: pod["spec"]["nodeName"] for pod in kubectl.items("pods", namespace)}
     assert nodes["amd64"] == "kiln-amd64"
     images = platform_images(Client(lab.b, "carol"), "team/small", "v1")

@@ -623,9 +623,12 @@ def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: set[int]
            view: statuses.BuildStatus) -> Decision:
     """Transient failures run again as a new attempt, with the build's credentials made again."""
     if isinstance(facts.logins, CredentialsProblem):
-        blocked = _block(facts, spec, view, Blocked(facts.logins.reason, f"a retry waits: {facts.logins.message}",
-                                                    credentials=True))
-        return dataclasses.replace(blocked, status={**blocked.status, "units": records, "phase": BUILDING})
+        # The units to retry stay unfinished in status: seen again, their Jobs' failure asks for the retry again.
+        message = f"a retry waits: {facts.logins.message}"
+        waiting = [{**r, "phase": PENDING, "reason": facts.logins.reason, "message": message} if i in retries else r
+                   for i, r in enumerate(records)]
+        blocked = _block(facts, spec, view, Blocked(facts.logins.reason, message, credentials=True))
+        return dataclasses.replace(blocked, status={**blocked.status, "units": waiting, "phase": BUILDING})
     running = {j["metadata"]["name"] for j in facts.jobs if active(j)}
     again, deletes, events, jobs = [], [], [], []
     for i, record in enumerate(records):
@@ -663,9 +666,9 @@ def _to_ask_before_concluding(spec: BuildSpec, records: list[dict]) -> tuple[Que
     """The registry question concluding needs (assemble the index of several units' images, or look inside the
     index one pod pushed), or none and the platforms known without one: (platform, digest, built by)."""
     digest = records[0].get("digest")
-    if any(unit_of(r).by_digest for r in records):
-        return AssembleIndex(spec.output.image, tuple((r["platforms"][0], r["digest"], r.get("mediaType") or "")
-                                                      for r in records), spec.output.tags), []
+    if any(unit_of(r).by_digest for r in records):  # a unit of several platforms (auto's emulated) gives each
+        return AssembleIndex(spec.output.image, tuple((p, r["digest"], r.get("mediaType") or "")
+                                                      for r in records for p in r["platforms"]), spec.output.tags), []
     if spec.output.push and digest and records[0].get("mediaType") not in MANIFEST_MEDIA_TYPES:
         return ImageContents(spec.output.image, digest, tuple(records[0]["platforms"])), []
     if spec.output.push and digest and len(records[0]["platforms"]) == 1:  # one manifest: its platform is the unit's
@@ -677,7 +680,7 @@ def _answered_platforms(question: Question, answer, records: list[dict]) -> tupl
     """The pushed digest and the platforms, from the registry's answer to the question concluding asked."""
     if isinstance(question, AssembleIndex):
         digest, images = answer
-        built_by = {r["platforms"][0]: r["builtBy"] for r in records}
+        built_by = {p: r["builtBy"] for r in records for p in r["platforms"]}
         return digest, [(p, d, built_by[p]) for p, d in images]
     if isinstance(answer, RegistryProblem):  # a failed look inside is no failure: BuildKit pushed it
         return records[0].get("digest"), []

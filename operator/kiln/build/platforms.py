@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from kiln.spec.parse import BuildSpec, InvalidSpec
 
+_BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+
 
 @dataclass(frozen=True)
 class BuildUnit:
@@ -47,3 +49,34 @@ def build_plan(spec: BuildSpec, ready_archs: frozenset[str] = frozenset()) -> tu
         raise InvalidSpec("spec.cache.type", "local cache holds one builder's state and cannot serve several "
                                              "native builder pods; use registry cache or multiArch.strategy qemu")
     return tuple(units)
+
+
+def schedulable_archs(nodes: list[dict], spec: BuildSpec) -> frozenset[str]:
+    """The architectures of the nodes a build pod of this spec can run on now: Ready, not cordoned, matching
+    spec.builder.nodeSelector, every NoSchedule and NoExecute taint tolerated. auto goes native only there:
+    a unit pinned to an architecture no such node has would wait Unschedulable instead of being emulated."""
+    found = set()
+    for node in nodes:
+        meta, node_spec = node.get("metadata") or {}, node.get("spec") or {}
+        node_labels = meta.get("labels") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (node.get("status") or {}).get("conditions") or [])
+        if not ready or node_spec.get("unschedulable"):
+            continue
+        if any(node_labels.get(key) != value for key, value in spec.builder.node_selector):
+            continue
+        taints = [t for t in node_spec.get("taints") or [] if t.get("effect") in _BLOCKING_EFFECTS]
+        if all(any(_tolerates(toleration, taint) for toleration in spec.builder.tolerations) for taint in taints):
+            found.add(node_labels.get("kubernetes.io/arch", ""))
+    return frozenset(found - {""})
+
+
+def _tolerates(toleration: dict, taint: dict) -> bool:
+    """Kubernetes' rule: the key (an empty key with Exists matches any), the value unless Exists, the effect if set."""
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("key", "") and toleration["key"] != taint.get("key"):
+        return False
+    if toleration.get("operator", "Equal") == "Exists":
+        return True
+    return bool(toleration.get("key")) and toleration.get("value", "") == taint.get("value", "")

@@ -22,7 +22,7 @@ from kiln.build.decide import (
 )
 from kiln.build.logins import ready_condition
 from kiln.build.opt_in import mounted_secrets
-from kiln.build.outcomes import true_condition
+from kiln.build.platforms import schedulable_archs
 from kiln.build.render import short_name
 from kiln.build.status import BUILDING, PENDING
 from kiln.clients.watch_cache import BUILD_LABEL, MANAGED, Reader
@@ -72,7 +72,8 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
     # A Secret that opts in (or appears) ends a backoff too: the resync sees it, as no watch shows such Secrets.
     revision += "".join(f"|{((meta or {}).get('metadata') or {}).get('resourceVersion')}" for meta in found.values())
     return dataclasses.replace(facts, logins=logins, logins_revision=revision,
-                               ready_archs=await _ready_archs(reader) if spec.strategy == "auto" else frozenset(),
+                               ready_archs=schedulable_archs(await reader.nodes(), spec) if spec.strategy == "auto"
+                               else frozenset(),
                                volume_holder=await _volume_holder(reader, spec), namespace_load=load, mounts=mounts,
                                secret_values=await _secret_values(reader, spec, logins, pods) if mounts is None else frozenset())
 
@@ -136,12 +137,6 @@ def requested(build: dict) -> str:
     if status.get("specIdentity") == spec_identity(build) and status.get("requestTime"):
         return status["requestTime"]
     return "~"  # asked for since its status was written: after every time written down (ISO times sort below "~")
-
-
-async def _ready_archs(reader: Reader) -> frozenset[str]:
-    nodes = await reader.nodes()
-    return frozenset((n["metadata"].get("labels") or {}).get("kubernetes.io/arch", "")
-                     for n in nodes if true_condition(n, "Ready")) - {""}
 
 
 async def _volume_holder(reader: Reader, spec: BuildSpec) -> str | None:
