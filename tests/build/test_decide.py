@@ -22,9 +22,11 @@ from kiln.build.decide import START_POLICIES, Decision, Facts, decide, settled, 
 from kiln.build.questions import AssembleIndex, BuildLog, ImageContents, JobEvents, PushCheck, RegistryProblem, TagDigest
 from kiln.spec import reasons
 from kiln.spec.parse import InvalidSpec, parse_image_build
+from kiln.spec.schema import pruned, schema_of
 from kiln.spec.settings import Settings
 
 T0 = datetime.datetime(2026, 11, 29, 10, 0, 0, tzinfo=datetime.UTC)
+STATUS_SCHEMA = schema_of("ImageBuild")["properties"]["status"]  # what the API server keeps of a status
 LOGINS = [ResolvedLogin("reg", "r.example", Credentials("alice", "alice-pw"))]
 PLATFORMS = ["linux/amd64", "linux/arm64"]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -76,7 +78,8 @@ class World:
     def decide(self, crash_after: int | None = None, refuse: str | None = None) -> Decision:
         """decide, answering its questions from self.answers, and carry the decision out as the operator does.
 
-        crash_after: the operator dies after this many creates (the status is then not written either).
+        crash_after: the operator dies after this many creates, or after all of them when there are no more
+            (the status is not written either).
         refuse: the API server refuses to create the object of this name.
         """
         facts = self.facts()
@@ -109,6 +112,10 @@ class World:
                 self.created.append(name)
             elif child["kind"] == "Secret":
                 self.credentials.add(child["metadata"]["labels"]["kiln.dev/build-id"])
+        if crash_after is not None:  # after the last create, before the status write
+            return decision
+        stored = json.loads(json.dumps(decision.status))
+        assert pruned(STATUS_SCHEMA, stored, top=False) == stored, "a status field the CRD would prune"
         self.obj["status"] = decision.status
         self.events += [reason for _, reason, _ in decision.events]
         return decision
@@ -625,7 +632,8 @@ def test_a_resumed_build_that_must_wait_drops_its_suspended_plan_and_starts_afre
 
 
 def test_a_restart_at_any_point_of_a_native_build_never_creates_a_job_twice():
-    """The operator may die after any create of any decision: every prefix, then a clean run to the end."""
+    """The operator may die after any create of any decision: every prefix (the Secret, two Jobs, and after the
+    last of them before its status write), then a clean run to the end."""
     for crash in range(4):
         w = native()
         w.decide(crash_after=crash)
@@ -635,6 +643,31 @@ def test_a_restart_at_any_point_of_a_native_build_never_creates_a_job_twice():
         index_answer(w, digest(1), digest(2))
         w.decide()
         assert w.status["phase"] == "Succeeded" and len(w.created) == 2, crash
+
+
+def test_a_crash_after_every_retry_create_before_the_status_write_retries_once():
+    for crash in range(3):  # the Secret made again, the retry's Job, and after both
+        w = world(retries=1)
+        w.decide()
+        w.finish(w.job("all"), "error: failed to push: 503 Service Unavailable", exit_code=1)
+        w.decide(crash_after=crash)
+        w.decide()
+        assert w.job("all").endswith("-r1") and len(w.created) == 2, crash
+        w.finish(w.job("all"), metadata(digest(1)))
+        w.decide()
+        assert w.status["phase"] == "Succeeded", crash
+
+
+def test_a_blocked_build_looks_again_after_a_doubling_wait_capped_at_ten_minutes():
+    w = world()
+    w.answers[PushCheck(("r.example/team/app",))] = RegistryProblem(reasons.PUSH_DENIED, "r.example denies it", False)
+    waits = []
+    for _ in range(9):
+        waits.append(w.decide().requeue_after)
+        w.now += datetime.timedelta(seconds=waits[-1])
+    assert waits == [10, 20, 40, 80, 160, 320, 600, 600, 600]
+    w.logins_revision = "2"  # a login (or its Secret) changed: the wait starts over
+    assert w.decide().requeue_after == 10
 
 
 def test_history_keeps_the_limit_and_older_jobs_are_deleted():
@@ -647,6 +680,21 @@ def test_history_keeps_the_limit_and_older_jobs_are_deleted():
     w.finish(w.job("all"), metadata(digest(2)))
     w.decide()
     assert list(w.jobs) == [w.job("all")] and len(w.status["history"]) == 1
+
+
+def test_a_push_refused_after_the_password_was_rotated_is_retried_with_the_new_one():
+    """The registry revoked the old password mid-build; kiln had already checked the login with the new one."""
+    w = world(retries=1)
+    w.decide()
+    w.logins_revision = "2"  # the Secret got the new password, the login was verified Ready with it
+    w.finish(w.job("all"), "error: failed to push r.example/team/app:v1: unexpected status: 401 Unauthorized",
+             exit_code=1)
+    w.decide()
+    assert w.job("all").endswith("-r1") and w.events[-1] == "BuildRetried"
+    w.finish(w.job("all"), "error: failed to push r.example/team/app:v1: unexpected status: 401 Unauthorized",
+             exit_code=1)
+    w.decide()  # refused with the credentials the logins hold now: a real denial
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.PUSH_DENIED
 
 
 def test_a_retry_that_waits_for_a_login_retries_once_the_login_is_ready_again():

@@ -132,12 +132,13 @@ def _running_jobs(facts: Facts, build_id: str) -> tuple[str, ...]:
 
 # -- units in status --
 
-def unit_record(unit: BuildUnit, spec: BuildSpec, attempt: int, started: str) -> dict:
-    """A unit as its Job is created: already what observing that Job will say, so that costs no status write."""
+def unit_record(unit: BuildUnit, spec: BuildSpec, attempt: int, started: str, logins_revision: str) -> dict:
+    """A unit as its Job is created: already what observing that Job will say, so that costs no status write.
+    loginsRevision: the credentials it was given (a refusal with older ones than the logins hold is retried)."""
     return {"key": unit.key, "platforms": list(unit.platforms), **({"arch": unit.arch} if unit.arch else {}),
             "builtBy": unit.built_by, "attempt": attempt, "retries": 0, "job": job_name(spec, unit, attempt),
-            "phase": PENDING,
-            "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD, "startTime": started}
+            "phase": PENDING, "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD, "startTime": started,
+            "loginsRevision": logins_revision}
 
 
 def unit_of(record: dict) -> BuildUnit:
@@ -406,7 +407,7 @@ def _start(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus) -> Decisio
             return blocked
         return dataclasses.replace(blocked, delete_jobs=tuple(job_name(spec, unit, attempt) for unit in plan),
                                    delete_credentials=(spec.build_id,))
-    units = [unit_record(unit, spec, attempt, labels.iso(facts.now)) for unit in plan]
+    units = [unit_record(unit, spec, attempt, labels.iso(facts.now), facts.logins_revision) for unit in plan]
     return Decision(status=_progress(view, BUILD_PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD, units),
                     credentials=True, jobs=tuple((unit, attempt) for unit in plan),
                     events=(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"),),
@@ -454,6 +455,7 @@ def _follow(facts: Facts, spec: BuildSpec, old: dict, view: statuses.BuildStatus
         record, seen = _see(facts, spec, record, jobs.get(record["job"]))
         if seen.ask is not None:
             return Decision(ask=seen.ask)
+        seen = _refused_with_old_credentials(facts, record, seen)
         if seen.look_again is not None:
             looks.append(seen.look_again)
         record = {**record, **_recorded(seen.state, record, facts.secret_values)}
@@ -498,6 +500,17 @@ def _see(facts: Facts, spec: BuildSpec, record: dict, job: dict | None) -> tuple
         state = seen.state
     looks = [seconds for seconds in looks if seconds is not None]
     return record, Seen(state, look_again=min(looks) if looks else None)
+
+
+def _refused_with_old_credentials(facts: Facts, record: dict, seen: Seen) -> Seen:
+    """A registry that refused a unit whose credentials were replaced since it started (a password rotated, the
+    old one revoked) may take the new ones: the refusal is retried with them."""
+    state = seen.state
+    if state.phase != FAILED or state.reason not in (reasons.PUSH_DENIED, reasons.BASE_IMAGE_PULL_DENIED) \
+            or record.get("loginsRevision") in (None, facts.logins_revision):
+        return seen
+    return dataclasses.replace(seen, state=dataclasses.replace(
+        state, retryable=True, message=f"{state.message}, with credentials replaced since it started"))
 
 
 def _waiting_units(facts: Facts, records: list[dict], several: bool, view: statuses.BuildStatus) -> Decision:
@@ -643,7 +656,8 @@ def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: set[int]
                                                   f"attempt {used + 1} of {spec.retries + 1}"))
         kept = {k: v for k, v in record.items() if k not in _RESULT_FIELDS}
         again.append({**kept, "attempt": attempt, "retries": used, "phase": PENDING,
-                      "job": job_name(spec, unit, attempt), "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD})
+                      "job": job_name(spec, unit, attempt), "reason": reasons.BUILD_PENDING, "message": WAITING_FOR_POD,
+                      "loginsRevision": facts.logins_revision})
         jobs.append((unit, attempt))
     return Decision(status=_progress(view, BUILDING, reasons.BUILDING, f"retrying after {reason}", again),
                     credentials=True, jobs=tuple(jobs), delete_jobs=tuple(deletes), events=tuple(events))
