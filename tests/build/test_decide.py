@@ -645,6 +645,19 @@ def test_a_restart_at_any_point_of_a_native_build_never_creates_a_job_twice():
         assert w.status["phase"] == "Succeeded" and len(w.created) == 2, crash
 
 
+def test_a_job_made_before_a_crash_for_a_plan_that_changed_since_is_deleted():
+    """auto planned both architectures natively, the operator died before writing that plan, and the arm64 node
+    left meanwhile: the new plan emulates arm64, and the arm64 Job of the old plan must not push beside it."""
+    w = world(platforms=PLATFORMS, multiArch={"strategy": "auto"})
+    w.ready_archs = frozenset({"amd64", "arm64"})
+    w.decide(crash_after=3)
+    assert sorted(j["metadata"]["labels"]["kiln.dev/unit"] for j in w.jobs.values()) == ["amd64", "arm64"]
+    w.ready_archs = frozenset({"amd64"})
+    w.decide()
+    assert sorted(j["metadata"]["labels"]["kiln.dev/unit"] for j in w.jobs.values()) == ["amd64", "emulated"]
+    assert sorted(u["key"] for u in w.status["units"]) == ["amd64", "emulated"]
+
+
 def test_a_crash_after_every_retry_create_before_the_status_write_retries_once():
     for crash in range(3):  # the Secret made again, the retry's Job, and after both
         w = world(retries=1)
@@ -711,6 +724,19 @@ def test_a_retry_that_waits_for_a_login_retries_once_the_login_is_ready_again():
     w.logins, w.logins_revision = list(LOGINS), "2"
     w.decide()
     assert w.job("all") == f"{first}-r1" and w.status["phase"] == "Building" and w.events[-1] == "BuildRetried"
+
+
+def test_a_unit_no_node_fits_is_shown_while_the_other_unit_builds():
+    w = native()
+    w.decide()
+    w.run(w.job("amd64"))
+    w.pods[w.job("arm64")] = {"metadata": {"name": "arm64-pod"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/2 nodes are available: 1 node(s) were unschedulable"}]}}
+    w.decide()
+    assert w.status["phase"] == "Building"
+    assert w.condition("Reconciling")["message"] == ("building; linux/arm64: waiting for a node: 0/2 nodes are "
+                                                     "available: 1 node(s) were unschedulable")
 
 
 def test_a_retry_job_the_api_server_refuses_fails_the_build_saying_so_not_as_a_deleted_job():

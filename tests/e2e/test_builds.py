@@ -281,3 +281,16 @@ def test_the_readme_quick_start_builds_two_platforms_into_the_local_registry_as_
             assert layer_files(client.blob("quickstart/hello", layer))["hello"] == b"hello from " + machine + b"\n"
     finally:
         kubectl("delete", "-f", sample, "--ignore-not-found", "--wait=false")
+
+
+def test_one_platform_builds_on_a_node_of_its_architecture_not_emulated_elsewhere(kubectl, lab, namespace):
+    kubectl.apply(*registry_login("account-b", lab.b, "carol"),
+                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
+                   "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "arm64 only\n"}},
+                  namespace=namespace)
+    kubectl.apply(image_build("arm", source={"configMap": {"name": "context"}}, platforms=["linux/arm64"],
+                              cache={"type": "none"}, output={"image": f"{lab.b.host}/team/arm", "tags": ["v1"]}),
+                  namespace=namespace)
+    build = wait_ready(kubectl, namespace, "arm")
+    assert [p["builtBy"] for p in build["status"]["platforms"]] == ["native"]
+    assert [pod["spec"]["nodeName"] for pod in kubectl.items("pods", namespace)] == ["kiln-arm64"]

@@ -29,6 +29,7 @@ from kiln.build.outcomes import (
     PENDING,
     RUNNING,
     SUCCEEDED,
+    WAITING_FOR_NODE,
     WAITING_FOR_POD,
     UnitState,
     observe_unit,
@@ -200,7 +201,8 @@ def decide(facts: Facts) -> Decision:
     if decision.status.get("buildID") == spec.build_id:  # its place in the namespace's line
         requested = old.get("requestTime") if same and old.get("requestTime") else labels.iso(facts.now)
         decision = dataclasses.replace(decision, status={**decision.status, "requestTime": requested})
-    return _trim_history(facts, spec, _credentials_rule(facts, spec, superseded.then(decision)))
+    return _trim_history(facts, spec, _credentials_rule(facts, spec, _orphans_rule(facts, spec,
+                                                                                   superseded.then(decision))))
 
 
 def _supersede(facts: Facts, spec: BuildSpec, old: dict) -> tuple[Decision, list[dict]]:
@@ -517,7 +519,10 @@ def _waiting_units(facts: Facts, records: list[dict], several: bool, view: statu
     """Units still pending or running: say what the build waits for."""
     running = any(r["phase"] in (RUNNING, SUCCEEDED) for r in records)
     waiting = next((r for r in records if r["phase"] == PENDING), records[0])
-    message = "building" if running else f"{_named(waiting, several)}{waiting.get('message') or 'waiting'}"
+    why = f"{_named(waiting, several)}{waiting.get('message') or 'waiting'}"
+    # While one unit builds, another may wait for a node that never comes: the message says so.
+    stuck = waiting["phase"] == PENDING and waiting.get("message", "").startswith(WAITING_FOR_NODE)
+    message = (f"building; {why}" if stuck else "building") if running else why
     reason = reasons.BUILDING if running else waiting.get("reason") or reasons.BUILD_PENDING
     decision = Decision(status=_progress(view, BUILDING if running else BUILD_PENDING, reason, message, records))
     pulls = [_parse(r["pullFailingSince"]) for r in records if r.get("pullFailingSince")]
@@ -736,6 +741,16 @@ def _succeed(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.
 
 
 # -- rules that hold whatever was decided --
+
+def _orphans_rule(facts: Facts, spec: BuildSpec, decision: Decision) -> Decision:
+    """A Job of the current build that its plan in status does not name goes: made before a crash that kept the
+    status from being written, for a plan that has changed since (auto's, when nodes came or went)."""
+    named = {unit["job"] for unit in decision.status.get("units") or []} \
+        if decision.status.get("buildID") == spec.build_id else set()
+    orphans = tuple(name for name in _running_jobs(facts, spec.build_id)
+                    if name not in named and name not in decision.delete_jobs)
+    return dataclasses.replace(decision, delete_jobs=decision.delete_jobs + orphans) if orphans else decision
+
 
 def _credentials_rule(facts: Facts, spec: BuildSpec, decision: Decision) -> Decision:
     """A build's Secret exists exactly while one of its Jobs may still run."""

@@ -56,6 +56,7 @@ _MEDIA_TYPE = re.compile(r'"containerimage\.descriptor"\s*:\s*\{(?:[^{}]|\{[^{}]
 
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: render.BUILD_SCRIPT stopped the build when asked to
 WAITING_FOR_POD = "waiting for the build pod to start"  # what a unit says from its Job's creation until it runs
+WAITING_FOR_NODE = "waiting for a node"  # the scheduler finds none the pod fits
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
             return UnitState(RUNNING, reasons.BUILDING, "building")
         unschedulable = _unschedulable(pod)
         if unschedulable:
-            return UnitState(PENDING, reasons.BUILD_PENDING, f"waiting for a node: {unschedulable[:300]}")
+            return UnitState(PENDING, reasons.BUILD_PENDING, f"{WAITING_FOR_NODE}: {unschedulable[:300]}")
         return UnitState(PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD)
     completion = {"completion_time": times["completion_time"] or failed.get("lastTransitionTime")}
     log = terminated.get("message", "")

@@ -36,6 +36,10 @@ def node_arch(platform: str) -> str:
 
 
 def build_plan(spec: BuildSpec, ready_archs: frozenset[str] = frozenset()) -> tuple[BuildUnit, ...]:
+    """The units of a build. ready_archs: the architectures its pod can be scheduled on now (auto, and one
+    platform: built where it is native when it can be, rather than emulated wherever the pod lands)."""
+    if len(spec.platforms) == 1 and node_arch(spec.platforms[0]) in ready_archs:
+        return (BuildUnit(spec.platforms, node_arch(spec.platforms[0])),)
     if spec.strategy == "qemu" or not spec.platforms:
         return (BuildUnit(spec.platforms),)
     native = [p for p in spec.platforms if spec.strategy == "native" or node_arch(p) in ready_archs]
