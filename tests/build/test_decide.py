@@ -671,8 +671,26 @@ def test_a_crash_after_every_retry_create_before_the_status_write_retries_once()
         assert w.status["phase"] == "Succeeded", crash
 
 
+def test_a_build_that_waits_to_start_longer_than_its_timeout_fails_timed_out():
+    w = world(timeout="5m")
+    w.settings, w.namespace_load = Settings(image_pull_grace=60, max_builds_per_namespace=1), (1, 0)
+    w.decide()
+    assert w.status["phase"] == "Pending" and w.condition("Reconciling")["reason"] == reasons.QUEUED
+    w.now += datetime.timedelta(minutes=4)
+    w.decide()
+    assert w.status["phase"] == "Pending"
+    w.now += datetime.timedelta(minutes=2)
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.TIMED_OUT
+    assert w.status["failure"]["message"].startswith("waited longer than spec.timeout to start (queued: 1 of at most 1")
+    assert w.jobs == {} and w.events[-1] == "BuildFailed"
+    w.namespace_load = (0, 0)
+    w.decide()  # settled: the slot freeing later starts nothing
+    assert w.jobs == {} and w.status["phase"] == "Failed"
+
+
 def test_a_blocked_build_looks_again_after_a_doubling_wait_capped_at_ten_minutes():
-    w = world()
+    w = world(timeout="2h")
     w.answers[PushCheck(("r.example/team/app",))] = RegistryProblem(reasons.PUSH_DENIED, "r.example denies it", False)
     waits = []
     for _ in range(9):

@@ -50,3 +50,12 @@ def test_every_rule_the_operator_is_granted_was_used(operator):
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     assert sorted(granted - used - USED_BY_ADMISSION) == []
+
+
+def test_every_list_and_watch_of_jobs_pods_and_secrets_asked_the_api_server_to_filter(operator):
+    """kiln's memory and work follow its own objects: the API server sends it no other Job, Pod or Secret."""
+    collections = [e for e in audit_events(operator.started) if e["verb"] in ("list", "watch")
+                   and (e.get("objectRef") or {}).get("resource") in ("jobs", "pods", "secrets")]
+    assert {e["objectRef"]["resource"] for e in collections} == {"jobs", "pods", "secrets"}
+    unfiltered = sorted({e["requestURI"] for e in collections if "labelSelector=" not in e["requestURI"]})
+    assert unfiltered == []

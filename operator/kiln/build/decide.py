@@ -399,6 +399,12 @@ def _start(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus) -> Decisio
     except InvalidSpec as exc:
         return Decision(status=statuses.invalid_build_status(view.generation, spec.identity, str(exc), view.history))
     _, verdict = start_verdict(facts, spec, carried)
+    if isinstance(verdict, (Blocked, Unchanged)) and _waited_too_long(facts, spec, carried):
+        why = verdict.message if isinstance(verdict, Blocked) else \
+            next((c.get("message") for c in carried.get("conditions") or [] if c.get("type") == "Ready"), "")
+        status = view.never_started(reasons.TIMED_OUT, f"waited longer than spec.timeout to start ({why})",
+                                    labels.iso(facts.now))
+        return Decision(status=status, events=(("Warning", "BuildFailed", f"{reasons.TIMED_OUT}: {why}"),))
     if isinstance(verdict, Unchanged):
         return _keep_until(view, verdict.after)
     if isinstance(verdict, Ask):
@@ -414,6 +420,13 @@ def _start(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus) -> Decisio
                     credentials=True, jobs=tuple((unit, attempt) for unit in plan),
                     events=(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"),),
                     requeue_after=POD_PATIENCE)  # if no pod comes, the Job's events say why
+
+
+def _waited_too_long(facts: Facts, spec: BuildSpec, carried: dict) -> bool:
+    """A build that has waited to start (queued, blocked) for longer than spec.timeout fails: a pipeline waiting
+    for it hears back, not never."""
+    requested = carried.get("requestTime")
+    return bool(requested) and (facts.now - _parse(requested)).total_seconds() > spec.timeout_seconds
 
 
 def _push_targets(spec: BuildSpec) -> tuple[str, ...]:

@@ -161,6 +161,14 @@ class BuildStatus:
         status["conditions"] = [ready, reconciling, stalled_condition, credentials_condition]
         return status
 
+    def never_started(self, reason: str, message: str, now: str) -> dict:
+        """Failed before any pod ran: there is no log to point at."""
+        status = self.make(FAILED, reason, message)
+        status["completionTime"] = now
+        status["failure"] = {"reason": reason, "message": message}
+        status["history"] = with_history(self.history, build_record(status, FAILED, reason, now), self.spec.history_limit)
+        return status
+
     def failed(self, job_name: str, reason: str, message: str, log_excerpt: str, job_names: list[str], attempt: int,
                completion: str, now: str) -> dict:
         command = logs_command(self.spec, job_name)
