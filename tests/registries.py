@@ -81,6 +81,15 @@ class RunningRegistry:
         if self.issuer:
             self.issuer.shutdown()
 
+    def restart(self) -> None:
+        """The registry process again, with its storage, after it was killed (an outage): the token issuer, if
+        any, was never stopped."""
+        host, port = self.host.rsplit(":", 1)
+        log = Path(self.process.args[-1]).with_name("registry.log")  # beside the config.yml it was started with
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(self.process.args, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(int(port), self.process, log, host=host)
+
 
 def _start(extra: dict, workdir: Path, host: str, port: int | None,
            namespace: Namespace | None) -> tuple[str, subprocess.Popen]:

@@ -294,3 +294,22 @@ def test_one_platform_builds_on_a_node_of_its_architecture_not_emulated_elsewher
     build = wait_ready(kubectl, namespace, "arm")
     assert [p["builtBy"] for p in build["status"]["platforms"]] == ["native"]
     assert [pod["spec"]["nodeName"] for pod in kubectl.items("pods", namespace)] == ["kiln-arm64"]
+
+
+def test_auto_emulates_an_architecture_whose_only_node_is_cordoned(kubectl, lab, namespace):
+    """A unit pinned to a cordoned node would wait Unschedulable until its timeout."""
+    kubectl.apply(*registry_login("account-b", lab.b, "carol"),
+                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
+                   "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "cordoned\n"}},
+                  namespace=namespace)
+    kubectl("cordon", "kiln-arm64")
+    try:
+        kubectl.apply(image_build("app", source={"configMap": {"name": "context"}}, cache={"type": "none"},
+                                  platforms=["linux/amd64", "linux/arm64"], multiArch={"strategy": "auto"},
+                                  output={"image": f"{lab.b.host}/team/cordoned", "tags": ["v1"]}), namespace=namespace)
+        build = wait_ready(kubectl, namespace, "app")
+    finally:
+        kubectl("uncordon", "kiln-arm64")
+    assert {p["platform"]: p["builtBy"] for p in build["status"]["platforms"]} == {
+        "linux/amd64": "native", "linux/arm64": "qemu"}
+    assert {pod["spec"]["nodeName"] for pod in kubectl.items("pods", namespace)} == {"kiln-amd64"}

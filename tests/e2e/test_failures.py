@@ -133,3 +133,26 @@ def test_a_build_pod_deleted_mid_build_stops_at_once_and_pushes_nothing(kubectl,
     assert build["status"]["failure"]["reason"] == "Evicted"
     time.sleep(15)  # as long as the build would have needed to finish and push
     assert Client(lab.b, "carol").request("GET", "/v2/team/stopped/manifests/v1")[0] == 404
+
+
+def test_a_registry_down_when_the_build_pushes_is_retried_and_pushes_once_it_is_back(kubectl, lab, namespace):
+    """connection refused is an outage, not a verdict: the build is retried, and succeeds with the registry back."""
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 8\nRUN echo built > /built\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), context, namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.a.host}/team/outage", "tags": ["v1"]},
+                              cache={"type": "none"}, retries=2), namespace=namespace)
+    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
+               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    time.sleep(3)  # the base is pulled; the RUN step sleeps
+    lab.a.process.kill()
+    lab.a.process.wait(timeout=10)
+    try:
+        retried = eventually(lambda: (b := kubectl.get(IB, "app", namespace)) and any(
+            u.get("retries") for u in b["status"].get("units") or []) and b, 120, "the first attempt fails, retried",
+            lambda: diagnosis(kubectl, namespace))
+    finally:
+        lab.a.restart()
+    assert retried["status"]["phase"] == "Building"
+    build = settled(kubectl, namespace, "app", "Ready", timeout=300)
+    assert build["status"]["phase"] == "Succeeded"
+    assert Client(lab.a, "alice").manifest("team/outage", "v1")[2] == build["status"]["digest"]
