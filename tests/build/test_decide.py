@@ -770,6 +770,19 @@ def test_a_retry_job_the_api_server_refuses_fails_the_build_saying_so_not_as_a_d
     assert w.status["failure"]["reason"] == reasons.CREATE_REJECTED
 
 
+@pytest.mark.parametrize(("archs", "arch"), [({"amd64", "arm64"}, "arm64"), ({"amd64"}, None)])
+def test_a_build_that_names_no_platform_builds_for_the_operators_default_one(archs, arch):
+    w = world()
+    w.settings, w.ready_archs = Settings(image_pull_grace=60, default_platform="linux/arm64"), frozenset(archs)
+    w.decide()
+    (unit,) = w.status["units"]
+    assert (unit["platforms"], unit.get("arch")) == (["linux/arm64"], arch)
+    (job,) = w.jobs.values()
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--opt=platform=linux/arm64" in args
+    assert job["spec"]["template"]["spec"]["nodeSelector"].get("kubernetes.io/arch") == arch
+
+
 def test_a_reverted_rebuild_token_builds_again_instead_of_reporting_the_first_builds_old_result():
     """rebuild=1, then the annotation removed (Argo CD syncing an older manifest): the first build's ID again."""
     w = world()

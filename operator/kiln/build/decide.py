@@ -163,12 +163,15 @@ def settled(obj: dict) -> bool:
 
 
 def current_spec(facts: Facts) -> BuildSpec:
-    """The spec with the ID of the build it asks for: an edit that leaves the image as it was (same identity)
+    """The spec with the platform a build that names none is for (the operator's default, if set), and the ID of
+    the build it asks for: an edit that leaves the image as it was (same identity)
     keeps the build that runs or ran, even at a new generation. A spec that asks again for a build that ran
     before another (a rebuild token reverted, as Argo CD restoring an older manifest does) is a new build:
     that build's Jobs and result are of the past, and the tag has moved since."""
     old = facts.obj.get("status") or {}
     spec = facts.spec
+    if not spec.platforms and facts.settings.default_platform:  # KILN_DEFAULT_PLATFORM
+        spec = dataclasses.replace(spec, platforms=(facts.settings.default_platform,))
     if old.get("specIdentity") == spec.identity and old.get("buildID"):
         return dataclasses.replace(spec, build_id=old["buildID"])
     earlier = {item.get("buildID") for item in old.get("history") or []} | {_build_of(job) for job in facts.jobs}

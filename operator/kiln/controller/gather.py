@@ -72,8 +72,8 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
     # A Secret that opts in (or appears) ends a backoff too: the resync sees it, as no watch shows such Secrets.
     revision += "".join(f"|{((meta or {}).get('metadata') or {}).get('resourceVersion')}" for meta in found.values())
     return dataclasses.replace(facts, logins=logins, logins_revision=revision,
-                               ready_archs=schedulable_archs(await reader.nodes(), spec) if _plans_by_node(spec, started)
-                               else frozenset(),
+                               ready_archs=schedulable_archs(await reader.nodes(), spec)
+                               if _plans_by_node(spec, settings, started) else frozenset(),
                                volume_holder=await _volume_holder(reader, spec), namespace_load=load, mounts=mounts,
                                secret_values=await _secret_values(reader, spec, logins, pods) if mounts is None else frozenset())
 
@@ -95,9 +95,10 @@ async def _secret_values(reader: Reader, spec: BuildSpec, logins, pods: dict[str
     return frozenset(values)
 
 
-def _plans_by_node(spec: BuildSpec, started) -> bool:
+def _plans_by_node(spec: BuildSpec, settings: Settings, started) -> bool:
     """Whether the build's plan depends on the nodes (read only before it starts: the plan is in status then)."""
-    return not started and (spec.strategy == "auto" or len(spec.platforms) == 1)
+    one = len(spec.platforms) == 1 or (not spec.platforms and bool(settings.default_platform))
+    return not started and (spec.strategy == "auto" or one)
 
 
 def queued(build: dict) -> bool:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
+
+from kiln.spec.references import PLATFORM_PATTERN
 
 DEFAULT_BUILDKIT_IMAGE = "moby/buildkit:v0.34.2-rootless"
 
@@ -21,6 +24,8 @@ class Settings:
     # Address ranges the operator never connects to for a registry (login, token realm, upload), for clusters
     # where it must not reach internal services.
     registry_deny_cidrs: tuple[str, ...] = ()
+    # What a build that names no platform builds for; empty: the platform of the node its pod lands on.
+    default_platform: str = ""
     # How long a build pod may fail to pull the BuildKit image (the kubelet keeps trying) before the build fails.
     image_pull_grace: float = 300.0
     # The namespaces served (`kiln run -n NS`); empty: every namespace.
@@ -46,6 +51,7 @@ class Settings:
             resync_interval=float(env.get("KILN_RESYNC_INTERVAL", cls.resync_interval)),
             allow_link_local=env.get("KILN_ALLOW_LINK_LOCAL", "").lower() in ("1", "true", "yes"),
             registry_deny_cidrs=_networks(env.get("KILN_REGISTRY_DENY_CIDRS", "")),
+            default_platform=_platform(env.get("KILN_DEFAULT_PLATFORM", "")),
             image_pull_grace=float(env.get("KILN_IMAGE_PULL_GRACE", cls.image_pull_grace)),
             namespaces=tuple(n for n in env.get("KILN_NAMESPACES", "").split(",") if n),
             metrics_port=int(env.get("KILN_METRICS_PORT", cls.metrics_port)),
@@ -64,3 +70,9 @@ def _networks(text: str) -> tuple[str, ...]:
         except ValueError:
             raise ValueError(f"KILN_REGISTRY_DENY_CIDRS: {item!r} is not an address range (CIDR)") from None
     return networks
+
+
+def _platform(text: str) -> str:
+    if text and not re.fullmatch(PLATFORM_PATTERN.strip("^$"), text):
+        raise ValueError(f"KILN_DEFAULT_PLATFORM: {text!r} is not a platform such as linux/amd64")
+    return text
