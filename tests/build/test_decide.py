@@ -1,5 +1,9 @@
 """decide, the pure heart of the build lifecycle, as tables of (phase x event order) -> actions and status.
 
+ORDERS below is the specification to read first: each row an order of events (the operator deciding, a pod
+running or ending, a user editing, suspending or rebuilding, a login or the namespace's line changing) and
+where the build then is. The tests after it pin what each kind of order does in detail.
+
 A small World holds what the cluster would: the ImageBuild and its status, Jobs, Pods and
 credentials. Each row is a sequence of events (a Job completes, a Job is deleted by hand, a login
 flips, the spec changes, the operator crashes half-way through a decision) followed by what decide
@@ -189,6 +193,91 @@ def index_answer(w: World, amd64: str, arm64: str, result: str = digest(9)) -> N
     question = AssembleIndex("r.example/team/app", (("linux/amd64", amd64, OCI_MANIFEST), ("linux/arm64", arm64, OCI_MANIFEST)),
                              ("v1",))
     w.answers[question] = (result, [("linux/amd64", amd64), ("linux/arm64", arm64)])
+
+
+# -- the orders, as a table: a build's life, event by event, and where it ends --
+
+TRANSIENT = "error: failed to push r.example/team/app:v1: unexpected status: 503 Service Unavailable"
+RUN_FAILED = 'process "/bin/sh -c false" did not complete successfully: exit code: 1'
+
+
+def play(w: World, step: str) -> None:
+    """One event of a row: what the operator, the Job controller, the kubelet, a user or a registry did."""
+    unit = "all"
+    steps = {
+        "decide": lambda: w.decide(),
+        "crash": lambda: w.decide(crash_after=99),  # dies after its creates, before the status write
+        "run": lambda: w.run(w.job(unit)),
+        "push": lambda: w.finish(w.job(unit), metadata(digest(len(w.created)))),
+        "503": lambda: w.finish(w.job(unit), TRANSIENT, exit_code=1),
+        "RUN fails": lambda: w.finish(w.job(unit), RUN_FAILED, exit_code=1),
+        "pod deleted": lambda: w.finish(w.job(unit), "#7 CANCELED", exit_code=143),
+        "Job deleted": lambda: _delete_job(w, w.job(unit)),
+        "suspend": lambda: w.edit(suspend=True),
+        "resume": lambda: w.edit(suspend=False),
+        "edit": lambda: w.edit(source={"git": {"url": "https://git.example/app.git", "revision": "next"}}),
+        "rebuild": lambda: w.obj["metadata"].setdefault("annotations", {}).update({"kiln.dev/rebuild": "1"}),
+        "rebuild reverted": lambda: w.obj["metadata"].pop("annotations"),
+        "login down": lambda: setattr(w, "logins", CredentialsProblem(
+            reasons.LOGIN_NOT_READY, "RegistryLogin 'reg' is not Ready (AuthenticationFailed: no)")),
+        "login back": lambda: (setattr(w, "logins", list(LOGINS)), setattr(w, "logins_revision", "2")) and None,
+        "queue full": lambda: (setattr(w, "settings", Settings(image_pull_grace=60, max_builds_per_namespace=1)),
+                               setattr(w, "namespace_load", (1, 0))) and None,
+        "queue free": lambda: setattr(w, "namespace_load", (0, 0)),
+        "a minute": lambda: setattr(w, "now", w.now + datetime.timedelta(minutes=1)),
+        "half an hour": lambda: setattr(w, "now", w.now + datetime.timedelta(minutes=31)),
+        "spec made invalid": lambda: w.edit(source={"git": {"url": "https://git.example/app.git"}, "url": "https://e/c"}),
+    }
+    steps[step]()
+
+
+def _delete_job(w: World, name: str) -> None:
+    """By hand, with its pod (kubectl delete job: the garbage collector takes the pod)."""
+    w.jobs.pop(name)
+    w.pods.pop(name, None)
+
+
+ORDERS = [
+    # (the order, its events, then: phase, Ready's reason, Jobs ever created)
+    ("a pod pushes", "decide, run, decide, push, decide", "Succeeded", "Succeeded", 1),
+    ("a RUN step fails: never retried", "decide, run, RUN fails, decide", "Failed", "DockerfileError", 1),
+    ("a registry answers 503, then the retry pushes", "decide, 503, decide, push, decide", "Succeeded", "Succeeded", 2),
+    ("a registry answers 503 twice: one retry only", "decide, 503, decide, 503, decide", "Failed",
+     "RegistryTransientError", 2),
+    ("its pod deleted mid-build, then the retry pushes", "decide, run, pod deleted, decide, push, decide", "Succeeded",
+     "Succeeded", 2),
+    ("its Job deleted mid-build, then the retry pushes", "decide, run, Job deleted, decide, push, decide", "Succeeded",
+     "Succeeded", 2),
+    ("suspended mid-build", "decide, run, suspend, decide", "Cancelled", "Suspended", 1),
+    ("suspended, resumed: a new attempt with its retries whole", "decide, run, suspend, decide, resume, decide, 503, "
+     "decide, push, decide", "Succeeded", "Succeeded", 3),
+    ("resumed while the namespace is full: waits, then starts", "decide, run, suspend, decide, queue full, resume, "
+     "decide, a minute, decide, queue free, decide, push, decide", "Succeeded", "Succeeded", 2),
+    ("edited mid-build: the new spec supersedes it", "decide, run, edit, decide, push, decide", "Succeeded",
+     "Succeeded", 2),
+    ("rebuilt, then the token reverted: built a third time", "decide, push, decide, rebuild, decide, push, decide, "
+     "rebuild reverted, decide, push, decide", "Succeeded", "Succeeded", 3),
+    ("a login down at the start: waits, then starts", "login down, decide, a minute, login back, decide, push, decide",
+     "Succeeded", "Succeeded", 1),
+    ("a login down when a retry is due: waits, then retries", "decide, 503, login down, decide, a minute, decide, "
+     "login back, decide, push, decide", "Succeeded", "Succeeded", 2),
+    ("the operator dies after its creates, before the status write", "crash, decide, push, decide", "Succeeded",
+     "Succeeded", 1),
+    ("queued longer than spec.timeout", "queue full, decide, half an hour, decide", "Failed", "TimedOut", 0),
+    ("its spec made invalid mid-build", "decide, run, spec made invalid, decide", "Failed", "InvalidSpec", 1),
+]
+
+
+@pytest.mark.parametrize(("events", "phase", "reason", "created"), [pytest.param(e, p, r, c, id=o)
+                                                                    for o, e, p, r, c in ORDERS])
+def test_each_order_of_events_ends_where_the_table_says(events, phase, reason, created):
+    w = world()
+    for step in events.split(", "):
+        play(w, step)
+    assert (w.status["phase"], w.condition("Ready")["reason"], len(w.created)) == (phase, reason, created)
+    running = [name for name, job in w.jobs.items() if not _finished(job) and name in w.pods
+               and w.pods[name]["status"].get("phase") == "Running"]
+    assert running == [] or phase in ("Pending", "Building")  # nothing left running once the build has ended
 
 
 # -- starting --
