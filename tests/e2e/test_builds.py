@@ -313,3 +313,23 @@ def test_auto_emulates_an_architecture_whose_only_node_is_cordoned(kubectl, lab,
     assert {p["platform"]: p["builtBy"] for p in build["status"]["platforms"]} == {
         "linux/amd64": "native", "linux/arm64": "qemu"}
     assert {pod["spec"]["nodeName"] for pod in kubectl.items("pods", namespace)} == {"kiln-amd64"}
+
+
+def test_a_unit_no_node_fits_says_so_while_it_waits_and_builds_once_a_node_takes_it(kubectl, lab, namespace):
+    kubectl.apply(*registry_login("account-b", lab.b, "carol"),
+                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
+                   "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "waited\n"}},
+                  namespace=namespace)
+    kubectl("cordon", "kiln-arm64")
+    try:
+        kubectl.apply(image_build("app", source={"configMap": {"name": "context"}}, cache={"type": "none"},
+                                  platforms=["linux/amd64", "linux/arm64"], multiArch={"strategy": "native"},
+                                  output={"image": f"{lab.b.host}/team/waited", "tags": ["v1"]}), namespace=namespace)
+        eventually(lambda: "linux/arm64: waiting for a node" in condition(kubectl.get(IB, "app", namespace),
+                                                                          "Reconciling").get("message", ""),
+                   120, "the status names the unit no node fits", lambda: diagnosis(kubectl, namespace))
+    finally:
+        kubectl("uncordon", "kiln-arm64")
+    build = wait_ready(kubectl, namespace, "app")
+    assert {p["platform"]: p["builtBy"] for p in build["status"]["platforms"]} == {
+        "linux/amd64": "native", "linux/arm64": "native"}

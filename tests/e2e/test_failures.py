@@ -1,6 +1,7 @@
 """What goes wrong is reported, on a real cluster: before any pod where kiln can tell, from the pod otherwise."""
 from __future__ import annotations
 
+import json
 import time
 
 from harness import IB, condition, diagnosis, eventually, image_build, registry_login
@@ -156,3 +157,30 @@ def test_a_registry_down_when_the_build_pushes_is_retried_and_pushes_once_it_is_
     build = settled(kubectl, namespace, "app", "Ready", timeout=300)
     assert build["status"]["phase"] == "Succeeded"
     assert Client(lab.a, "alice").manifest("team/outage", "v1")[2] == build["status"]["digest"]
+
+
+def test_a_build_resumed_while_its_login_is_broken_waits_without_its_old_plan_and_builds_once_it_is_fixed(
+        kubectl, lab, namespace):
+    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 5\n")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"), context,
+                  namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/resumed", "tags": ["v1"]},
+                              cache={"type": "none"}), namespace=namespace)
+    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
+               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    kubectl("patch", f"{IB}/app", "--type=merge", "-p", '{"spec": {"suspend": true}}', f"--namespace={namespace}")
+    eventually(lambda: kubectl.get(IB, "app", namespace)["status"].get("phase") == "Cancelled", 60, "Cancelled",
+               lambda: diagnosis(kubectl, namespace))
+    kubectl("patch", "secret", "account-b-creds", "--type=merge", "-p", '{"stringData": {"password": "wrong"}}',
+            f"--namespace={namespace}")
+    eventually(lambda: condition(kubectl.get("registrylogin", "account-b", namespace), "Ready").get("status") == "False",
+               60, "the login is refused", lambda: diagnosis(kubectl, namespace))
+    kubectl("patch", f"{IB}/app", "--type=merge", "-p", '{"spec": {"suspend": false}}', f"--namespace={namespace}")
+    waiting = eventually(lambda: (b := kubectl.get(IB, "app", namespace))["status"].get("phase") == "Pending"
+                         and condition(b, "CredentialsReady").get("status") == "False" and b, 60, "the build waits")
+    assert "units" not in waiting["status"]  # the suspended plan is neither followed nor counted
+    assert [j for j in kubectl.items("jobs", namespace) if not j["status"].get("conditions")] == []
+    kubectl("patch", "secret", "account-b-creds", "--type=merge", "-p",
+            json.dumps({"stringData": {"password": lab.b.users["carol"]}}), f"--namespace={namespace}")
+    build = settled(kubectl, namespace, "app", "Ready", timeout=300)
+    assert build["status"]["phase"] == "Succeeded" and build["status"]["units"][0]["job"].endswith("-r1")
