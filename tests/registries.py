@@ -81,6 +81,17 @@ class RunningRegistry:
         if self.issuer:
             self.issuer.shutdown()
 
+    def rotate(self, user: str, password: str) -> None:
+        """A new password for `user`, the old one revoked: the htpasswd file rewritten, the registry restarted
+        (it reads the file at its start)."""
+        htpasswd = Path(self.process.args[-1]).with_name("htpasswd")
+        self.users[user] = password
+        htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+                                    for u, p in self.users.items()))
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.restart()
+
     def restart(self) -> None:
         """The registry process again, with its storage, after it was killed (an outage): the token issuer, if
         any, was never stopped."""
