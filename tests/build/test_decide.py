@@ -846,6 +846,17 @@ def test_a_unit_no_node_fits_is_shown_while_the_other_unit_builds():
                                                      "available: 1 node(s) were unschedulable")
 
 
+def test_a_unit_whose_node_stopped_reporting_is_shown_not_hidden_behind_building():
+    w = native()
+    w.decide()
+    w.run(w.job("amd64"))
+    w.run(w.job("arm64"))
+    w.pods[w.job("arm64")]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]  # the node controller
+    w.decide()
+    assert w.status["phase"] == "Building"
+    assert w.condition("Reconciling")["message"].startswith("building; linux/arm64: its node is not Ready")
+
+
 def test_a_retry_job_the_api_server_refuses_fails_the_build_saying_so_not_as_a_deleted_job():
     w = world()
     w.decide()

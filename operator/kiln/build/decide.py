@@ -26,6 +26,7 @@ from kiln.build import status as statuses
 from kiln.build.credentials import CredentialsProblem, ResolvedLogin
 from kiln.build.outcomes import (
     FAILED,
+    NODE_NOT_READY,
     PENDING,
     RUNNING,
     SUCCEEDED,
@@ -536,9 +537,11 @@ def _waiting_units(facts: Facts, records: list[dict], several: bool, view: statu
     running = any(r["phase"] in (RUNNING, SUCCEEDED) for r in records)
     waiting = next((r for r in records if r["phase"] == PENDING), records[0])
     why = f"{_named(waiting, several)}{waiting.get('message') or 'waiting'}"
-    # While one unit builds, another may wait for a node that never comes: the message says so.
-    stuck = waiting["phase"] == PENDING and waiting.get("message", "").startswith(WAITING_FOR_NODE)
-    message = (f"building; {why}" if stuck else "building") if running else why
+    # While a unit builds, another may wait for a node that never comes, or run on a node gone silent: said.
+    stuck = [f"{_named(r, several)}{r['message']}" for r in records
+             if (r["phase"] == PENDING and r.get("message", "").startswith(WAITING_FOR_NODE))
+             or (r["phase"] == RUNNING and r.get("message") == NODE_NOT_READY)]
+    message = ("; ".join(["building", *stuck])) if running else why
     reason = reasons.BUILDING if running else waiting.get("reason") or reasons.BUILD_PENDING
     decision = Decision(status=_progress(view, BUILDING if running else BUILD_PENDING, reason, message, records))
     pulls = [_parse(r["pullFailingSince"]) for r in records if r.get("pullFailingSince")]

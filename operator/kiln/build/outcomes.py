@@ -57,6 +57,8 @@ _MEDIA_TYPE = re.compile(r'"containerimage\.descriptor"\s*:\s*\{(?:[^{}]|\{[^{}]
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: render.BUILD_SCRIPT stopped the build when asked to
 WAITING_FOR_POD = "waiting for the build pod to start"  # what a unit says from its Job's creation until it runs
 WAITING_FOR_NODE = "waiting for a node"  # the scheduler finds none the pod fits
+NODE_NOT_READY = ("its node is not Ready: the build resumes if the node comes back, else its pod is evicted "
+                  "and the build retried")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,14 @@ def _metadata(message: str) -> tuple[str | None, str | None]:
     return (digest.group(1) if digest else None), (media_type.group(1) if media_type else None)
 
 
+def _ready(pod: dict | None) -> bool | None:
+    """The pod's Ready condition. The build container has no readiness probe, so a running pod turns not Ready
+    only when the node controller marks it so: its node stopped reporting."""
+    condition = next((c for c in ((pod or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
+                     None)
+    return None if condition is None else condition.get("status") == "True"
+
+
 def _unschedulable(pod: dict | None) -> str | None:
     """The scheduler's word on a pod no node fits (none while it has simply not been placed yet)."""
     condition = next((c for c in ((pod or {}).get("status") or {}).get("conditions") or []
@@ -175,6 +185,8 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
                          f"the BuildKit image could not be pulled ({waiting['reason']}: {waiting.get('message', '')})",
                          retryable=waiting["reason"] != "InvalidImageName", **times)
     if failed is None:
+        if state.get("running") and _ready(pod) is False:  # no readiness probe: its node stopped reporting
+            return UnitState(RUNNING, reasons.BUILDING, NODE_NOT_READY)
         if state.get("running") or terminated:  # a pod that ended is still building until its Job concludes
             return UnitState(RUNNING, reasons.BUILDING, "building")
         unschedulable = _unschedulable(pod)
