@@ -1,6 +1,7 @@
 """Every user story, built for real: BuildKit pods on real nodes, pushing to real registries."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -283,11 +284,24 @@ def test_the_readme_quick_start_builds_two_platforms_into_the_local_registry_as_
         kubectl("delete", "-f", sample, "--ignore-not-found", "--wait=false")
 
 
+@contextlib.contextmanager
+def cordoned(kubectl, node: str):
+    """The node takes no new pods while the block runs."""
+    kubectl("cordon", node)
+    try:
+        yield
+    finally:
+        kubectl("uncordon", node)
+
+
+def motd_context(motd: str) -> dict:
+    """ConfigMap `context`: an image of one file, FROM scratch (no RUN: any platform builds anywhere, fast)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
+            "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": motd}}
+
+
 def test_one_platform_builds_on_a_node_of_its_architecture_not_emulated_elsewhere(kubectl, lab, namespace):
-    kubectl.apply(*registry_login("account-b", lab.b, "carol"),
-                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
-                   "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "arm64 only\n"}},
-                  namespace=namespace)
+    kubectl.apply(*registry_login("account-b", lab.b, "carol"), motd_context("arm64 only\n"), namespace=namespace)
     kubectl.apply(image_build("arm", source={"configMap": {"name": "context"}}, platforms=["linux/arm64"],
                               cache={"type": "none"}, output={"image": f"{lab.b.host}/team/arm", "tags": ["v1"]}),
                   namespace=namespace)
@@ -298,38 +312,26 @@ def test_one_platform_builds_on_a_node_of_its_architecture_not_emulated_elsewher
 
 def test_auto_emulates_an_architecture_whose_only_node_is_cordoned(kubectl, lab, namespace):
     """A unit pinned to a cordoned node would wait Unschedulable until its timeout."""
-    kubectl.apply(*registry_login("account-b", lab.b, "carol"),
-                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
-                   "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "cordoned\n"}},
-                  namespace=namespace)
-    kubectl("cordon", "kiln-arm64")
-    try:
+    kubectl.apply(*registry_login("account-b", lab.b, "carol"), motd_context("cordoned\n"), namespace=namespace)
+    with cordoned(kubectl, "kiln-arm64"):
         kubectl.apply(image_build("app", source={"configMap": {"name": "context"}}, cache={"type": "none"},
                                   platforms=["linux/amd64", "linux/arm64"], multiArch={"strategy": "auto"},
                                   output={"image": f"{lab.b.host}/team/cordoned", "tags": ["v1"]}), namespace=namespace)
         build = wait_ready(kubectl, namespace, "app")
-    finally:
-        kubectl("uncordon", "kiln-arm64")
     assert {p["platform"]: p["builtBy"] for p in build["status"]["platforms"]} == {
         "linux/amd64": "native", "linux/arm64": "qemu"}
     assert {pod["spec"]["nodeName"] for pod in kubectl.items("pods", namespace)} == {"kiln-amd64"}
 
 
 def test_a_unit_no_node_fits_says_so_while_it_waits_and_builds_once_a_node_takes_it(kubectl, lab, namespace):
-    kubectl.apply(*registry_login("account-b", lab.b, "carol"),
-                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"},
-                   "data": {"Dockerfile": "FROM scratch\nCOPY motd /etc/motd\n", "motd": "waited\n"}},
-                  namespace=namespace)
-    kubectl("cordon", "kiln-arm64")
-    try:
+    kubectl.apply(*registry_login("account-b", lab.b, "carol"), motd_context("waited\n"), namespace=namespace)
+    with cordoned(kubectl, "kiln-arm64"):
         kubectl.apply(image_build("app", source={"configMap": {"name": "context"}}, cache={"type": "none"},
                                   platforms=["linux/amd64", "linux/arm64"], multiArch={"strategy": "native"},
                                   output={"image": f"{lab.b.host}/team/waited", "tags": ["v1"]}), namespace=namespace)
         eventually(lambda: "linux/arm64: waiting for a node" in condition(kubectl.get(IB, "app", namespace),
                                                                           "Reconciling").get("message", ""),
                    120, "the status names the unit no node fits", lambda: diagnosis(kubectl, namespace))
-    finally:
-        kubectl("uncordon", "kiln-arm64")
     build = wait_ready(kubectl, namespace, "app")
     assert {p["platform"]: p["builtBy"] for p in build["status"]["platforms"]} == {
         "linux/amd64": "native", "linux/arm64": "native"}

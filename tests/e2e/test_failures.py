@@ -24,6 +24,20 @@ def settled(kubectl, namespace: str, name: str, kind: str, timeout: float = 300)
     return eventually(check, timeout, f"{name} {kind}", lambda: diagnosis(kubectl, namespace))
 
 
+def pod_runs(kubectl, namespace: str) -> None:
+    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
+               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+
+
+def running_build_on_a(kubectl, lab, namespace: str, dockerfile: str, repository: str, **spec) -> None:
+    """ImageBuild `app` FROM A's base image, pushed to `repository` in A; once its pod runs."""
+    context, spec_source = source("context", f"FROM {lab.base_image}\n{dockerfile}")
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), context, namespace=namespace)
+    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.a.host}/{repository}", "tags": ["v1"]},
+                              cache={"type": "none"}, **spec), namespace=namespace)
+    pod_runs(kubectl, namespace)
+
+
 def start_sleeping_build(kubectl, lab, namespace: str, *, running: bool = True, **spec) -> None:
     """ImageBuild `app` whose one step sleeps ten minutes, from A's base image to B; with `running`, once its pod runs."""
     context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 600\n")
@@ -32,8 +46,7 @@ def start_sleeping_build(kubectl, lab, namespace: str, *, running: bool = True, 
     kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/app"}, **spec),
                   namespace=namespace)
     if running:
-        eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
-                   "the build pod runs", lambda: diagnosis(kubectl, namespace))
+        pod_runs(kubectl, namespace)
 
 
 def test_a_wrong_password_stalls_the_build_before_any_pod_starts(kubectl, lab, namespace):
@@ -138,12 +151,7 @@ def test_a_build_pod_deleted_mid_build_stops_at_once_and_pushes_nothing(kubectl,
 
 def test_a_registry_down_when_the_build_pushes_is_retried_and_pushes_once_it_is_back(kubectl, lab, namespace):
     """connection refused is an outage, not a verdict: the build is retried, and succeeds with the registry back."""
-    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 8\nRUN echo built > /built\n")
-    kubectl.apply(*registry_login("account-a", lab.a, "alice"), context, namespace=namespace)
-    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.a.host}/team/outage", "tags": ["v1"]},
-                              cache={"type": "none"}, retries=2), namespace=namespace)
-    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
-               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    running_build_on_a(kubectl, lab, namespace, "RUN sleep 8\nRUN echo built > /built\n", "team/outage", retries=2)
     time.sleep(3)  # the base is pulled; the RUN step sleeps
     lab.a.process.kill()
     lab.a.process.wait(timeout=10)
@@ -166,8 +174,7 @@ def test_a_build_resumed_while_its_login_is_broken_waits_without_its_old_plan_an
                   namespace=namespace)
     kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.b.host}/team/resumed", "tags": ["v1"]},
                               cache={"type": "none"}), namespace=namespace)
-    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
-               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    pod_runs(kubectl, namespace)
     kubectl("patch", f"{IB}/app", "--type=merge", "-p", '{"spec": {"suspend": true}}', f"--namespace={namespace}")
     eventually(lambda: kubectl.get(IB, "app", namespace)["status"].get("phase") == "Cancelled", 60, "Cancelled",
                lambda: diagnosis(kubectl, namespace))
@@ -189,12 +196,7 @@ def test_a_build_resumed_while_its_login_is_broken_waits_without_its_old_plan_an
 def test_a_password_rotated_mid_build_is_retried_with_the_new_one(kubectl, lab, namespace):
     """The registry revokes the old password while the build runs; the login's Secret gets the new one."""
     old = lab.a.users["alice"]
-    context, spec_source = source("context", f"FROM {lab.base_image}\nRUN sleep 10\n")
-    kubectl.apply(*registry_login("account-a", lab.a, "alice"), context, namespace=namespace)
-    kubectl.apply(image_build("app", source=spec_source, output={"image": f"{lab.a.host}/team/rotated", "tags": ["v1"]},
-                              cache={"type": "none"}, retries=1), namespace=namespace)
-    eventually(lambda: any(p["status"].get("phase") == "Running" for p in kubectl.items("pods", namespace)), 120,
-               "the build pod runs", lambda: diagnosis(kubectl, namespace))
+    running_build_on_a(kubectl, lab, namespace, "RUN sleep 10\n", "team/rotated", retries=1)
     try:
         lab.a.rotate("alice", "alice-rotated-pw9")
         kubectl("patch", "secret", "account-a-creds", "--type=merge", "-p",

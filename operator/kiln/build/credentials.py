@@ -10,7 +10,7 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-from kiln.build.opt_in import build_may_use, login_may_use, mounted_secrets
+from kiln.build.opt_in import BUILDS, LOGINS, mounted_secrets, refusal
 from kiln.spec import reasons
 from kiln.spec.parse import BuildSpec, LoginSpec
 from kiln.spec.references import docker_config_key, normalize_server
@@ -47,8 +47,8 @@ def credentials_from_secret(secret: dict | None, login: LoginSpec) -> Credential
     where = f"Secret {login.secret!r}"
     if secret is None:
         raise CredentialsProblem(reasons.SECRET_NOT_FOUND, f"{where} does not exist in namespace {login.namespace!r}")
-    if refusal := login_may_use(secret, login.name):
-        raise CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refusal)
+    if refused := refusal(secret, LOGINS, login.name):
+        raise CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refused)
     kind = secret.get("type") or "Opaque"
     data = secret.get("data") or {}
     if kind == "kubernetes.io/dockerconfigjson":
@@ -162,8 +162,8 @@ def mounted_secrets_problem(spec: BuildSpec, found: dict[str, dict | None]) -> C
         if found.get(name) is None:
             return CredentialsProblem(reasons.SECRET_NOT_FOUND, f"Secret {name!r} that the build mounts does not "
                                                                 f"exist in namespace {spec.namespace!r}")
-        if refusal := build_may_use(found[name], spec.name):
-            return CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refusal)
+        if refused := refusal(found[name], BUILDS, spec.name):
+            return CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refused)
     return None
 
 

@@ -8,34 +8,36 @@ someone who may change the Secret can say so, and they may read it anyway.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kiln.spec import labels
 from kiln.spec.parse import BuildSpec, GitSource
 
 
-def _opted_in(secret: dict, label: str, annotation: str, name: str) -> bool:
+@dataclass(frozen=True)
+class Users:
+    """Who may use a Secret that opts in to them, and how it says so."""
+    kind: str  # as a message names them
+    label: str  # "true": every one of the namespace
+    annotation: str  # the names of the ones allowed, comma-separated
+    one: str  # one of them, in a message
+    use: str  # what they do with it
+
+
+LOGINS = Users("RegistryLogins", labels.REGISTRY_LOGIN, labels.LOGINS_ALLOWED, "login", "use")
+BUILDS = Users("ImageBuilds", labels.BUILD_SECRET, labels.BUILDS_ALLOWED, "build", "mount")
+
+
+def refusal(secret: dict, users: Users, name: str) -> str | None:
+    """None when `name`, one of `users`, may use this Secret; otherwise why not, and how to allow it."""
     meta = secret.get("metadata") or {}
-    if (meta.get("labels") or {}).get(label) == "true":
-        return True
-    allowed = (meta.get("annotations") or {}).get(annotation, "")
-    return name in {item.strip() for item in allowed.split(",")}
-
-
-def login_may_use(secret: dict, login: str) -> str | None:
-    """None when RegistryLogin `login` may use this Secret's credentials; otherwise why not, and how to allow it."""
-    if _opted_in(secret, labels.REGISTRY_LOGIN, labels.LOGINS_ALLOWED, login):
+    if (meta.get("labels") or {}).get(users.label) == "true":
         return None
-    name = secret["metadata"]["name"]
-    return (f"Secret {name!r} has not opted in to RegistryLogins: label it {labels.REGISTRY_LOGIN}=true (any login "
-            f"of the namespace may use it) or annotate it {labels.LOGINS_ALLOWED}={login} (this login only)")
-
-
-def build_may_use(secret: dict, build: str) -> str | None:
-    """None when ImageBuild `build` may mount this Secret; otherwise why not, and how to allow it."""
-    if _opted_in(secret, labels.BUILD_SECRET, labels.BUILDS_ALLOWED, build):
+    if name in {item.strip() for item in (meta.get("annotations") or {}).get(users.annotation, "").split(",")}:
         return None
-    name = secret["metadata"]["name"]
-    return (f"Secret {name!r} has not opted in to ImageBuilds: label it {labels.BUILD_SECRET}=true (any build of "
-            f"the namespace may mount it) or annotate it {labels.BUILDS_ALLOWED}={build} (this build only)")
+    return (f"Secret {meta.get('name')!r} has not opted in to {users.kind}: label it {users.label}=true (any "
+            f"{users.one} of the namespace may {users.use} it) or annotate it {users.annotation}={name} "
+            f"(this {users.one} only)")
 
 
 def mounted_secrets(spec: BuildSpec) -> tuple[str, ...]:
