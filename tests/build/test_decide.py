@@ -61,6 +61,7 @@ class World:
     volume_holder: str | None = None
     namespace_load: tuple[int, int] = (0, 0)
     mounts: CredentialsProblem | None = None
+    mounts_revision: str = ""
     secret_values: frozenset = frozenset()
     settings: Settings = field(default_factory=lambda: Settings(image_pull_grace=60))
     created: list[str] = field(default_factory=list)  # every Job ever created, in order
@@ -76,7 +77,8 @@ class World:
                      pods=dict(self.pods), credentials=frozenset(self.credentials), logins=self.logins,
                      logins_revision=self.logins_revision, settings=self.settings, now=self.now,
                      ready_archs=self.ready_archs, volume_holder=self.volume_holder, answers=dict(self.answers),
-                     namespace_load=self.namespace_load, mounts=self.mounts, secret_values=self.secret_values,
+                     namespace_load=self.namespace_load, mounts=self.mounts, mounts_revision=self.mounts_revision,
+                     secret_values=self.secret_values,
                      refused=refused)
 
     def decide(self, crash_after: int | None = None, refuse: str | None = None) -> Decision:
@@ -189,10 +191,14 @@ def native() -> World:
     return w
 
 
+def index_question(amd64: str, arm64: str) -> AssembleIndex:
+    """What a native two-platform build asks the registry once both pods pushed."""
+    return AssembleIndex("r.example/team/app", (("linux/amd64", amd64, OCI_MANIFEST), ("linux/arm64", arm64, OCI_MANIFEST)),
+                         ("v1",))
+
+
 def index_answer(w: World, amd64: str, arm64: str, result: str = digest(9)) -> None:
-    question = AssembleIndex("r.example/team/app", (("linux/amd64", amd64, OCI_MANIFEST), ("linux/arm64", arm64, OCI_MANIFEST)),
-                             ("v1",))
-    w.answers[question] = (result, [("linux/amd64", amd64), ("linux/arm64", arm64)])
+    w.answers[index_question(amd64, arm64)] = (result, [("linux/amd64", amd64), ("linux/arm64", arm64)])
 
 
 # -- the orders, as a table: a build's life, event by event, and where it ends --
@@ -297,7 +303,7 @@ def test_a_build_that_mounts_a_secret_which_has_not_opted_in_stalls_and_creates_
     assert w.creating == [] and w.jobs == {} and w.credentials == set()
     assert w.condition("Stalled")["status"] == "True" and w.condition("Stalled")["reason"] == reasons.SECRET_NOT_OPTED_IN
     assert w.condition("CredentialsReady")["status"] == "False"
-    w.mounts, w.logins_revision = None, "2"  # labelled by its owner: a new resourceVersion ends the backoff
+    w.mounts, w.mounts_revision = None, "2"  # labelled by its owner: a new resourceVersion ends the backoff
     w.decide()
     assert [o["kind"] for o in w.creating] == ["Secret", "Job"]
 
@@ -565,8 +571,7 @@ def test_an_index_the_registry_will_not_take_retries_with_backoff_or_fails(trans
     w.decide()
     w.finish(w.job("amd64"), metadata(digest(1)))
     w.finish(w.job("arm64"), metadata(digest(2)))
-    question = AssembleIndex("r.example/team/app", (("linux/amd64", digest(1), OCI_MANIFEST),
-                                                    ("linux/arm64", digest(2), OCI_MANIFEST)), ("v1",))
+    question = index_question(digest(1), digest(2))
     w.answers[question] = RegistryProblem(reasons.REGISTRY_ERROR if transient else reasons.IMAGE_NOT_FOUND, "no", transient)
     decision = w.decide()
     assert w.status["phase"] == phase
@@ -580,8 +585,7 @@ def test_a_login_deleted_after_the_pods_pushed_fails_the_build_naming_it_instead
     w.decide()
     w.finish(w.job("amd64"), metadata(digest(1)))
     w.finish(w.job("arm64"), metadata(digest(2)))
-    question = AssembleIndex("r.example/team/app", (("linux/amd64", digest(1), OCI_MANIFEST),
-                                                    ("linux/arm64", digest(2), OCI_MANIFEST)), ("v1",))
+    question = index_question(digest(1), digest(2))
     gone = CredentialsProblem(reasons.LOGIN_NOT_FOUND, "RegistryLogin 'reg' named in spec.registryLogins does not exist")
     w.answers[question] = RegistryProblem(gone.reason, gone.message, transient=not gone.stalls)
     w.decide()
@@ -817,6 +821,18 @@ def test_a_push_refused_after_the_password_was_rotated_is_retried_with_the_new_o
     assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.PUSH_DENIED
 
 
+def test_a_push_refused_is_not_retried_for_a_change_of_the_secrets_the_build_mounts():
+    """Only the logins' credentials are the push's: a mounted Secret seen before the start is no new password."""
+    w = world(retries=1, secrets=[{"id": "npm", "secretRef": {"name": "npm-token", "key": ".npmrc"}}])
+    w.mounts_revision = "7"
+    w.decide()
+    w.mounts_revision = ""  # started: gather no longer reads the mounted Secrets
+    w.finish(w.job("all"), "error: failed to push r.example/team/app:v1: unexpected status: 401 Unauthorized",
+             exit_code=1)
+    w.decide()
+    assert w.status["phase"] == "Failed" and w.status["failure"]["reason"] == reasons.PUSH_DENIED
+
+
 def test_a_retry_that_waits_for_a_login_retries_once_the_login_is_ready_again():
     w = world()
     w.decide()
@@ -909,7 +925,7 @@ def test_a_reverted_rebuild_token_builds_again_instead_of_reporting_the_first_bu
 # -- the start policies, in their order --
 
 def _backing_off(w: World, state: dict) -> None:
-    key = f"{parse_image_build(w.obj).identity}/{w.logins_revision}"
+    key = f"{parse_image_build(w.obj).identity}/{w.logins_revision}/{w.mounts_revision}"
     state["carried"] = {"retry": {"reason": reasons.PUSH_DENIED, "count": 1, "key": key, "after": "2026-11-29T10:00:10Z"}}
 
 

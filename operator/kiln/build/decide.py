@@ -88,6 +88,7 @@ class Facts:
     answers: dict = field(default_factory=dict)  # Question -> answer (or RegistryProblem)
     refused: tuple[str, str] | None = None  # (object, message) the API server refused to create
     mounts: CredentialsProblem | None = None  # why the build may not mount a Secret it names (before it starts)
+    mounts_revision: str = ""  # changes when a Secret it mounts changes (before it starts)
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)  # kept out of what status shows
 
 
@@ -254,7 +255,7 @@ def _suspend(facts: Facts, spec: BuildSpec, old: dict, same: bool, view: statuse
 
 
 def _backoff_key(facts: Facts, spec: BuildSpec) -> str:
-    return f"{spec.identity}/{facts.logins_revision}"
+    return f"{spec.identity}/{facts.logins_revision}/{facts.mounts_revision}"
 
 
 def _waiting(facts: Facts, spec: BuildSpec, carried: dict) -> float | None:

@@ -22,6 +22,7 @@ from kiln.build.decide import (
 )
 from kiln.build.logins import ready_condition
 from kiln.build.opt_in import mounted_secrets
+from kiln.build.outcomes import FAILED, SUCCEEDED
 from kiln.build.platforms import schedulable_archs
 from kiln.build.render import short_name
 from kiln.build.status import BUILDING, PENDING
@@ -70,12 +71,14 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
     found = {} if started else {name: await reader.secret_metadata(namespace, name) for name in mounted_secrets(spec)}
     mounts = None if started else mounted_secrets_problem(spec, found)
     # A Secret that opts in (or appears) ends a backoff too: the resync sees it, as no watch shows such Secrets.
-    revision += "".join(f"|{((meta or {}).get('metadata') or {}).get('resourceVersion')}" for meta in found.values())
+    mounts_revision = ",".join(str(((meta or {}).get("metadata") or {}).get("resourceVersion")) for meta in found.values())
     return dataclasses.replace(facts, logins=logins, logins_revision=revision,
                                ready_archs=schedulable_archs(await reader.nodes(), spec)
                                if _plans_by_node(spec, settings, started) else frozenset(),
                                volume_holder=await _volume_holder(reader, spec), namespace_load=load, mounts=mounts,
-                               secret_values=await _secret_values(reader, spec, logins, pods) if mounts is None else frozenset())
+                               mounts_revision=mounts_revision,
+                               secret_values=await _secret_values(reader, spec, logins, pods, obj.get("status") or {})
+                               if mounts is None else frozenset())
 
 
 def _failed(pod: dict) -> bool:
@@ -83,10 +86,12 @@ def _failed(pod: dict) -> bool:
                for status in (pod.get("status") or {}).get("containerStatuses") or [])
 
 
-async def _secret_values(reader: Reader, spec: BuildSpec, logins, pods: dict[str, dict]) -> frozenset[str]:
+async def _secret_values(reader: Reader, spec: BuildSpec, logins, pods: dict[str, dict],
+                         status: dict) -> frozenset[str]:
     """What a failed build's output must not show: the values of the Secrets it mounts and its logins' passwords.
-    Read only when a pod failed, the one time its output reaches status."""
-    if not any(_failed(pod) for pod in pods.values()):
+    Read only when a pod failed that status has not recorded yet, the one time its output reaches status."""
+    recorded = {unit["job"] for unit in status.get("units") or [] if unit.get("phase") in (FAILED, SUCCEEDED)}
+    if not any(_failed(pod) for job, pod in pods.items() if job not in recorded):
         return frozenset()
     values = {login.credentials.password for login in logins} if isinstance(logins, list) else set()
     for name in mounted_secrets(spec):
