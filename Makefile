@@ -21,11 +21,12 @@ DEBS := docker-registry apache2-utils openssh-server runc containernetworking-pl
 # kubectl and buildctl at the pinned versions come first on PATH.
 KUBE_BIN = $(shell python3 -c 'from cluster.versions import KUBERNETES, bin_dir; print(bin_dir(KUBERNETES))')
 BUILDKIT_BIN = $(shell python3 -c 'from cluster.versions import BUILDKIT, bin_dir; print(bin_dir(BUILDKIT))')
+COSIGN_BIN = $(shell python3 -c 'from cluster.versions import COSIGN, bin_dir; print(bin_dir(COSIGN))')
 PYTEST = $(PY) -m pytest
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 NO_TESTS_IS_FAILURE = rc=$$?; if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-.PHONY: install system-deps buildkit image test lint run env render deploy cluster cluster-down e2e bench clean
+.PHONY: install system-deps buildkit supply-chain cosign image test lint run env render deploy cluster cluster-down e2e bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,13 +47,21 @@ system-deps:
 buildkit:
 	python3 -m cluster build buildkit
 
+# cosign (kiln signs with it; the tests verify with it) and syft for both architectures (the tests' SBOM generator
+# image), from their Go modules at the pinned versions.
+supply-chain: cosign
+	python3 -m cluster build syft syft:arm64
+
+cosign:
+	python3 -m cluster build cosign
+
 # The operator image, without Docker: the pinned BuildKit builds Dockerfile FROM a Debian base made here
 # (cluster/operator_image.py) into build/kiln-operator.tar; IMAGE=registry/repo:tag pushes it there too.
-image: system-deps
+image: system-deps supply-chain
 	$(SUDO) python3 -m cluster image $(or $(IMAGE),ghcr.io/kiln-dev/kiln:$(VERSION)) $(if $(IMAGE),--push)
 
-test: system-deps install buildkit
-	@PATH="$(KUBE_BIN):$(BUILDKIT_BIN):$$PATH" $(PYTEST) $(PYTEST_ARGS); $(NO_TESTS_IS_FAILURE)
+test: system-deps install buildkit supply-chain
+	@PATH="$(KUBE_BIN):$(BUILDKIT_BIN):$(COSIGN_BIN):$$PATH" $(PYTEST) $(PYTEST_ARGS); $(NO_TESTS_IS_FAILURE)
 
 lint: install
 	$(VENV)/bin/ruff check operator tests bench cluster
@@ -71,14 +80,14 @@ cluster-down:
 # Against KUBECONFIG when it is set (the operator image from KILN_E2E_IMAGE), else the local cluster with the
 # operator image built from this checkout. A local cluster this started is stopped at the end, unless
 # KILN_KEEP_CLUSTER=1; one that was running already stays.
-e2e: system-deps install
+e2e: system-deps install supply-chain
 	@started=""; \
 	if [ -z "$$KUBECONFIG" ]; then \
 	  python3 -m cluster status || started=1; \
 	  $(MAKE) --no-print-directory cluster image IMAGE=$(LOCAL_IMAGE) || { rc=$$?; [ -z "$$started" ] || [ -n "$$KILN_KEEP_CLUSTER" ] || $(MAKE) --no-print-directory cluster-down; exit $$rc; }; \
 	fi; \
 	KILN_E2E=1 KILN_E2E_IMAGE="$${KILN_E2E_IMAGE:-$(LOCAL_IMAGE)}" KUBECONFIG="$${KUBECONFIG:-$(LOCAL_KUBECONFIG)}" \
-	  PATH="$(KUBE_BIN):$(BUILDKIT_BIN):$$PATH" $(PYTEST) tests/e2e -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  PATH="$(KUBE_BIN):$(BUILDKIT_BIN):$(COSIGN_BIN):$$PATH" $(PYTEST) tests/e2e -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ -n "$$started" ] && [ -z "$$KILN_KEEP_CLUSTER" ]; then $(MAKE) --no-print-directory cluster-down; fi; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -86,7 +95,7 @@ e2e: system-deps install
 # local cluster (started when it is not running) with the operator Deployment built from this checkout.
 run: install
 	@if [ "$$KUBECONFIG" != "$(LOCAL_KUBECONFIG)" ] && $(VENV)/bin/python -c 'import sys; from kiln.clients.kube import cluster_problem; sys.exit(bool(cluster_problem()))'; then \
-	  PATH="$(KUBE_BIN):$$PATH" kubectl apply -k crds/ && $(VENV)/bin/kiln run $(KOPF_ARGS); \
+	  PATH="$(KUBE_BIN):$(COSIGN_BIN):$$PATH" kubectl apply -k crds/ && $(VENV)/bin/kiln run $(KOPF_ARGS); \
 	else \
 	  echo "make run: no reachable cluster; the local one, with kiln built from this checkout (the first time builds the cluster: about 15 minutes)" >&2; \
 	  $(MAKE) --no-print-directory cluster image IMAGE=$(LOCAL_IMAGE) && \

@@ -1,4 +1,4 @@
-"""python3 -m cluster up | down | status | build [COMPONENT...] | image NAME [--push] | kubeconfig | watchdog PID_FILE
+"""python3 -m cluster up | down | status | build [COMPONENT[:GOARCH]...] | image NAME [--push] | kubeconfig | watchdog PID_FILE
 
 up and down need root: they start node agents and make a bridge. image builds the operator image as NAME
 into build/kiln-operator.tar, and pushes it with --push (to the local registry: with its login, and its
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cluster import build, operator_image, up, watchdog
-from cluster.versions import COMPONENTS
+from cluster.versions import COMPONENTS, TOOLS
 
 
 def main(argv: list[str]) -> None:
@@ -20,12 +20,13 @@ def main(argv: list[str]) -> None:
     elif command == "status":  # exit 0 when the local cluster is up
         sys.exit(0 if up.is_up() else 1)
     elif command == "build" and names:
-        by_name = {c.name: c for c in COMPONENTS}
-        unknown = [n for n in names if n not in by_name]
+        by_name = {c.name: c for c in COMPONENTS + TOOLS}
+        wanted = [name.partition(":")[::2] for name in names]  # NAME or NAME:GOARCH
+        unknown = [n for n, _ in wanted if n not in by_name]
         if unknown:
             sys.exit(f"unknown component {', '.join(unknown)}; known: {', '.join(by_name)}")
-        for name in names:
-            print(build.build(by_name[name]))
+        for name, goarch in wanted:
+            print(build.build(by_name[name], goarch or "amd64"))
     elif command == "build":
         build.build_all()
     elif command == "image" and names and set(names[1:]) <= {"--push"}:

@@ -24,6 +24,10 @@ def _go(args: list[str], goarch: str, cwd: Path | None = None, gobin: Path | Non
     subprocess.run(["go", *args], cwd=cwd, env=env, check=True)
 
 
+def _host_arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
 def _flags(component: Component) -> list[str]:
     flags = ["-trimpath", "-ldflags", f"-s -w {component.ldflags}".strip()]
     return flags + (["-tags", component.tags] if component.tags else [])
@@ -51,8 +55,13 @@ def build(component: Component, goarch: str = "amd64", commands: tuple[str, ...]
         _go(["build", *_flags(component), "-o", str(partial / "etcd"), *packages], goarch, HERE / "tools" / "etcd")
     elif component.tools:
         _go(["build", *_flags(component), "-o", f"{partial}/", *packages], goarch, HERE / "tools" / component.tools)
-    else:  # no replace directives: the ordinary `go install module/cmd@version`
+    elif goarch == _host_arch():  # no replace directives: the ordinary `go install module/cmd@version`
         _go(["install", *_flags(component), *[f"{p}@{component.version}" for p in packages]], goarch, gobin=partial)
+    else:  # go install refuses GOBIN for another architecture: it installs into GOPATH/bin/linux_<arch>
+        _go(["install", *_flags(component), *[f"{p}@{component.version}" for p in packages]], goarch)
+        gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True, check=True).stdout.strip()
+        for name in component.binaries(commands):
+            shutil.move(Path(gopath.split(os.pathsep)[0]) / "bin" / f"linux_{goarch}" / name, partial / name)
     (partial / ".built").write_text(f"{component.module}@{component.version} in {time.monotonic() - started:.0f}s\n")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)

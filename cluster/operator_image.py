@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 from cluster import registry, up
 from cluster.build import build
 from cluster.images import DPKG_EXCLUDES, IMAGES, MIRRORS, write_oci_layout
-from cluster.versions import BUILDKIT, DEBIAN_SUITE, HERE
+from cluster.versions import BUILDKIT, COSIGN, DEBIAN_SUITE, HERE
 
 ROOT = HERE.parent
 REQUIREMENTS = HERE / "operator-requirements.txt"
@@ -51,7 +52,8 @@ def version() -> str:
 
 def base_layout() -> Path:
     """The base's OCI layout, made once per set of pinned dependencies and Debian packages."""
-    key = hashlib.sha256("\n".join([REQUIREMENTS.read_text(), DEBIAN_SUITE, *PACKAGES, *ENV]).encode()).hexdigest()[:12]
+    key = hashlib.sha256("\n".join([REQUIREMENTS.read_text(), DEBIAN_SUITE, *PACKAGES, *ENV, COSIGN.version])
+                         .encode()).hexdigest()[:12]
     layout = IMAGES / f"{BASE_NAME}-{key}"
     if (layout / "index.json").exists():
         return layout
@@ -66,6 +68,8 @@ def base_layout() -> Path:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--root-user-action=ignore", "--no-deps",
                         "--only-binary=:all:", "--platform=manylinux2014_x86_64", f"--python-version={PYTHON}",
                         "--implementation=cp", f"--target={rootfs / SITE}", "--requirement", str(REQUIREMENTS)], check=True)
+        # kiln signs images with cosign (spec.signing); the Dockerfile takes it from here (COSIGN_FROM).
+        shutil.copy2(build(COSIGN) / "cosign", rootfs / "usr/local/bin/cosign")
         with (rootfs / "etc/passwd").open("a") as passwd:
             passwd.write(f"kiln:x:{USER}:{USER}:kiln operator:/nonexistent:/usr/sbin/nologin\n")
         with (rootfs / "etc/group").open("a") as group:
@@ -107,7 +111,8 @@ def buildctl_args(base: Path, name: str, archive: Path, push: bool, insecure: bo
     (manifest,) = json.loads((base / "index.json").read_text())["manifests"]  # buildctl names it by digest only
     return ["build", "--progress=plain", "--frontend=dockerfile.v0", f"--local=context={ROOT}",
             f"--metadata-file={archive.with_suffix('.json')}",
-            f"--local=dockerfile={ROOT}", f"--opt=build-arg:BASE={BASE_NAME}", f"--oci-layout={BASE_NAME}={base}",
+            f"--local=dockerfile={ROOT}", f"--opt=build-arg:BASE={BASE_NAME}", f"--opt=build-arg:COSIGN_FROM={BASE_NAME}",
+            f"--oci-layout={BASE_NAME}={base}",
             f"--opt=context:{BASE_NAME}=oci-layout://{BASE_NAME}@{manifest['digest']}", *outputs]
 
 

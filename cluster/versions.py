@@ -54,7 +54,13 @@ BUILDKIT = Component(
 # The rootlesskit release BuildKit v0.34.2's image ships (its Dockerfile, ROOTLESSKIT_VERSION).
 ROOTLESSKIT = Component("rootlesskit", "github.com/rootless-containers/rootlesskit/v3", "v3.2.0", ("cmd/rootlesskit",))
 
-COMPONENTS = (ETCD, KUBERNETES, CONTAINERD, BUILDKIT, ROOTLESSKIT)
+# Supply chain: the operator signs with cosign (its image ships it); the tests verify with it, and build an SBOM
+# generator image around syft.
+COSIGN = Component("cosign", "github.com/sigstore/cosign/v3", "v3.1.3", ("cmd/cosign",))
+SYFT = Component("syft", "github.com/anchore/syft", "v1.57.2", ("cmd/syft",))
+
+COMPONENTS = (ETCD, KUBERNETES, CONTAINERD, BUILDKIT, ROOTLESSKIT)  # the local cluster's
+TOOLS = (COSIGN, SYFT)
 BUILDKIT_IMAGE = f"moby/buildkit:{BUILDKIT.version}-rootless"
 PAUSE_IMAGE = "localhost/kiln/pause:catatonit"
 DEBIAN_SUITE = "bookworm"

@@ -101,6 +101,13 @@ MALFORMED_BUILDS = [
     ("bad-quantity", {"spec__builder": {"resources": {"limits": {"memory": "4 gigs"}}}}, "spec.builder.resources.limits.memory in body should match"),
     ("negative-quantity", {"spec__builder": {"resources": {"requests": {"memory": "-1Gi"}}}}, "spec.builder.resources.requests.memory in body should match"),
     ("target-with-space", {"spec__target": "my stage"}, "spec.target in body should match"),
+    ("unknown-provenance-mode", {"spec__attestations": {"provenance": "full"}}, 'spec.attestations.provenance: Unsupported value: "full"'),
+    ("sbom-generator-not-an-image", {"spec__attestations": {"sbom": {"generator": "not an image"}}}, "spec.attestations.sbom.generator in body should match"),
+    ("sbom-scan-stages-not-bool", {"spec__attestations": {"sbom": {"scanStages": "yes"}}}, "spec.attestations.sbom.scanStages in body must be of type boolean"),
+    ("signing-without-cosign", {"spec__signing": {}}, "spec.signing.cosign: Required value"),
+    ("signing-without-key", {"spec__signing": {"cosign": {}}}, "spec.signing.cosign.keySecretRef: Required value"),
+    ("signing-an-unpushed-image", {"spec__output": {"image": "r.io/a", "push": False}, "spec__signing": {"cosign": {"keySecretRef": {"name": "k"}}}},
+     "signing needs the image pushed (spec.output.push is false)"),
 ]
 
 

@@ -296,13 +296,14 @@ class Client:
             params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
             query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
             _, _, token = self._send("GET", f"{params['realm']}?{query}", b"", None, self._basic)
+            self._tokens.pop(params.get("scope", ""), None)
             self._tokens[params.get("scope", "")] = json.loads(token)["token"]
             status, answer_headers, data = self._send(method, url, body, headers, self._authorization(url))
         return status, answer_headers, data
 
     def _authorization(self, url: str) -> str:
         repository = re.search(r"/v2/(.+?)/(manifests|blobs)/", url)
-        for scope, token in self._tokens.items():
+        for scope, token in reversed(self._tokens.items()):  # the newest: a pull token does not push
             if repository and scope.startswith(f"repository:{repository.group(1)}:"):
                 return f"Bearer {token}"
         return self._basic
@@ -360,9 +361,10 @@ OCI_TYPES = {"manifest": "application/vnd.oci.image.manifest.v1+json", "config":
 
 def push_image(registry: RunningRegistry, user: str, repository: str, platforms: list[str],
                tag: str | None = None, layers: dict[str, bytes] | None = None,
-               types: dict[str, str] = OCI_TYPES) -> tuple[str | None, dict[str, str]]:
+               types: dict[str, str] = OCI_TYPES, config: dict | None = None) -> tuple[str | None, dict[str, str]]:
     """Push an image per platform by digest, plus an index under `tag` when given.
 
+    `config`: the image config's config (Env, Entrypoint); by default PATH=/bin.
     `layers` gives each platform's one layer (a tar); by default a few bytes that no runtime could use.
     `types`: OCI media types (BuildKit's default), or DOCKER_TYPES.
     Returns (index digest or None, {platform: manifest digest}): what BuildKit leaves in a registry.
@@ -372,13 +374,13 @@ def push_image(registry: RunningRegistry, user: str, repository: str, platforms:
     for platform in platforms:
         os_name, arch = platform.split("/")[:2]
         layer = (layers or {}).get(platform) or f"layer for {platform}".encode()
-        config = json.dumps({"architecture": arch, "os": os_name, "config": {"Env": ["PATH=/bin"]},
-                             "rootfs": {"type": "layers", "diff_ids": [digest_of(layer)]}}).encode()
-        for blob in (layer, config):
+        image_config = json.dumps({"architecture": arch, "os": os_name, "config": config or {"Env": ["PATH=/bin"]},
+                                   "rootfs": {"type": "layers", "diff_ids": [digest_of(layer)]}}).encode()
+        for blob in (layer, image_config):
             client.push_blob(repository, blob)
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": types["manifest"],
-            "config": {"mediaType": types["config"], "digest": digest_of(config), "size": len(config)},
+            "config": {"mediaType": types["config"], "digest": digest_of(image_config), "size": len(image_config)},
             "layers": [{"mediaType": types["layer"], "digest": digest_of(layer), "size": len(layer)}],
         }).encode()
         digests[platform] = client.push_manifest(repository, digest_of(manifest), types["manifest"], manifest)
@@ -394,3 +396,50 @@ def push_image(registry: RunningRegistry, user: str, repository: str, platforms:
 def read_manifest(registry: RunningRegistry, user: str, repository: str, reference: str) -> tuple[str, dict, str]:
     """(content type, manifest, digest) of a tag or digest."""
     return Client(registry, user).manifest(repository, reference)
+
+
+PROVENANCE, SPDX = "https://slsa.dev/provenance/v1", "https://spdx.dev/Document"
+
+
+def push_attested(registry: RunningRegistry, user: str, repository: str, platforms: list[str],
+                  predicates: tuple[str, ...] = (PROVENANCE,)) -> tuple[str, dict[str, str], dict[str, str]]:
+    """What BuildKit pushes with attestations on: each platform's image, an attestation manifest per image (one
+    in-toto layer per predicate, platform unknown/unknown, tied to it by annotations), one index of all.
+    Returns (index digest, {platform: image digest}, {platform: attestation manifest digest})."""
+    client = Client(registry, user)
+    _, images = push_image(registry, user, repository, platforms)
+    entries, attestations = [], {}
+    for platform, image in images.items():
+        os_name, arch = platform.split("/")[:2]
+        entries.append({"mediaType": OCI_TYPES["manifest"], "digest": image, "size": _size(client, repository, image),
+                        "platform": {"os": os_name, "architecture": arch}})
+        layers = []
+        for predicate_type in predicates:
+            statement = json.dumps({"_type": "https://in-toto.io/Statement/v0.1", "predicateType": predicate_type,
+                                    "subject": [{"name": "_", "digest": {"sha256": image.split(":")[1]}}],
+                                    "predicate": {}}).encode()
+            client.push_blob(repository, statement)
+            layers.append({"mediaType": "application/vnd.in-toto+json", "digest": digest_of(statement),
+                           "size": len(statement), "annotations": {"in-toto.io/predicate-type": predicate_type}})
+        config = b"{}"
+        client.push_blob(repository, config)
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_TYPES["manifest"],
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest_of(config),
+                                      "size": len(config)}, "layers": layers}).encode()
+        attestations[platform] = client.push_manifest(repository, digest_of(body), OCI_TYPES["manifest"], body)
+    for platform, image in images.items():
+        entries.append({"mediaType": OCI_TYPES["manifest"], "digest": attestations[platform],
+                        "size": _size(client, repository, attestations[platform]),
+                        "platform": {"os": "unknown", "architecture": "unknown"},
+                        "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                                        "vnd.docker.reference.digest": image}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}).encode()
+    return client.push_manifest(repository, digest_of(index), "application/vnd.oci.image.index.v1+json", index), \
+        images, attestations
+
+
+def _size(client: Client, repository: str, digest: str) -> int:
+    status, _, body = client.request("GET", f"/v2/{repository}/manifests/{digest}", headers={"Accept": ", ".join(MANIFEST_TYPES)})
+    assert status == 200
+    return len(body)

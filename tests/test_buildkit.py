@@ -16,18 +16,22 @@ import subprocess
 import time
 
 import pytest
+from cluster.images import busybox_layer
 
 from kiln.build.credentials import Credentials, ResolvedLogin
-from kiln.build.outcomes import cache_stats
+from kiln.build.outcomes import FAILED, UnitState, cache_stats, classify_failure, excerpt, sbom_generator_failure
 from kiln.build.platforms import BuildUnit, build_plan
 from kiln.build.render import BUILD_SCRIPT, CONTEXT_DIR, GIT_AUTH_DIR, METADATA_FILE, render_build_secret, render_job
+from kiln.clients.cosign import SigningKey, Target, sign
 from kiln.clients.registry import Registry, RegistryClient, assemble_index
+from kiln.spec import reasons
 from kiln.spec.parse import parse_image_build
 from kiln.spec.references import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES
 from kiln.spec.settings import Settings
 
 from gitserver import GitServer, make_repository
-from registries import free_port, read_manifest, wait_for_port
+from registries import PROVENANCE, SPDX, Client, free_port, push_image, read_manifest, wait_for_port
+from supply_chain import attestations_of, cosign_binary, key_pair, push_generator, verify
 
 pytestmark = [pytest.mark.buildkit, pytest.mark.registry]
 PLATFORMS = ["linux/amd64", "linux/arm64"]
@@ -89,7 +93,7 @@ def build_spec(name: str, image: str, context_path: str, cache: dict | None = No
 
 
 def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace, tmp_path,
-                 git_files: dict[str, str] | None = None) -> list[tuple[BuildUnit, dict, str]]:
+                 git_files: dict[str, str] | None = None, expect_failure: bool = False) -> list[tuple[BuildUnit, dict, str]]:
     """Render the Jobs for obj and run each container's arguments with buildctl: [(unit, metadata, build log)]."""
     spec = parse_image_build(obj)
     plan = build_plan(spec)
@@ -111,6 +115,10 @@ def run_rendered(daemon: str, obj: dict, logins: list[ResolvedLogin], workspace,
         args = [functools.reduce(lambda arg, item: arg.replace(*item), paths.items(), a) for a in container["args"]]
         result = subprocess.run(["buildctl", "--addr", daemon, *args], capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "DOCKER_CONFIG": str(docker_dir)})
+        if expect_failure:
+            assert result.returncode != 0
+            results.append((unit, {}, result.stderr))
+            continue
         assert result.returncode == 0, result.stderr[-3000:]
         results.append((unit, json.loads(metadata_file.read_text()), result.stderr))
     return results
@@ -189,14 +197,15 @@ async def test_rendered_native_pods_push_by_digest_and_kiln_assembles_one_index(
     async with RegistryClient(Registry(registry.host, insecure=True), login.credentials) as client:
         # What the operator does once every pod is done.
         digest, images = await assemble_index(client, "team/native", children, ("v1", "latest"))
-    assert [p for p, _ in images] == ["linux/amd64", "linux/arm64"]
+    assert [i.platform for i in images] == ["linux/amd64", "linux/arm64"]
+    assert [i.attestation.predicate_types for i in images] == [(PROVENANCE,)] * 2  # provenance is on by default
     for tag in ("v1", "latest"):
         media_type, index, tagged = await asyncio.to_thread(read_manifest, registry, "carol", "team/native", tag)
         assert tagged == digest
         # The index is of the kind its children are (BuildKit pushes OCI manifests by default).
         assert media_type == index["mediaType"] and {m["mediaType"] for m in index["manifests"]} <= set(MANIFEST_MEDIA_TYPES)
         assert [(m["platform"]["architecture"], m["digest"]) for m in index["manifests"]] == \
-               [(p.split("/")[1], d) for p, d in images]
+               [(i.platform.split("/")[1], i.digest) for i in images] + [("unknown", i.attestation.digest) for i in images]
 
 
 @pytest.fixture
@@ -239,3 +248,67 @@ async def test_rendered_build_clones_a_private_git_repository_over_ssh(daemon, s
     [(_, metadata, _)] = run_rendered(daemon, obj, logins, tmp_path, tmp_path, git_files={"ssh-privatekey": private_key})
     _, _, digest = await asyncio.to_thread(read_manifest, registry, "carol", "team/from-ssh", "v1")
     assert digest == metadata["containerimage.digest"]
+
+
+async def test_native_pods_attest_provenance_and_an_sbom_and_the_assembled_index_is_signed(
+        daemon, basic_registry, tmp_path):
+    """Each pod's provenance names this build and the FROM image by digest, with the build arguments (max); the
+    SBOM from the generator image lists the base image's busybox; the index kiln assembles carries both, and the
+    signature kiln makes of it verifies with cosign."""
+    registry = basic_registry
+    login = ResolvedLogin("account-a", registry.host, Credentials("alice", registry.users["alice"]))
+    platforms = ["linux/amd64", "linux/arm64"]
+    base_index, _ = await asyncio.to_thread(push_image, registry, "alice", "library/busybox", platforms, tag="1.35",
+                                            layers={p: busybox_layer(p.split("/")[1]) for p in platforms})
+    generator = await asyncio.to_thread(push_generator, registry, "alice", "tools/sbom", ["linux/amd64"])
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text(f"FROM {registry.host}/library/busybox:1.35\nARG VERSION\n"
+                                                 "LABEL version=$VERSION\nCOPY app.txt /app.txt\n")
+    (tmp_path / "app" / "app.txt").write_text("attested\n")
+    obj = build_spec("attested", f"{registry.host}/team/attested", "app", {"type": "none"})
+    obj["spec"].update(multiArch={"strategy": "native"}, buildArgs={"VERSION": "1.2.3"},
+                       attestations={"provenance": "max", "sbom": {"generator": generator}})
+    results = run_rendered(daemon, obj, [login], tmp_path, tmp_path)
+    children = [(unit.platforms[0], metadata["containerimage.digest"]) for unit, metadata, _ in results]
+    async with RegistryClient(Registry(registry.host, insecure=True), login.credentials) as client:
+        digest, images = await assemble_index(client, "team/attested", children, ("v1",))
+    assert [(i.platform, set(i.attestation.predicate_types)) for i in images] == [(p, {PROVENANCE, SPDX}) for p in platforms]
+
+    _, index, _ = await asyncio.to_thread(read_manifest, registry, "alice", "team/attested", "v1")
+    found = await asyncio.to_thread(attestations_of, Client(registry, "alice"), "team/attested", index)
+    spec = parse_image_build(obj)
+    for platform in platforms:
+        provenance = found[platform][PROVENANCE]
+        assert provenance["runDetails"]["builder"]["id"] == \
+            f"kiln://cluster.local/namespaces/default/imagebuilds/attested/builds/{spec.build_id}"
+        base = [m for m in provenance["buildDefinition"]["resolvedDependencies"] if "library/busybox" in m["uri"]]
+        assert base and base[0]["digest"]["sha256"]  # the FROM image, by digest
+        assert provenance["buildDefinition"]["externalParameters"]["request"]["args"]["build-arg:VERSION"] == "1.2.3"
+        packages = {p["name"] for p in found[platform][SPDX]["packages"]}
+        assert "busybox" in packages, packages
+
+    keys = key_pair(tmp_path / "keys", "Passw0rd-x")
+    image = f"{registry.host}/team/attested@{digest}"
+    config = {"auths": {registry.host: {"username": "alice", "password": registry.users["alice"]}}}
+    await sign(cosign_binary(), Target(image, config, insecure=True), SigningKey(keys.private, keys.password))
+    docker = tmp_path / "docker-verify"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps(config))
+    checked = verify(image, keys.public, tmp_path, docker, insecure=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+async def test_an_sbom_generator_that_cannot_be_pulled_is_named_as_the_failure(daemon, basic_registry, tmp_path):
+    registry = basic_registry
+    login = ResolvedLogin("account-a", registry.host, Credentials("alice", registry.users["alice"]))
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM scratch\nCOPY app.txt /app.txt\n")
+    (tmp_path / "app" / "app.txt").write_text("x\n")
+    obj = build_spec("no-generator", f"{registry.host}/team/no-generator", "app", {"type": "none"})
+    generator = f"{registry.host}/tools/missing:1"
+    obj["spec"].update(platforms=["linux/amd64"], attestations={"sbom": {"generator": generator}})
+    [(_, _, log)] = run_rendered(daemon, obj, [login], tmp_path, tmp_path, expect_failure=True)
+    reason, _, summary = classify_failure(log)
+    state = sbom_generator_failure(UnitState(FAILED, reason, summary, log_excerpt=excerpt(log)), generator)
+    assert (state.reason, state.retryable) == (reasons.SBOM_GENERATOR_FAILED, False), log[-2000:]
+    assert state.message.startswith(f"the SBOM generator image {generator} could not be pulled")

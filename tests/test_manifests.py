@@ -67,6 +67,14 @@ def test_operator_pod_runs_restricted_with_health_probes():
     assert container["resources"]["limits"]["memory"]
 
 
+def test_the_only_writable_place_of_the_operator_is_a_tmp_in_memory_where_cosign_gets_the_credentials():
+    """Signing writes the registry credentials for cosign into a temporary directory: it never reaches a disk."""
+    (deployment,) = load_yaml_docs(ROOT / "manifests" / "base" / "30-deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
+
+
 def test_the_deployment_pins_the_buildkit_image_the_operator_defaults_to():
     from kiln.spec.settings import DEFAULT_BUILDKIT_IMAGE
 

@@ -4,6 +4,7 @@ import subprocess
 import tomllib
 
 from cluster import operator_image
+from cluster.versions import COSIGN
 from packaging.requirements import Requirement
 
 from conftest import ROOT
@@ -39,4 +40,13 @@ def test_the_dockerfile_is_built_from_the_base_layout_by_its_digest(tmp_path):
     assert [a for a in args if a.startswith("type=")] == [f"type=oci,dest={tmp_path / 'kiln.tar'},name=r.example/kiln:1",
                                                          "type=image,name=r.example/kiln:1,push=true"]
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "ARG BASE=python:3.11-slim\nFROM ${BASE}\n" in dockerfile
+    assert "ARG BASE=python:3.11-slim\n" in dockerfile and "\nFROM ${BASE}\n" in dockerfile
+    # The base already holds cosign: the stage that builds it from source is not needed, nor its golang image.
+    assert f"--opt=build-arg:COSIGN_FROM={operator_image.BASE_NAME}" in args
+    assert "FROM ${COSIGN_FROM} AS cosign\n" in dockerfile
+
+
+def test_the_dockerfile_builds_the_pinned_cosign():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"github.com/sigstore/cosign/v3/cmd/cosign@{COSIGN.version}" in dockerfile
+    assert COSIGN.module == "github.com/sigstore/cosign/v3"

@@ -7,7 +7,7 @@ is a leaf any layer may use. docs/architecture.md walks one ImageBuild through t
 """
 
 # The one version: the package (pyproject reads it), `kiln --version`, the image tag (Makefile, manifests/).
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 GROUP = "kiln.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"

@@ -16,6 +16,7 @@ import yaml
 from kiln.build.credentials import CredentialsProblem, resolved_login, selected_logins
 from kiln.build.platforms import build_plan
 from kiln.build.render import render_build
+from kiln.clients import cosign
 from kiln.spec.parse import InvalidSpec, parse_image_build, parse_registry_login
 from kiln.spec.settings import Settings
 
@@ -90,6 +91,12 @@ def _found(by_kind: dict, kind: str, namespace: str, name: str | None) -> dict |
 
 
 def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = None) -> list[dict]:
+    return render_with_steps(paths, settings, stdin)[0]
+
+
+def render_with_steps(paths: list[str], settings: Settings,
+                      stdin: TextIO | None = None) -> tuple[list[dict], list[str]]:
+    """The objects the operator would create, and what it does itself once they ran (signing)."""
     docs = _documents(paths, stdin or sys.stdin)
     by_kind: dict[str, dict[tuple[str, str], tuple[str, dict]]] = {}
     for path, doc in docs:
@@ -100,7 +107,7 @@ def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = 
             logins.append(parse_registry_login(doc))
         except InvalidSpec as exc:
             raise RenderError(f"{path}: RegistryLogin/{_shown(_key(doc)[1])}: {exc}") from None
-    out = []
+    out, steps = [], []
     for path, doc in by_kind.get("ImageBuild", {}).values():
         where = f"{path}: ImageBuild/{_shown(_key(doc)[1])}"
         doc = {**doc, "metadata": {"uid": PLACEHOLDER_UID, **(doc.get("metadata") or {})}}
@@ -114,7 +121,16 @@ def render_objects(paths: list[str], settings: Settings, stdin: TextIO | None = 
             raise RenderError(f"{where}: {exc}") from None
         except CredentialsProblem as exc:
             raise RenderError(f"{where}: {exc.message}") from None
-    return out
+        if spec.signing.key_secret:
+            steps.append(_signing_step(spec, settings))
+    return out, steps
+
+
+def _signing_step(spec, settings: Settings) -> str:
+    command = " ".join([settings.cosign, *cosign.sign_args(f"{spec.output.image}@<pushed digest>")])
+    return (f"ImageBuild {spec.namespace}/{spec.name}: once every Job pushed, the operator signs the image with the key "
+            f"in Secret {spec.signing.key_secret} (never mounted in a build pod; key and password in cosign's "
+            f"environment):\n  COSIGN_KEY=<{cosign.KEY}> COSIGN_PASSWORD=<{cosign.PASSWORD}> {command}")
 
 
 def redacted(obj: dict) -> dict:
@@ -144,7 +160,7 @@ _Dumper.add_representer(str, _represent_str)
 
 def render_files(paths: list[str], *, show_secrets: bool, out: TextIO, err: TextIO) -> int:
     try:
-        objects = render_objects(paths, Settings.from_env())
+        objects, steps = render_with_steps(paths, Settings.from_env())
     except RenderError as exc:
         err.write(f"kiln render: {exc}\n")
         return 1
@@ -153,4 +169,6 @@ def render_files(paths: list[str], *, show_secrets: bool, out: TextIO, err: Text
         return 1
     shown = objects if show_secrets else [redacted(o) for o in objects]
     yaml.dump_all(shown, out, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    for step in steps:  # YAML comments: the output still applies as it is
+        out.write("".join(f"# {line}\n" for line in ["", *step.splitlines()]))
     return 0

@@ -23,7 +23,19 @@ import pytest
 from kiln.build.children import children
 from kiln.build.credentials import Credentials, CredentialsProblem, ResolvedLogin
 from kiln.build.decide import START_POLICIES, Decision, Facts, decide, settled, start_verdict
-from kiln.build.questions import AssembleIndex, BuildLog, ImageContents, JobEvents, PushCheck, RegistryProblem, TagDigest
+from kiln.build.questions import (
+    AssembleIndex,
+    Attestation,
+    BuildLog,
+    ImageContents,
+    JobEvents,
+    PlatformImage,
+    PushCheck,
+    RegistryProblem,
+    Signature,
+    SignImage,
+    TagDigest,
+)
 from kiln.spec import reasons
 from kiln.spec.parse import InvalidSpec, parse_image_build
 from kiln.spec.schema import pruned, schema_of
@@ -198,7 +210,7 @@ def index_question(amd64: str, arm64: str) -> AssembleIndex:
 
 
 def index_answer(w: World, amd64: str, arm64: str, result: str = digest(9)) -> None:
-    w.answers[index_question(amd64, arm64)] = (result, [("linux/amd64", amd64), ("linux/arm64", arm64)])
+    w.answers[index_question(amd64, arm64)] = (result, [PlatformImage("linux/amd64", amd64), PlatformImage("linux/arm64", arm64)])
 
 
 # -- the orders, as a table: a build's life, event by event, and where it ends --
@@ -399,7 +411,8 @@ def test_auto_puts_every_emulated_platform_in_the_index_not_only_the_first():
     question = AssembleIndex("r.example/team/app", (("linux/amd64", digest(1), OCI_MANIFEST),
                                                     ("linux/arm64", digest(2), OCI_INDEX),
                                                     ("linux/riscv64", digest(2), OCI_INDEX)), ("v1",))
-    w.answers[question] = (digest(9), [("linux/amd64", digest(1)), ("linux/arm64", digest(3)), ("linux/riscv64", digest(4))])
+    w.answers[question] = (digest(9), [PlatformImage("linux/amd64", digest(1)), PlatformImage("linux/arm64", digest(3)),
+                                       PlatformImage("linux/riscv64", digest(4))])
     w.decide()
     assert w.status["phase"] == "Succeeded"
     assert {p["platform"]: p["builtBy"] for p in w.status["platforms"]} == {
@@ -557,8 +570,8 @@ def test_a_single_pod_index_is_looked_into_for_the_digest_of_each_platform():
     w = world(platforms=PLATFORMS)
     w.decide()
     w.finish(w.job("all"), metadata(digest(5), OCI_INDEX))
-    w.answers[ImageContents("r.example/team/app", digest(5), tuple(PLATFORMS))] = [("linux/amd64", digest(1)),
-                                                                                   ("linux/arm64", digest(2))]
+    w.answers[ImageContents("r.example/team/app", digest(5), tuple(PLATFORMS))] = [PlatformImage("linux/amd64", digest(1)),
+                                                                                   PlatformImage("linux/arm64", digest(2))]
     w.decide()
     assert w.status["digest"] == digest(5)
     assert w.status["platforms"] == [{"platform": "linux/amd64", "digest": digest(1), "builtBy": "qemu"},
@@ -974,3 +987,91 @@ def test_a_refusal_of_the_api_server_is_reported_at_once_even_within_a_backoff()
 
 def test_a_build_no_start_policy_holds_back_starts():
     assert _verdict([]) == ("", None)
+
+
+# -- attestations and signing: concluding asks for a signature once the image is pushed --
+
+PROVENANCE, SPDX = "https://slsa.dev/provenance/v1", "https://spdx.dev/Document"
+SIGNING = {"cosign": {"keySecretRef": {"name": "cosign-key"}}}
+SIGN = SignImage("r.example/team/app", digest(9), "cosign-key")
+
+
+def signed_native(answer) -> World:
+    """A native two-platform build with attestations and signing, its index assembled, signing answered so."""
+    w = world(platforms=PLATFORMS, multiArch={"strategy": "native"}, signing=SIGNING)
+    w.decide()
+    w.finish(w.job("amd64"), metadata(digest(1), OCI_INDEX))
+    w.finish(w.job("arm64"), metadata(digest(2), OCI_INDEX))
+    question = AssembleIndex("r.example/team/app", (("linux/amd64", digest(1), OCI_INDEX),
+                                                    ("linux/arm64", digest(2), OCI_INDEX)), ("v1",))
+    w.answers[question] = (digest(9), [PlatformImage("linux/amd64", digest(3), Attestation(digest(5), (PROVENANCE, SPDX))),
+                                       PlatformImage("linux/arm64", digest(4), Attestation(digest(6), (PROVENANCE,)))])
+    w.answers[SIGN] = answer
+    return w
+
+
+def test_a_signed_build_is_ready_with_its_signature_and_each_platforms_attestation():
+    w = signed_native(Signature(f"r.example/team/app@{digest(7)}", "SHA256:ab12"))
+    w.decide()
+    assert (w.status["phase"], w.condition("Ready")["status"]) == ("Succeeded", "True")
+    assert w.status["signature"] == {"reference": f"r.example/team/app@{digest(7)}", "keyFingerprint": "SHA256:ab12"}
+    assert w.status["platforms"] == [
+        {"platform": "linux/amd64", "digest": digest(3), "builtBy": "native",
+         "attestation": {"digest": digest(5), "predicateTypes": [PROVENANCE, SPDX]}},
+        {"platform": "linux/arm64", "digest": digest(4), "builtBy": "native",
+         "attestation": {"digest": digest(6), "predicateTypes": [PROVENANCE]}}]
+
+
+def test_the_index_is_signed_not_the_platform_images():
+    w = signed_native(None)
+    del w.answers[SIGN]
+    with pytest.raises(AssertionError, match="unanswered question SignImage"):
+        w.decide()
+    # The assembled index's digest: it covers every platform and its attestations.
+    w.answers[SIGN] = Signature("r.example/team/app@" + digest(7), "SHA256:ab12")
+    w.decide()
+    assert w.status["phase"] == "Succeeded"
+
+
+def test_a_signing_failure_fails_the_build_and_still_reports_what_was_pushed():
+    w = signed_native(RegistryProblem(reasons.SIGNING_FAILED, "cosign.password does not decrypt cosign.key", False))
+    w.decide()
+    assert w.status["phase"] == "Failed"
+    ready = w.condition("Ready")
+    assert (ready["status"], ready["reason"]) == ("False", reasons.SIGNING_FAILED)
+    assert ready["message"] == (f"pushed r.example/team/app@{digest(9)}, but signing it failed: "
+                                "cosign.password does not decrypt cosign.key")
+    assert (w.status["digest"], w.status["image"]) == (digest(9), f"r.example/team/app@{digest(9)}")
+    assert [p["digest"] for p in w.status["platforms"]] == [digest(3), digest(4)]
+    assert w.status["failure"]["reason"] == reasons.SIGNING_FAILED and "signature" not in w.status
+    assert w.status["history"][0] | {"phase": "Failed", "reason": reasons.SIGNING_FAILED, "digest": digest(9)} == \
+        w.status["history"][0]
+    assert len(w.status["history"]) == 1
+    assert w.events[-1] == "BuildFailed"
+    del w.answers[SIGN]
+    w.decide()  # nothing is signed again (it would ask) until the user asks for a rebuild
+    assert w.status["phase"] == "Failed"
+
+
+def test_a_registry_that_fails_while_signing_is_asked_again_after_a_backoff():
+    w = signed_native(RegistryProblem(reasons.SIGNING_FAILED, "cosign: 503 Service Unavailable", True))
+    decision = w.decide()
+    assert w.status["phase"] == "Building" and decision.requeue_after
+    assert w.condition("Ready")["status"] == "False"
+    assert "the images are built; signing: cosign: 503" in w.condition("Reconciling")["message"]
+    w.now += datetime.timedelta(seconds=decision.requeue_after + 1)
+    w.answers[SIGN] = Signature("r.example/team/app@" + digest(7), "SHA256:ab12")
+    w.decide()
+    assert w.status["phase"] == "Succeeded" and w.status["signature"]["keyFingerprint"] == "SHA256:ab12"
+
+
+def test_a_single_platform_image_is_signed_by_the_digest_buildkit_pushed():
+    w = world(signing=SIGNING, platforms=["linux/amd64"])
+    w.decide()
+    w.finish(w.job("all"), metadata(digest(5), OCI_INDEX))  # provenance makes it an index
+    w.answers[ImageContents("r.example/team/app", digest(5), ("linux/amd64",))] = [
+        PlatformImage("linux/amd64", digest(1), Attestation(digest(2), (PROVENANCE,)))]
+    w.answers[SignImage("r.example/team/app", digest(5), "cosign-key")] = Signature("r.example/team/app@" + digest(7), "SHA256:cd")
+    w.decide()
+    assert w.status["phase"] == "Succeeded" and w.status["signature"]["reference"].endswith(digest(7))
+    assert w.status["platforms"][0]["attestation"] == {"digest": digest(2), "predicateTypes": [PROVENANCE]}

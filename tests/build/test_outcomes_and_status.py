@@ -3,7 +3,18 @@ import json
 
 import pytest
 
-from kiln.build.outcomes import FAILED, PENDING, RUNNING, SUCCEEDED, cache_stats, classify_failure, excerpt, observe_unit
+from kiln.build.outcomes import (
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    UnitState,
+    cache_stats,
+    classify_failure,
+    excerpt,
+    observe_unit,
+    sbom_generator_failure,
+)
 from kiln.build.status import (
     BUILDING,
     CANCELLED,
@@ -188,3 +199,16 @@ def test_status_patch_is_none_when_nothing_changed_and_removes_what_is_gone():
     later = status_patch({**written, "failure": {"reason": "X"}}, {**new, "phase": "Succeeded"}, "T3")
     assert later["failure"] is None and later["phase"] == "Succeeded"
     assert later["conditions"][0]["lastTransitionTime"] == "T1"  # Ready stayed False
+
+
+def test_a_failing_sbom_generator_is_told_apart_from_a_failing_dockerfile_step():
+    log = ('#9 [linux/amd64] generating sbom using r.example/tools/scanner:1\n#9 ERROR: process "/usr/bin/scan" did not '
+           'complete successfully: exit code: 2\nerror: failed to solve: process "/usr/bin/scan" did not complete '
+           'successfully: exit code: 2\n')
+    reason, retryable, summary = classify_failure(log)
+    assert reason == reasons.DOCKERFILE_ERROR
+    state = sbom_generator_failure(UnitState(FAILED, reason, summary, retryable, log_excerpt=log), "r.example/tools/scanner:1")
+    assert (state.reason, state.message, state.retryable) == (
+        reasons.SBOM_GENERATOR_FAILED, "the SBOM generator r.example/tools/scanner:1 failed", False)
+    other = sbom_generator_failure(UnitState(FAILED, reason, summary, log_excerpt=log), "r.example/tools/other:1")
+    assert other.reason == reasons.DOCKERFILE_ERROR  # another image's step is the Dockerfile's

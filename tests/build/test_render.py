@@ -17,7 +17,7 @@ from kiln.build.credentials import Credentials, ResolvedLogin
 from kiln.build.platforms import BuildUnit, build_plan
 from kiln.build.render import buildctl_args, render_build, render_job
 from kiln.cli import main as kiln_main
-from kiln.render_cli import render_objects
+from kiln.render_cli import render_files, render_objects
 from kiln.spec import references
 from kiln.spec.parse import InvalidSpec, parse_image_build
 from kiln.spec.settings import Settings
@@ -39,6 +39,7 @@ STORIES = {
     "git-private": ([FIXTURES / "git-private.yaml"], "private-app"),
     "quickstart": ([SAMPLES / "00-quickstart.yaml"], "hello"),
     "kiln-builds-kiln": ([SAMPLES / "00-quickstart.yaml", SAMPLES / "kiln-builds-kiln.yaml"], "kiln"),
+    "supply-chain": ([SAMPLES / "00-quickstart.yaml", SAMPLES / "07-supply-chain.yaml"], "hello-signed"),
 }
 
 
@@ -92,7 +93,7 @@ def test_cache_ref_defaults_to_output_image_build_cache_tag():
 def test_cache_moves_to_the_vpc_address_with_its_login():
     args = _args("cache-vpc-registry")
     ref = "registry-vpc.cn-beijing.aliyuncs.com/hub-mirrors/openjdk:app1-flow-cache"
-    assert [a for a in args if "cache" in a] == [f"--export-cache=type=registry,ref={ref},mode=max,ignore-error=true",
+    assert [a for a in args if a.startswith(("--export-cache", "--import-cache"))] == [f"--export-cache=type=registry,ref={ref},mode=max,ignore-error=true",
                                                  f"--import-cache=type=registry,ref={ref}"]
     config = json.loads(base64.b64decode(rendered_story("cache-vpc-registry")[0]["data"][".dockerconfigjson"]))
     assert "registry-vpc.cn-beijing.aliyuncs.com" in config["auths"]
@@ -103,9 +104,49 @@ def test_local_cache_keeps_buildkit_state_on_the_volume_without_export():
     pod = job["spec"]["template"]["spec"]
     assert pod["volumes"][0] == {"name": "buildkit-state", "persistentVolumeClaim": {"claimName": "buildkit-state-app1"}}
     assert pod["containers"][0]["volumeMounts"][0] == {"name": "buildkit-state", "mountPath": "/home/user/.local/share/buildkit"}
-    assert not [a for a in _args("local-cache") if "cache" in a]
+    assert not [a for a in _args("local-cache") if a.startswith(("--export-cache", "--import-cache"))]
     assert job["metadata"]["labels"]["kiln.dev/cache-volume"] == "buildkit-state-app1"
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "kiln.dev/builder": "dedicated"}
+
+
+def test_every_native_pod_attaches_provenance_naming_this_build_and_an_sbom_from_the_named_generator():
+    for index in (0, 1):
+        attest = [a for a in _args("supply-chain", index) if "attest" in a or "SBOM" in a]
+        assert attest == [
+            "--opt=attest:provenance=mode=max,builder-id=kiln://cluster.local/namespaces/default/imagebuilds/hello-signed/builds/g1-17427c",
+            "--opt=attest:sbom=generator=10.88.0.3:5000/mirror/buildkit-syft-scanner:stable-1"]
+
+
+def test_provenance_is_min_by_default_off_on_request_and_the_sbom_generator_defaults_to_the_operators():
+    doc = _fixture_build()
+    settings = Settings(sbom_generator="mirror.example/scanner:1", builder_id="kiln://prod-eu")
+    def attest(**attestations):
+        doc["spec"]["attestations"] = attestations
+        return [a for a in buildctl_args(parse_image_build(doc), BuildUnit(()), settings) if "attest" in a or "SBOM" in a]
+    assert attest() == [f"--opt=attest:provenance=mode=min,builder-id=kiln://prod-eu/namespaces/team/imagebuilds/private-app/builds/{parse_image_build(doc).build_id}"]
+    assert attest(provenance="off") == []
+    assert attest(provenance="off", sbom={}) == ["--opt=attest:sbom=generator=mirror.example/scanner:1"]
+    assert attest(provenance="off", sbom={"scanStages": True}) == ["--opt=attest:sbom=generator=mirror.example/scanner:1",
+                                                                    "--opt=build-arg:BUILDKIT_SBOM_SCAN_STAGE=true"]
+
+
+def test_the_signing_key_never_reaches_a_build_pod():
+    job = _job("supply-chain")
+    assert "cosign-key" not in json.dumps(job)
+    assert {v.get("secret", {}).get("secretName") for v in job["spec"]["template"]["spec"]["volumes"]} <= {
+        None, "hello-signed-g1-17427c-docker"}
+
+
+def test_render_shows_the_signing_step_the_operator_runs_after_the_push():
+    out, err = io.StringIO(), io.StringIO()
+    files = [str(SAMPLES / "00-quickstart.yaml"), str(SAMPLES / "07-supply-chain.yaml")]
+    assert render_files(files, show_secrets=False, out=out, err=err) == 0, err.getvalue()
+    comments = [line for line in out.getvalue().splitlines() if line.startswith("#")]
+    assert comments[-1] == ("#   COSIGN_KEY=<cosign.key> COSIGN_PASSWORD=<cosign.password> cosign sign --key env://COSIGN_KEY "
+                            "--yes --use-signing-config=false --tlog-upload=false 10.88.0.3:5000/quickstart/hello-signed@<pushed digest>")
+    assert "Secret cosign-key (never mounted in a build pod" in comments[-2]
+    docs = list(yaml.safe_load_all(out.getvalue()))  # the comments keep the output applicable
+    assert [d["kind"] for d in docs] == ["Secret", "Job", "Secret", "Job", "Job"]
 
 
 def test_qemu_multiarch_builds_every_platform_in_one_pod_and_pushes_one_tag():
@@ -153,7 +194,7 @@ def test_private_git_token_reaches_buildkit_as_a_secret_never_in_the_url():
 def test_git_token_secret_is_named_for_the_host_and_port_buildkit_looks_up(url, secret_id):
     doc = _fixture_build()
     doc["spec"]["source"]["git"]["url"] = url
-    assert f"--secret=id={secret_id},src=/kiln/git/token" in buildctl_args(parse_image_build(doc), BuildUnit(()))
+    assert f"--secret=id={secret_id},src=/kiln/git/token" in buildctl_args(parse_image_build(doc), BuildUnit(()), SETTINGS)
 
 
 def test_insecure_and_private_ca_registries_get_a_buildkitd_config_in_the_build_secret():
@@ -247,6 +288,8 @@ def test_crd_patterns_are_the_ones_the_operator_enforces():
     assert spec["output"]["properties"]["tags"]["items"]["pattern"] == references.TAG_PATTERN
     assert spec["cache"]["properties"]["ref"]["pattern"] == references.TAGGED_REF_PATTERN
     assert spec["platforms"]["items"]["pattern"] == references.PLATFORM_PATTERN
+    assert spec["attestations"]["properties"]["sbom"]["properties"]["generator"]["pattern"] == \
+        references.IMAGE_REF_PATTERN
 
 
 # -- injection: hostile values never change the pod's structure or its argument count --
@@ -330,7 +373,7 @@ def test_build_arg_values_survive_byte_for_byte():
     for value in HOSTILE:
         doc = copy.deepcopy(BASE)
         doc["spec"]["buildArgs"] = {"A": value}
-        assert f"--opt=build-arg:A={value}" in buildctl_args(parse_image_build(doc), BuildUnit(()))
+        assert f"--opt=build-arg:A={value}" in buildctl_args(parse_image_build(doc), BuildUnit(()), SETTINGS)
 
 
 # -- kiln render --
@@ -341,7 +384,7 @@ def test_kiln_render_prints_every_object_with_credentials_redacted(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     objects = list(yaml.safe_load_all(out))
-    assert sum(o["kind"] == "Job" for o in objects) == 9  # eight samples, native multi-arch has two pods
+    assert sum(o["kind"] == "Job" for o in objects) == 11  # nine samples, two native multi-arch ones of two pods
     assert "pass-a" not in out and "pass-b" not in out and "dXNlci1hOnBhc3MtYQ" not in out
     assert "kiln-local-registry" not in out  # the quick start's password, from stringData
     assert '"username": "user-a"' in out

@@ -4,11 +4,13 @@ import contextlib
 import datetime
 import http.server
 import ipaddress
+import json
 import threading
 
 import pytest
 
 from kiln.build.credentials import Credentials
+from kiln.build.questions import Attestation, PlatformImage
 from kiln.clients.registry import (
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
@@ -17,13 +19,25 @@ from kiln.clients.registry import (
     RegistryClient,
     RegistryError,
     assemble_index,
+    image_platforms,
 )
 from kiln.spec import reasons
 from kiln.spec.addresses import forbidden_address
+from kiln.spec.references import MANIFEST_MEDIA_TYPES
 from kiln.spec.settings import Settings
 
 from conftest import BASIC_USERS, TOKEN_USERS
-from registries import DOCKER_TYPES, Client, push_image, silent_server, start_token_registry
+from registries import (
+    DOCKER_TYPES,
+    PROVENANCE,
+    SPDX,
+    Client,
+    digest_of,
+    push_attested,
+    push_image,
+    silent_server,
+    start_token_registry,
+)
 
 pytestmark = pytest.mark.registry
 
@@ -197,6 +211,7 @@ async def test_a_name_that_resolves_to_a_metadata_address_is_refused(monkeypatch
 
 
 PLATFORMS = ["linux/amd64", "linux/arm64"]
+OCI_MANIFEST = MANIFEST_MEDIA_TYPES[0]
 
 
 @pytest.mark.parametrize(("types", "index_type"), [({}, OCI_INDEX), (DOCKER_TYPES, DOCKER_MANIFEST_LIST)],
@@ -208,7 +223,7 @@ async def test_an_assembled_index_is_of_the_kind_of_its_children_and_tags_every_
                                          **({"types": types} if types else {}))
     async with client(token_registry.host, "pusher", password) as registry:
         digest, images = await assemble_index(registry, "team/multi", [(p, digests[p]) for p in PLATFORMS], ("v1", "latest"))
-    assert images == [(p, digests[p]) for p in PLATFORMS]
+    assert images == [PlatformImage(p, digests[p]) for p in PLATFORMS]
     reader = Client(token_registry, "pusher")
     for tag in ("v1", "latest"):
         media_type, index, tagged = await asyncio.to_thread(reader.manifest, "team/multi", tag)
@@ -227,8 +242,8 @@ async def test_an_index_is_assembled_from_a_native_image_and_an_emulated_pods_in
                 ("linux/riscv64", emulated_index)]
     async with client(token_registry.host, "pusher", password) as registry:
         _, images = await assemble_index(registry, "team/auto", children, ("v1",))
-    assert images == [("linux/amd64", native["linux/amd64"]), ("linux/arm64", emulated["linux/arm64"]),
-                      ("linux/riscv64", emulated["linux/riscv64"])]
+    assert images == [PlatformImage("linux/amd64", native["linux/amd64"]), PlatformImage("linux/arm64", emulated["linux/arm64"]),
+                      PlatformImage("linux/riscv64", emulated["linux/riscv64"])]
 
 
 async def test_an_index_with_a_child_missing_from_the_registry_is_not_pushed(token_registry):
@@ -367,3 +382,51 @@ def test_the_denied_ranges_come_from_the_operator_setting_and_a_typo_stops_it():
         ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
     with pytest.raises(ValueError, match="'10.0.0.0/33' is not an address range"):
         Settings.from_env({"KILN_REGISTRY_DENY_CIDRS": "10.0.0.0/33"})
+
+
+async def test_an_assembled_index_carries_each_platforms_attestation_manifest_as_buildkit_attached_it(token_registry):
+    """native: each pod pushed an index of its image and its attestations; the tag gets both, still tied together."""
+    password = TOKEN_USERS["pusher"][0]
+    children, images, attestations = [], {}, {}
+    for platform in PLATFORMS:
+        index, image, attestation = await asyncio.to_thread(push_attested, token_registry, "pusher", "team/attested",
+                                                            [platform], (PROVENANCE, SPDX))
+        children.append((platform, index))
+        images.update(image)
+        attestations.update(attestation)
+    async with client(token_registry.host, "pusher", password) as registry:
+        digest, found = await assemble_index(registry, "team/attested", children, ("v1",))
+    assert found == [PlatformImage(p, images[p], Attestation(attestations[p], (PROVENANCE, SPDX))) for p in PLATFORMS]
+    media_type, index, tagged = await asyncio.to_thread(Client(token_registry, "pusher").manifest, "team/attested", "v1")
+    assert (media_type, tagged) == (OCI_INDEX, digest)
+    assert [(m["platform"]["os"], m["digest"], (m.get("annotations") or {}).get("vnd.docker.reference.digest"))
+            for m in index["manifests"]] == [
+        ("linux", images["linux/amd64"], None), ("linux", images["linux/arm64"], None),
+        ("unknown", attestations["linux/amd64"], images["linux/amd64"]),
+        ("unknown", attestations["linux/arm64"], images["linux/arm64"])]
+
+
+async def test_the_platforms_of_one_pods_index_come_with_their_attestations(token_registry):
+    index, images, attestations = await asyncio.to_thread(push_attested, token_registry, "pusher", "team/one",
+                                                          PLATFORMS)
+    async with client(token_registry.host, "pusher", TOKEN_USERS["pusher"][0]) as registry:
+        found = await image_platforms(registry, "team/one", index, tuple(PLATFORMS))
+    assert found == [PlatformImage(p, images[p], Attestation(attestations[p], (PROVENANCE,))) for p in PLATFORMS]
+
+
+async def test_signatures_are_found_in_the_referrers_tag_of_a_registry_without_the_referrers_api(token_registry):
+    _, images = await asyncio.to_thread(push_image, token_registry, "pusher", "team/signed", ["linux/amd64"])
+    image = images["linux/amd64"]
+    async with client(token_registry.host, "pusher", TOKEN_USERS["pusher"][0]) as registry:
+        assert await registry.signatures("team/signed", image) == []
+        bundle = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+                             "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(b"{}"), "size": 2},
+                             "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": image, "size": 1}}).encode()
+        await asyncio.to_thread(Client(token_registry, "pusher").push_blob, "team/signed", b"{}")
+        await registry.put_manifest("team/signed", digest_of(bundle), OCI_MANIFEST, bundle)
+        fallback = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": digest_of(bundle), "size": len(bundle),
+             "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json"},
+            {"mediaType": OCI_MANIFEST, "digest": image, "size": 1, "artifactType": "application/spdx+json"}]}).encode()
+        await registry.put_manifest("team/signed", image.replace(":", "-"), OCI_INDEX, fallback)
+        assert await registry.signatures("team/signed", image) == [digest_of(bundle)]

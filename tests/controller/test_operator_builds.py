@@ -304,7 +304,7 @@ async def test_credential_problems_stall_the_build_before_any_job(cluster, basic
             await cluster.apply(image_build(host, secrets=[{"id": "db", "secretRef": {"name": "db", "key": "password"}}]))
             expected = (reasons.SECRET_NOT_OPTED_IN, "Secret 'db' has not opted in to ImageBuilds: label it "
                         "kiln.dev/build-secret=true") if problem == "secret-not-opted-in" else \
-                (reasons.SECRET_NOT_FOUND, "Secret 'db' that the build mounts does not exist in namespace 'default'")
+                (reasons.SECRET_NOT_FOUND, "Secret 'db' that the build uses does not exist in namespace 'default'")
         else:
             await ready_login(cluster, token_registry, user="reader", password=TOKEN_USERS["reader"][0])
             await cluster.apply(image_build(token_registry.host))

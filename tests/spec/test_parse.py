@@ -31,6 +31,31 @@ def test_a_nul_in_a_build_arg_value_is_refused():
     assert refusal(buildArgs={"A": "x\x00y"}).message == "must not contain a NUL character"
 
 
+@pytest.mark.parametrize("name", ["BUILDKIT_ATTEST_PROVENANCE", "buildkit_attest_sbom", "BUILDKIT_SBOM_SCAN_STAGE"])
+def test_build_args_that_buildkit_reads_as_attestation_settings_are_refused(name):
+    """A build argument could otherwise turn provenance off, or point the SBOM at a generator of the user's."""
+    refused = refusal(buildArgs={name: "mode=max"})
+    assert (refused.field, refused.message) == (f"spec.buildArgs.{name}", "BuildKit reads this as an attestation "
+                                                                          "setting: use spec.attestations")
+
+
+def test_a_build_without_attestation_settings_gets_min_provenance_and_no_sbom():
+    spec = parse_image_build(BUILD)
+    assert (spec.attestations.provenance, spec.attestations.sbom, spec.signing.key_secret) == ("min", False, None)
+
+
+@pytest.mark.parametrize("generator", ["registry.example/tools/scanner", "scanner:1", f"r.example/s@sha256:{'a' * 64}",
+                                       f"r.example:5000/s:1@sha256:{'b' * 64}"])
+def test_an_sbom_generator_is_any_image_reference(generator):
+    spec = parse_image_build({**BUILD, "spec": {**BUILD["spec"], "attestations": {"sbom": {"generator": generator}}}})
+    assert (spec.attestations.sbom, spec.attestations.sbom_generator) == (True, generator)
+
+
+def test_an_sbom_generator_reference_is_never_quoted():
+    refused = refusal(attestations={"sbom": {"generator": f"https://{TOKEN}@r.example/s"}})
+    assert TOKEN not in str(refused)
+
+
 @pytest.mark.parametrize("name", ["app\n", "app\n---", "-app", "App"])
 def test_a_name_a_file_gives_kiln_render_is_checked_as_the_api_server_would(name):
     obj = copy.deepcopy(BUILD)

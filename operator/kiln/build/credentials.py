@@ -10,7 +10,7 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-from kiln.build.opt_in import BUILDS, LOGINS, mounted_secrets, refusal
+from kiln.build.opt_in import BUILDS, LOGINS, refusal, used_secrets
 from kiln.spec import reasons
 from kiln.spec.parse import BuildSpec, LoginSpec
 from kiln.spec.references import docker_config_key, normalize_server
@@ -158,9 +158,9 @@ def merged_docker_config(logins: list[ResolvedLogin]) -> dict:
 
 def mounted_secrets_problem(spec: BuildSpec, found: dict[str, dict | None]) -> CredentialsProblem | None:
     """Why the build may not mount the Secrets it names (found: name -> the Secret's metadata, None if missing)."""
-    for name in mounted_secrets(spec):
+    for name in used_secrets(spec):
         if found.get(name) is None:
-            return CredentialsProblem(reasons.SECRET_NOT_FOUND, f"Secret {name!r} that the build mounts does not "
+            return CredentialsProblem(reasons.SECRET_NOT_FOUND, f"Secret {name!r} that the build uses does not "
                                                                 f"exist in namespace {spec.namespace!r}")
         if refused := refusal(found[name], BUILDS, spec.name):
             return CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refused)

@@ -35,6 +35,7 @@ from kiln.build.outcomes import (
     UnitState,
     observe_unit,
     redacted,
+    sbom_generator_failure,
     true_condition,
 )
 from kiln.build.platforms import BuildUnit, build_plan
@@ -43,9 +44,12 @@ from kiln.build.questions import (
     BuildLog,
     ImageContents,
     JobEvents,
+    PlatformImage,
     PushCheck,
     Question,
     RegistryProblem,
+    Signature,
+    SignImage,
     TagDigest,
 )
 from kiln.build.render import job_name
@@ -502,6 +506,8 @@ def _see(facts: Facts, spec: BuildSpec, record: dict, job: dict | None) -> tuple
     pull patience left it."""
     state = observe_unit(job, facts.pods.get(record["job"])) if job else \
         UnitState(FAILED, reasons.JOB_LOST, "its Job was deleted before the build finished", retryable=True)
+    if spec.attestations.sbom:
+        state = sbom_generator_failure(state, spec.attestations.sbom_generator or facts.settings.sbom_generator)
     state, record = _image_pull_patience(state, facts, record)
     looks: list[float] = []
     no_pod = job is not None and record["job"] not in facts.pods
@@ -701,9 +707,9 @@ def _fail(facts: Facts, spec: BuildSpec, records: list[dict], failed: dict, seve
                     events=(("Warning", "BuildFailed", f"{reason}: {message}"),))
 
 
-def _to_ask_before_concluding(spec: BuildSpec, records: list[dict]) -> tuple[Question | None, list[tuple[str, str, str]]]:
+def _to_ask_before_concluding(spec: BuildSpec, records: list[dict]) -> tuple[Question | None, list[dict]]:
     """The registry question concluding needs (assemble the index of several units' images, or look inside the
-    index one pod pushed), or none and the platforms known without one: (platform, digest, built by)."""
+    index one pod pushed), or none and the platforms known without one, as status lists them."""
     digest = records[0].get("digest")
     if any(unit_of(r).by_digest for r in records):  # a unit of several platforms (auto's emulated) gives each
         return AssembleIndex(spec.output.image, tuple((p, r["digest"], r.get("mediaType") or "")
@@ -711,53 +717,93 @@ def _to_ask_before_concluding(spec: BuildSpec, records: list[dict]) -> tuple[Que
     if spec.output.push and digest and records[0].get("mediaType") not in MANIFEST_MEDIA_TYPES:
         return ImageContents(spec.output.image, digest, tuple(records[0]["platforms"])), []
     if spec.output.push and digest and len(records[0]["platforms"]) == 1:  # one manifest: its platform is the unit's
-        return None, [(records[0]["platforms"][0], digest, records[0]["builtBy"])]
+        return None, [_platform_status(PlatformImage(records[0]["platforms"][0], digest), records[0]["builtBy"])]
     return None, []
 
 
-def _answered_platforms(question: Question, answer, records: list[dict]) -> tuple[str | None, list[tuple[str, str, str]]]:
+def _platform_status(image: PlatformImage, built_by: str) -> dict:
+    out = {"platform": image.platform, "digest": image.digest, "builtBy": built_by}
+    if image.attestation:
+        out["attestation"] = {"digest": image.attestation.digest,
+                              "predicateTypes": list(image.attestation.predicate_types)}
+    return out
+
+
+def _answered_platforms(question: Question, answer, records: list[dict]) -> tuple[str | None, list[dict]]:
     """The pushed digest and the platforms, from the registry's answer to the question concluding asked."""
+    built_by = {p: r["builtBy"] for r in records for p in r["platforms"]}
     if isinstance(question, AssembleIndex):
         digest, images = answer
-        built_by = {p: r["builtBy"] for r in records for p in r["platforms"]}
-        return digest, [(p, d, built_by[p]) for p, d in images]
+        return digest, [_platform_status(image, built_by[image.platform]) for image in images]
     if isinstance(answer, RegistryProblem):  # a failed look inside is no failure: BuildKit pushed it
         return records[0].get("digest"), []
-    return records[0].get("digest"), [(p, d, records[0]["builtBy"]) for p, d in answer]
+    return records[0].get("digest"), [_platform_status(image, records[0]["builtBy"]) for image in answer]
 
 
 def _conclude(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus) -> Decision:
-    """Every unit pushed: the image (one pod), or the index kiln assembles from several."""
+    """Every unit pushed: the image (one pod), or the index kiln assembles from several; then its signature."""
     question, platforms = _to_ask_before_concluding(spec, records)
-    if question is None:
-        return _succeed(facts, spec, records, view, records[0].get("digest"), platforms)
-    if (wait := _waiting(facts, spec, view.carried)) is not None:  # the registry failed a moment ago
-        return _keep_until(view, wait)
-    answer = facts.answers.get(question)
-    if answer is None:
-        return Decision(ask=question)
-    if isinstance(answer, RegistryProblem) and isinstance(question, AssembleIndex):
-        if not answer.transient:
-            return _fail(facts, spec, records, {**records[0], "reason": answer.reason,
-                                                "message": f"assembling the index: {answer.message}"}, False, view)
-        blocked = _block(facts, spec, view, Blocked(answer.reason, f"the images are built; assembling the index: "
-                                                                   f"{answer.message}"))
-        return dataclasses.replace(blocked, status={**blocked.status, "phase": BUILDING, "units": records})
-    digest, platforms = _answered_platforms(question, answer, records)
-    return _succeed(facts, spec, records, view, digest, platforms)
+    digest = records[0].get("digest")
+    if question is not None:
+        if (wait := _waiting(facts, spec, view.carried)) is not None:  # the registry failed a moment ago
+            return _keep_until(view, wait)
+        answer = facts.answers.get(question)
+        if answer is None:
+            return Decision(ask=question)
+        if isinstance(answer, RegistryProblem) and isinstance(question, AssembleIndex):
+            return _not_concluded(facts, spec, records, view, answer, "assembling the index")
+        digest, platforms = _answered_platforms(question, answer, records)
+    if not (spec.signing.key_secret and digest):
+        return _succeed(facts, spec, records, view, digest, platforms)
+    sign = SignImage(spec.output.image, digest, spec.signing.key_secret)
+    if (signature := facts.answers.get(sign)) is None:
+        if (wait := _waiting(facts, spec, view.carried)) is not None:
+            return _keep_until(view, wait)
+        return Decision(ask=sign)
+    if isinstance(signature, RegistryProblem):
+        if signature.transient:
+            return _not_concluded(facts, spec, records, view, signature, "signing")
+        return _unsigned(facts, spec, records, view, digest, platforms, signature)
+    return _succeed(facts, spec, records, view, digest, platforms, signature)
+
+
+def _not_concluded(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus,
+                   problem: RegistryProblem, doing: str) -> Decision:
+    """The images are pushed and concluding failed: a transient failure is tried again later, another fails."""
+    if not problem.transient:
+        return _fail(facts, spec, records, {**records[0], "reason": problem.reason,
+                                            "message": f"{doing}: {problem.message}"}, False, view)
+    blocked = _block(facts, spec, view, Blocked(problem.reason, f"the images are built; {doing}: {problem.message}"))
+    return dataclasses.replace(blocked, status={**blocked.status, "phase": BUILDING, "units": records})
 
 
 def _succeed(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus,
-             digest: str | None, platforms: list[tuple[str, str, str]]) -> Decision:
+             digest: str | None, platforms: list[dict], signature: Signature | None = None) -> Decision:
+    status = _pushed(facts, records, view, digest, platforms)
+    if signature:
+        status["signature"] = {"reference": signature.reference, "keyFingerprint": signature.key_fingerprint}
+    return Decision(status=status, events=(("Normal", "BuildSucceeded",
+                                            f"pushed {status.get('image') or spec.output.image}"),))
+
+
+def _unsigned(facts: Facts, spec: BuildSpec, records: list[dict], view: statuses.BuildStatus, digest: str,
+              platforms: list[dict], problem: RegistryProblem) -> Decision:
+    """Pushed but not signed: the build failed, and its status still says what was pushed."""
+    message = f"pushed {spec.output.image}@{digest}, but signing it failed: {problem.message}"
+    status = statuses.unsigned(_pushed(facts, records, view, digest, platforms), spec, reasons.SIGNING_FAILED,
+                               message, labels.iso(facts.now))
+    return Decision(status=status, events=(("Warning", "BuildFailed", f"{reasons.SIGNING_FAILED}: {message}"),))
+
+
+def _pushed(facts: Facts, records: list[dict], view: statuses.BuildStatus, digest: str | None,
+            platforms: list[dict]) -> dict:
     completion = max((r["completionTime"] for r in records if r.get("completionTime")), default=labels.iso(facts.now))
     status = _started(view, records).succeeded(
-        [r["job"] for r in records], max(r["attempt"] for r in records), completion, digest,
-        [{"platform": p, "digest": d, "builtBy": b} for p, d, b in platforms],
+        [r["job"] for r in records], max(r["attempt"] for r in records), completion, digest, platforms,
         sum(r.get("cachedSteps", 0) for r in records), sum(r.get("totalSteps", 0) for r in records), labels.iso(facts.now))
     status = {**status, "units": records}
     status.pop("retry", None)
-    return Decision(status=status, events=(("Normal", "BuildSucceeded",
-                                            f"pushed {status.get('image') or spec.output.image}"),))
+    return status
 
 
 # -- rules that hold whatever was decided --

@@ -25,7 +25,7 @@ class Users:
 
 
 LOGINS = Users("RegistryLogins", labels.REGISTRY_LOGIN, labels.LOGINS_ALLOWED, "login", "use")
-BUILDS = Users("ImageBuilds", labels.BUILD_SECRET, labels.BUILDS_ALLOWED, "build", "mount")
+BUILDS = Users("ImageBuilds", labels.BUILD_SECRET, labels.BUILDS_ALLOWED, "build", "use")
 
 
 def refusal(secret: dict, users: Users, name: str) -> str | None:
@@ -40,10 +40,13 @@ def refusal(secret: dict, users: Users, name: str) -> str | None:
             f"(this {users.one} only)")
 
 
-def mounted_secrets(spec: BuildSpec) -> tuple[str, ...]:
-    """The Secrets a build's pod mounts of its own namespace: spec.secrets and the git credentials."""
+def used_secrets(spec: BuildSpec) -> tuple[str, ...]:
+    """The Secrets of its own namespace a build uses: those its pod mounts (spec.secrets, the git credentials),
+    and the cosign key kiln signs its image with."""
     names = [secret.secret for secret in spec.secrets]
     if isinstance(spec.source.origin, GitSource) and spec.source.origin.secret:
         names.append(spec.source.origin.secret)
+    if spec.signing.key_secret:
+        names.append(spec.signing.key_secret)
     return tuple(dict.fromkeys(names))
 

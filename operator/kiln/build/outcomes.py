@@ -6,6 +6,7 @@ is what failures are classified from.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass
@@ -105,6 +106,24 @@ def classify_failure(log: str) -> tuple[str, bool, str]:
         if re.search(pattern, log, re.IGNORECASE):
             return reason, retryable, summary
     return reasons.BUILD_FAILED, False, "the build failed"
+
+
+def sbom_generator_failure(state: UnitState, generator: str) -> UnitState:
+    """A failure of the SBOM generator, not of the Dockerfile: BuildKit words its pull like a FROM image's, and
+    its run as a step's ("generating sbom using IMAGE")."""
+    if state.phase != FAILED or state.reason not in (reasons.BASE_IMAGE_PULL_DENIED, reasons.DOCKERFILE_ERROR,
+                                                     reasons.BUILD_FAILED):
+        return state
+    log = state.log_excerpt
+    if f"generating sbom using {generator}" in log:
+        summary = f"the SBOM generator {generator} failed"
+    elif f"failed to resolve source metadata for {generator}" in log or re.search(
+            rf"resolve image config for docker-image://(docker\.io/)?{re.escape(generator)}", log):
+        summary = (f"the SBOM generator image {generator} could not be pulled: name one the cluster reaches in "
+                   "spec.attestations.sbom.generator, or the operator's KILN_SBOM_GENERATOR")
+    else:
+        return state
+    return dataclasses.replace(state, reason=reasons.SBOM_GENERATOR_FAILED, message=summary, retryable=False)
 
 
 def cache_stats(log: str) -> tuple[int, int]:

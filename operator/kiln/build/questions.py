@@ -38,6 +38,14 @@ class AssembleIndex:
 
 
 @dataclass(frozen=True)
+class SignImage:
+    """Sign image@digest with the cosign key in this Secret, and push the signature; answer a Signature."""
+    image: str
+    digest: str
+    key_secret: str
+
+
+@dataclass(frozen=True)
 class JobEvents:
     """What the Job controller said about a Job that has made no pod: (reason, message) of its events."""
     job: str
@@ -49,7 +57,29 @@ class BuildLog:
     pod: str
 
 
-Question = PushCheck | TagDigest | ImageContents | AssembleIndex | BuildLog | JobEvents
+Question = PushCheck | TagDigest | ImageContents | AssembleIndex | SignImage | BuildLog | JobEvents
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """The attestation manifest BuildKit attached to one platform's image, and what its layers attest."""
+    digest: str
+    predicate_types: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PlatformImage:
+    """One platform's image in what was pushed (ImageContents and AssembleIndex answer a list of them)."""
+    platform: str
+    digest: str
+    attestation: Attestation | None = None
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What signing pushed: where the signature is, and which key made it."""
+    reference: str
+    key_fingerprint: str
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,25 @@ def _output_arg(spec: BuildSpec, unit: BuildUnit) -> str:
     return f'--output=type=image,"name={names}",push={"true" if spec.output.push else "false"}'
 
 
-def buildctl_args(spec: BuildSpec, unit: BuildUnit) -> list[str]:
+def builder_id(spec: BuildSpec, settings: Settings) -> str:
+    """Who built it, as provenance names the builder: this build of this ImageBuild, on this cluster's kiln."""
+    return f"{settings.builder_id}/namespaces/{spec.namespace}/imagebuilds/{spec.name}/builds/{spec.build_id}"
+
+
+def attestation_args(spec: BuildSpec, settings: Settings) -> list[str]:
+    """The attestations BuildKit attaches to the image: SLSA provenance naming this build, an SBOM."""
+    wanted = spec.attestations
+    args = []
+    if wanted.provenance != "off":
+        args.append(f"--opt=attest:provenance=mode={wanted.provenance},builder-id={builder_id(spec, settings)}")
+    if wanted.sbom:
+        args.append(f"--opt=attest:sbom=generator={wanted.sbom_generator or settings.sbom_generator}")
+        if wanted.scan_stages:
+            args.append("--opt=build-arg:BUILDKIT_SBOM_SCAN_STAGE=true")
+    return args
+
+
+def buildctl_args(spec: BuildSpec, unit: BuildUnit, settings: Settings) -> list[str]:
     """Arguments of `buildctl-daemonless.sh` (given to BUILD_SCRIPT as "$@"), for the pod's paths."""
     source = spec.source
     args = ["build", "--progress=plain", "--frontend=dockerfile.v0"]
@@ -178,6 +196,7 @@ def buildctl_args(spec: BuildSpec, unit: BuildUnit) -> list[str]:
         args.append(f"--opt=platform={','.join(unit.platforms)}")
     args += [f"--opt=build-arg:{name}={value}" for name, value in spec.build_args]
     args += [f"--secret=id={secret.id},src={SECRETS_DIR}/{i}/value" for i, secret in enumerate(spec.secrets)]
+    args += attestation_args(spec, settings)
     args.append(_output_arg(spec, unit))
     ref = cache_ref(spec, unit)
     if spec.cache.type == "registry":
@@ -220,7 +239,7 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
         "name": "buildkit",
         "image": settings.buildkit_image,
         "command": ["/bin/sh", "-c", BUILD_SCRIPT, "kiln-build"],
-        "args": [*buildctl_args(spec, unit), *(f"--registry-auth-tlscontext={tls}" for tls in auth_tls)],
+        "args": [*buildctl_args(spec, unit, settings), *(f"--registry-auth-tlscontext={tls}" for tls in auth_tls)],
         "env": [{"name": "BUILDKITD_FLAGS", "value": flags}, {"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR}],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,

@@ -199,6 +199,17 @@ class BuildStatus:
         return {k: v for k, v in status.items() if v is not None}
 
 
+def unsigned(status: dict, spec: BuildSpec, reason: str, message: str, now: str) -> dict:
+    """A succeeded build's status turned Failed for `reason` (its signature): digest, image and platforms stay."""
+    generation = status["observedGeneration"]
+    credentials = status["conditions"][-1]
+    status = {**status, "phase": FAILED, "failure": {"reason": reason, "message": message},
+              "conditions": [*phase_conditions(FAILED, reason, message, generation), credentials]}
+    history = [item for item in status["history"] if item.get("buildID") != status.get("buildID")]
+    status["history"] = with_history(history, build_record(status, FAILED, reason, now), spec.history_limit)
+    return status
+
+
 def invalid_build_status(generation: int, identity: str, message: str, history: list[dict] | None) -> dict:
     """Status for a spec kiln cannot act on at all. Its identity settles it: nothing but an edit (or a new
     rebuild token) gives it work again, so the resync, logins, Jobs and Pods leave it alone."""

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from kiln.build.credentials import Credentials
+from kiln.build.questions import Attestation, PlatformImage
 from kiln.spec import reasons
 from kiln.spec.addresses import candidates, forbidden_address
 from kiln.spec.references import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, OCI_INDEX, api_endpoint
@@ -220,6 +221,25 @@ class RegistryClient:
         digest = _header(headers, "docker-content-digest") or "sha256:" + hashlib.sha256(body).hexdigest()
         return _header(headers, "content-type") or "", body, digest
 
+    async def signatures(self, repository: str, digest: str) -> list[str]:
+        """The digests of the sigstore bundles that refer to digest: from the OCI 1.1 referrers API, or where
+        a registry without it keeps them (the referrers tag, sha256-<hex>), as cosign pushes them."""
+        base = await self._base()
+        path = f"/v2/{repository}/referrers/{digest}"
+        status, _, body = await self._call("GET", f"{base}{path}", scope=f"repository:{repository}:pull",
+                                           headers={"Accept": OCI_INDEX})
+        if status != 200:
+            if status not in (400, 404, 405):
+                raise self._unexpected(status, path)
+            try:
+                _, body, _ = await self.get_manifest(repository, digest.replace(":", "-", 1))
+            except RegistryError as exc:
+                if exc.reason == reasons.IMAGE_NOT_FOUND:
+                    return []
+                raise
+        return [entry["digest"] for entry in json.loads(body).get("manifests", [])
+                if entry.get("artifactType", "").startswith(SIGSTORE_BUNDLE)]
+
     async def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> None:
         """Push a manifest or index under a tag or digest (its digest is the sha256 of body)."""
         base = await self._base()
@@ -325,12 +345,19 @@ def platform_of(platform: str) -> dict[str, str]:
     return {"os": os_name, "architecture": arch, **({"variant": variant[0]} if variant else {})}
 
 
-def image_index(manifests: list[dict]) -> dict:
-    """An index of per-platform manifests [{mediaType, digest, size, platform: os/arch[/variant]}]: a Docker
-    manifest list when every child is a Docker manifest (clients that know one kind read it), else an OCI index."""
-    media_type = DOCKER_MANIFEST_LIST if all(m["mediaType"] == DOCKER_MANIFEST for m in manifests) else OCI_INDEX
-    return {"schemaVersion": 2, "mediaType": media_type,
-            "manifests": [{**m, "platform": platform_of(m["platform"])} for m in manifests]}
+def image_index(manifests: list[dict], attestations: list[dict] = ()) -> dict:
+    """An index of per-platform manifests [{mediaType, digest, size, platform: os/arch[/variant]}], then the
+    attestation entries as BuildKit wrote them: a Docker manifest list when every child is a Docker manifest
+    (clients that know one kind read it), else an OCI index."""
+    docker = not attestations and all(m["mediaType"] == DOCKER_MANIFEST for m in manifests)
+    return {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST_LIST if docker else OCI_INDEX,
+            "manifests": [*({**m, "platform": platform_of(m["platform"])} for m in manifests), *attestations]}
+
+
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle"  # the artifactType of cosign's signatures (any version)
+# How BuildKit (and docker buildx) ties an attestation manifest in an index to the image it attests.
+REFERENCE_TYPE, REFERENCE_DIGEST = "vnd.docker.reference.type", "vnd.docker.reference.digest"
+PREDICATE_TYPE = "in-toto.io/predicate-type"
 
 
 def platform_digests(media_type: str, body: bytes) -> list[tuple[str, str]]:
@@ -341,39 +368,66 @@ def platform_digests(media_type: str, body: bytes) -> list[tuple[str, str]]:
     for entry in json.loads(body).get("manifests", []):
         platform = entry.get("platform") or {}
         if platform.get("os") in (None, "unknown"):
-            continue  # BuildKit's provenance attestations
+            continue  # BuildKit's attestation manifests
         name = "/".join(filter(None, [platform.get("os"), platform.get("architecture"), platform.get("variant")]))
         out.append((name, entry["digest"]))
     return out
 
 
+def attestation_entries(media_type: str, body: bytes) -> dict[str, dict]:
+    """The attestation manifests of an index, as its entries, by the digest of the image each attests."""
+    if media_type not in INDEX_MEDIA_TYPES:
+        return {}
+    return {entry["annotations"][REFERENCE_DIGEST]: entry for entry in json.loads(body).get("manifests", [])
+            if (entry.get("annotations") or {}).get(REFERENCE_TYPE) == "attestation-manifest"
+            and entry["annotations"].get(REFERENCE_DIGEST)}
+
+
+async def _attestation(client: RegistryClient, repository: str, entry: dict | None) -> Attestation | None:
+    """The attestation an index entry names, with the predicate types its layers declare (the layers are not read)."""
+    if entry is None:
+        return None
+    _, body, _ = await client.get_manifest(repository, entry["digest"])
+    layers = json.loads(body).get("layers", [])
+    types = tuple(dict.fromkeys(t for layer in layers if (t := (layer.get("annotations") or {}).get(PREDICATE_TYPE))))
+    return Attestation(entry["digest"], types)
+
+
 async def image_platforms(client: RegistryClient, repository: str, digest: str,
-                          platforms: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(platform, manifest digest) of what one pod pushed under digest: an index is looked into."""
+                          platforms: tuple[str, ...]) -> list[PlatformImage]:
+    """Each platform's image in what one pod pushed under digest, with its attestation: an index is looked into."""
     media_type, body, _ = await client.get_manifest(repository, digest)
-    found = platform_digests(media_type, body)
-    return found or ([(platforms[0], digest)] if len(platforms) == 1 else [])
+    found, attestations = platform_digests(media_type, body), attestation_entries(media_type, body)
+    if not found:
+        return [PlatformImage(platforms[0], digest)] if len(platforms) == 1 else []
+    return [PlatformImage(p, d, await _attestation(client, repository, attestations.get(d))) for p, d in found]
 
 
 async def assemble_index(client: RegistryClient, repository: str, children: list[tuple[str, str]],
-                         tags: tuple[str, ...]) -> tuple[str, list[tuple[str, str]]]:
-    """One index of per-platform images pushed by digest, tagged with every tag: (its digest, (platform, child)).
+                         tags: tuple[str, ...]) -> tuple[str, list[PlatformImage]]:
+    """One index of per-platform images pushed by digest, tagged with every tag: (its digest, the images).
 
     Every child is read back first: one that is missing fails the assembly and nothing is tagged. A pod that
-    pushed an index (BuildKit adds attestations) contributes the manifest of its platform from inside it.
+    pushed an index contributes the manifest of its platform from inside it, and the attestation manifest
+    BuildKit attached to that image, so the tag carries what an emulated build's would.
     """
-    manifests, images = [], []
+    manifests, attached, images = [], [], []
     for platform, digest in children:
         media_type, body, _ = await client.get_manifest(repository, digest)
+        entry = None
         if media_type in INDEX_MEDIA_TYPES:
             inner = dict(platform_digests(media_type, body))
             if platform not in inner:
                 raise RegistryError(reasons.IMAGE_NOT_FOUND, f"{repository}@{digest} has no {platform} image")
+            entry = attestation_entries(media_type, body).get(inner[platform])
             digest = inner[platform]
             media_type, body, _ = await client.get_manifest(repository, digest)
         manifests.append({"mediaType": media_type, "digest": digest, "size": len(body), "platform": platform})
-        images.append((platform, digest))
-    index = image_index(manifests)
+        attestation = await _attestation(client, repository, entry)
+        if entry is not None:
+            attached.append(entry)
+        images.append(PlatformImage(platform, digest, attestation))
+    index = image_index(manifests, attached)
     body = json.dumps(index, separators=(",", ":")).encode()
     for tag in tags:
         await client.put_manifest(repository, tag, index["mediaType"], body)

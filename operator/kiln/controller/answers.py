@@ -1,8 +1,9 @@
 """answers: the registry's (or the build log's) answer to a question decide asked."""
 from __future__ import annotations
 
-from kiln.build.credentials import CredentialsProblem
+from kiln.build.credentials import CredentialsProblem, merged_docker_config
 from kiln.build.decide import Facts
+from kiln.build.opt_in import BUILDS, refusal
 from kiln.build.outcomes import cache_stats
 from kiln.build.questions import (
     AssembleIndex,
@@ -12,11 +13,15 @@ from kiln.build.questions import (
     PushCheck,
     Question,
     RegistryProblem,
+    Signature,
+    SignImage,
     TagDigest,
 )
+from kiln.clients import cosign
 from kiln.clients.registry import RegistryError, assemble_index, image_platforms
 from kiln.controller.gather import resolve_logins
 from kiln.controller.runtime import Runtime
+from kiln.spec import reasons
 from kiln.spec.references import registry_host, repository_path
 
 
@@ -47,9 +52,34 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
             return digest, media_type
         if isinstance(question, ImageContents):
             return await image_platforms(client, repository, question.digest, question.platforms)
+        if isinstance(question, SignImage):
+            return await _sign(runtime, facts, question, logins, client)
         assert isinstance(question, AssembleIndex)
         return await assemble_index(client, repository, [(p, d) for p, d, _ in question.children], question.tags)
-    except RegistryError as exc:
+    except (RegistryError, cosign.SigningError) as exc:
         return RegistryProblem(exc.reason, exc.message, exc.transient)
+
+
+async def _sign(runtime: Runtime, facts: Facts, question: SignImage, logins, client) -> Signature:
+    """Sign the pushed image with the key the build names, and find the signature cosign pushed.
+
+    The registry is asked first, by kiln's own client, whose connections the address guard checks."""
+    spec = facts.spec
+    secret = await runtime.reader().secret(spec.namespace, question.key_secret)
+    if secret is not None and (refused := refusal(secret, BUILDS, spec.name)):
+        raise cosign.SigningError(refused)
+    key = cosign.signing_key(secret, question.key_secret)
+    repository = repository_path(question.image)
+    before = set(await client.signatures(repository, question.digest))
+    host = registry_host(question.image)
+    login = next((item for item in logins if item.server == host), None)
+    target = cosign.Target(f"{question.image}@{question.digest}", merged_docker_config([login] if login else []),
+                           bool(login and login.insecure), login.ca_pem if login else None)
+    fingerprint = await cosign.sign(runtime.settings.cosign, target, key)
+    pushed = [digest for digest in await client.signatures(repository, question.digest) if digest not in before]
+    if not pushed:
+        raise RegistryError(reasons.SIGNING_FAILED, f"cosign signed {question.image}@{question.digest}, but the "
+                                                    "registry lists no new signature for it")
+    return Signature(f"{question.image}@{pushed[-1]}", fingerprint)
 
 

@@ -21,7 +21,7 @@ from kiln.build.decide import (
     active,
 )
 from kiln.build.logins import ready_condition
-from kiln.build.opt_in import mounted_secrets
+from kiln.build.opt_in import used_secrets
 from kiln.build.outcomes import FAILED, SUCCEEDED
 from kiln.build.platforms import schedulable_archs
 from kiln.build.render import short_name
@@ -68,7 +68,7 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
     logins, revision = await resolve_logins(reader, spec)
     started = (obj.get("status") or {}).get("units") and (obj.get("status") or {}).get("buildID") == spec.build_id
     load = await _namespace_load(reader, obj) if settings.max_builds_per_namespace and not started else (0, 0)
-    found = {} if started else {name: await reader.secret_metadata(namespace, name) for name in mounted_secrets(spec)}
+    found = {} if started else {name: await reader.secret_metadata(namespace, name) for name in used_secrets(spec)}
     mounts = None if started else mounted_secrets_problem(spec, found)
     # A Secret that opts in (or appears) ends a backoff too: the resync sees it, as no watch shows such Secrets.
     mounts_revision = ",".join(str(((meta or {}).get("metadata") or {}).get("resourceVersion")) for meta in found.values())
@@ -94,7 +94,7 @@ async def _secret_values(reader: Reader, spec: BuildSpec, logins, pods: dict[str
     if not any(_failed(pod) for job, pod in pods.items() if job not in recorded):
         return frozenset()
     values = {login.credentials.password for login in logins} if isinstance(logins, list) else set()
-    for name in mounted_secrets(spec):
+    for name in used_secrets(spec):
         secret = await reader.secret(spec.namespace, name)
         values |= secret_values(secret) if secret else set()
     return frozenset(values)

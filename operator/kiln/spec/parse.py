@@ -20,6 +20,7 @@ from kiln.spec.references import (
     CREDENTIALS_IN_QUERY,
     CREDENTIALS_IN_URL,
     IMAGE_PATTERN,
+    IMAGE_REF_PATTERN,
     OPTION_AS_HOST,
     PLATFORM_PATTERN,
     SERVER_PATTERN,
@@ -32,6 +33,9 @@ from kiln.spec.schema import go_pattern, structural_errors
 REBUILD_ANNOTATION = labels.REBUILD
 CACHE_TYPES = ("registry", "local", "inline", "none")
 STRATEGIES = ("qemu", "native", "auto")
+PROVENANCE_MODES = ("off", "min", "max")
+# Build arguments BuildKit reads as attestation settings: spec.attestations says them, once.
+_ATTESTATION_ARGS = re.compile(r"^BUILDKIT_(ATTEST_|SBOM_SCAN_)", re.IGNORECASE)
 _BUILD_ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _GIT_URL = re.compile(r"^(https://|http://|ssh://|git://|git@)[^\s#]+$")
@@ -118,6 +122,19 @@ class Builder:
 
 
 @dataclass(frozen=True)
+class Attestations:
+    provenance: str = "min"  # SLSA provenance: off, min or max (with build arguments and the build's steps)
+    sbom: bool = False
+    sbom_generator: str | None = None  # None: the operator's (KILN_SBOM_GENERATOR)
+    scan_stages: bool = False  # the SBOM covers every stage, not only the final one
+
+
+@dataclass(frozen=True)
+class Signing:
+    key_secret: str | None = None  # a cosign key pair Secret: cosign.key and cosign.password
+
+
+@dataclass(frozen=True)
 class BuildSpec:
     namespace: str
     name: str
@@ -138,6 +155,8 @@ class BuildSpec:
     retries: int = 1
     history_limit: int = 5
     suspend: bool = False
+    attestations: Attestations = Attestations()
+    signing: Signing = Signing()
     # What the build is: the spec (but for knobs that do not change the image) and the rebuild token.
     identity: str = ""
     # Names this build in Jobs and status; a new identity at a new generation gets a new one.
@@ -205,6 +224,9 @@ def parse_image_build(obj: dict) -> BuildSpec:
             raise InvalidSpec(f"spec.buildArgs.{name}", "must be a string (quote numbers in YAML)")
         if "\0" in value:
             raise InvalidSpec(f"spec.buildArgs.{name}", "must not contain a NUL character")
+        if _ATTESTATION_ARGS.match(name):
+            raise InvalidSpec(f"spec.buildArgs.{name}", "BuildKit reads this as an attestation setting: use "
+                                                        "spec.attestations")
     target = spec.get("target")
     if target is not None:
         _match(target, _TARGET.pattern, "spec.target", "must be a Dockerfile stage name")
@@ -229,6 +251,8 @@ def parse_image_build(obj: dict) -> BuildSpec:
         retries=_integer(spec.get("retries", 1), "spec.retries", 0, 10),
         history_limit=_integer(spec.get("historyLimit", 5), "spec.historyLimit", 1, 100),
         suspend=_boolean(spec.get("suspend", False), "spec.suspend"),
+        attestations=_parse_attestations(_mapping(spec.get("attestations", {}), "spec.attestations")),
+        signing=_parse_signing(spec.get("signing"), output),
         identity=spec_identity(obj),
         build_id=build_id(meta.get("uid") or "", int(meta.get("generation") or 1), rebuild),
     )
@@ -392,6 +416,30 @@ def _parse_secrets(items) -> tuple[BuildSecret, ...]:
         out.append(BuildSecret(secret_id, _name(ref.get("name"), f"spec.secrets[{i}].secretRef.name"), key))
     _unique([s.id for s in out], "spec.secrets ids")
     return tuple(out)
+
+
+def _parse_attestations(attestations: dict) -> Attestations:
+    provenance = _choice(attestations.get("provenance", "min"), PROVENANCE_MODES, "spec.attestations.provenance")
+    if "sbom" not in attestations:
+        return Attestations(provenance)
+    sbom = _mapping(attestations["sbom"], "spec.attestations.sbom")
+    generator = sbom.get("generator")
+    if generator is not None:
+        _match(generator, IMAGE_REF_PATTERN, "spec.attestations.sbom.generator",
+               "must be an image reference, e.g. registry.example.com/tools/sbom-scanner:1", echo=False)
+    return Attestations(provenance, True, generator,
+                        _boolean(sbom.get("scanStages", False), "spec.attestations.sbom.scanStages"))
+
+
+def _parse_signing(signing, output: Output) -> Signing:
+    if signing is None:
+        return Signing()
+    signing = _mapping(signing, "spec.signing")
+    cosign = _mapping(signing.get("cosign"), "spec.signing.cosign", required=True)
+    ref = _mapping(cosign.get("keySecretRef"), "spec.signing.cosign.keySecretRef", required=True)
+    if not output.push:
+        raise InvalidSpec("spec.signing", "signing needs the image pushed (spec.output.push is false)")
+    return Signing(_name(ref.get("name"), "spec.signing.cosign.keySecretRef.name"))
 
 
 def _parse_builder(builder: dict) -> Builder:

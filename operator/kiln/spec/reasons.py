@@ -47,3 +47,5 @@ JOB_LOST = "JobDeleted"
 POD_SECURITY_REJECTED = "PodSecurityRejected"
 POD_CREATE_FAILED = "PodCreateFailed"
 DIGEST_NOT_REPORTED = "DigestNotReported"
+SIGNING_FAILED = "SigningFailed"  # pushed, but not signed: the digest is still reported
+SBOM_GENERATOR_FAILED = "SBOMGeneratorFailed"

@@ -14,6 +14,8 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 IMAGE_PATTERN = rf"^({_HOST}/)?{_PATH}$"
 TAG_PATTERN = rf"^{_TAG}$"
 TAGGED_REF_PATTERN = rf"^({_HOST}/)?{_PATH}:{_TAG}$"
+# An image to run (an SBOM generator): a tag, a digest, both or neither.
+IMAGE_REF_PATTERN = rf"^({_HOST}/)?{_PATH}(:{_TAG})?(@sha256:[a-f0-9]{{64}})?$"
 PLATFORM_PATTERN = r"^[a-z0-9]+/[a-z0-9_]+(/v[0-9]+)?$"
 # A registry as docker login takes it: host[:port], with a scheme and a path that are ignored; never user:password@.
 SERVER_PATTERN = rf"^(https?://)?{_HOST}(/[^\s]*)?$"

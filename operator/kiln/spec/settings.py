@@ -6,9 +6,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from kiln.spec.references import PLATFORM_PATTERN
+from kiln.spec.references import IMAGE_REF_PATTERN, PLATFORM_PATTERN
 
 DEFAULT_BUILDKIT_IMAGE = "moby/buildkit:v0.34.2-rootless"
+DEFAULT_SBOM_GENERATOR = "docker/buildkit-syft-scanner:stable-1"  # BuildKit's own default
+DEFAULT_BUILDER_ID = "kiln://cluster.local"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,13 @@ class Settings:
     # connections kiln keeps to the API server (clients.kube.CONNECTIONS): fewer made a burst wait on kiln's own
     # slots (docs/benchmarks.md).
     max_concurrent_reconciles: int = 100
+    # The SBOM generator of builds that name none: an air-gapped site mirrors one and names it here.
+    sbom_generator: str = DEFAULT_SBOM_GENERATOR
+    # Provenance names each build <this>/namespaces/NS/imagebuilds/NAME/builds/ID as its builder: a URI that
+    # tells this cluster's kiln apart from others'.
+    builder_id: str = DEFAULT_BUILDER_ID
+    # The cosign binary kiln signs with (spec.signing); the operator image ships one.
+    cosign: str = "cosign"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -58,6 +67,9 @@ class Settings:
             metrics_address=env.get("KILN_METRICS_ADDRESS", cls.metrics_address),
             max_builds_per_namespace=int(env.get("KILN_MAX_BUILDS_PER_NAMESPACE", cls.max_builds_per_namespace)),
             max_concurrent_reconciles=int(env.get("KILN_MAX_CONCURRENT_RECONCILES", cls.max_concurrent_reconciles)),
+            sbom_generator=_image(env.get("KILN_SBOM_GENERATOR", DEFAULT_SBOM_GENERATOR)),
+            builder_id=env.get("KILN_BUILDER_ID", DEFAULT_BUILDER_ID).rstrip("/"),
+            cosign=env.get("KILN_COSIGN", cls.cosign),
         )
 
 
@@ -75,4 +87,10 @@ def _networks(text: str) -> tuple[str, ...]:
 def _platform(text: str) -> str:
     if text and not re.fullmatch(PLATFORM_PATTERN.strip("^$"), text):
         raise ValueError(f"KILN_DEFAULT_PLATFORM: {text!r} is not a platform such as linux/amd64")
+    return text
+
+
+def _image(text: str) -> str:
+    if not re.fullmatch(IMAGE_REF_PATTERN.strip("^$"), text):
+        raise ValueError(f"KILN_SBOM_GENERATOR: {text!r} is not an image reference")
     return text
