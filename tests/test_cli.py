@@ -1,6 +1,9 @@
-"""`kiln run` without a cluster explains itself instead of printing a traceback."""
+"""`kiln run` (and the commands about one build) without a cluster explain themselves instead of printing a
+traceback."""
 import subprocess
 import sys
+
+import pytest
 
 
 def test_run_without_a_cluster_says_what_to_do_instead(tmp_path):
@@ -25,6 +28,24 @@ def test_run_without_any_kube_context_says_so(tmp_path):
     assert result.returncode == 2
     assert "no kube context" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["status", "app"], ["logs", "app", "-f"], ["build", "app", "--follow"]])
+def test_the_build_commands_without_a_cluster_exit_2_with_one_line(tmp_path, command):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        "clusters: [{name: x, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+        "contexts: [{name: x, context: {cluster: x, namespace: team}}]\nusers: []\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "kiln", *command], capture_output=True, text=True, timeout=60,
+                            env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("kiln: cannot reach the cluster: the API server at https://127.0.0.1:9 did not answer")
+    assert len(result.stderr.splitlines()) == 1
+    unknown = subprocess.run([sys.executable, "-m", "kiln", *command, "--context", "nope"], capture_output=True,
+                             text=True, timeout=60, env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"})
+    assert unknown.returncode == 2 and unknown.stderr.startswith("kiln: cannot use the kube context:")
 
 
 def test_the_namespaces_kiln_run_serves_are_read_from_every_spelling_kopf_accepts():

@@ -1,4 +1,5 @@
-"""Command line: `kiln run` starts the operator, `kiln render` prints what it would create."""
+"""Command line: `kiln run` starts the operator, `kiln render` prints what it would create; `kiln status`,
+`kiln logs` and `kiln build` show a build, its logs, and ask for a new one (also as `kubectl kiln ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -32,14 +33,77 @@ def main(argv: list[str] | None = None) -> None:
     render.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR",
                         help="YAML with ImageBuilds, RegistryLogins, Secrets and ConfigMaps (repeatable; - reads stdin)")
     render.add_argument("--show-secrets", action="store_true", help="print credentials instead of redacting them")
+    _build_commands(commands)
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         sys.exit(run_operator(extra, check=not args.skip_cluster_check))
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from kiln.render_cli import render_files
+    if args.command == "render":
+        from kiln.render_cli import render_files
 
-    sys.exit(render_files(args.filename, show_secrets=args.show_secrets, out=sys.stdout, err=sys.stderr))
+        sys.exit(render_files(args.filename, show_secrets=args.show_secrets, out=sys.stdout, err=sys.stderr))
+    sys.exit(run_build_command(args))
+
+
+def _build_commands(commands) -> None:
+    """status, logs and build: about one ImageBuild, in the current kube context and namespace, as kubectl's."""
+    def command(name: str, help_text: str):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("name", help="the ImageBuild")
+        sub.add_argument("-n", "--namespace", help="its namespace (default: the kube context's)")
+        sub.add_argument("--context", help="the kube context to use (default: the current one)")
+        return sub
+
+    command("status", "print an ImageBuild's phase, digest, platforms, cache use and failure; exit 0 when Ready")
+    logs = command("logs", "print a build's log: kept ones for pods that ended, live ones for pods running")
+    logs.add_argument("--build", metavar="ID", help="which build (default: the current one; see status.history)")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow every pod of the build until it ends; "
+                                                                   "exit 0 if it succeeded")
+    logs.add_argument("--steps", action="store_true", help="only BuildKit's steps, each as it completes")
+    build = command("build", "build the ImageBuild's spec again (the kiln.dev/rebuild annotation)")
+    build.add_argument("--wait", action="store_true", help="wait for the build's result; exit 0 if it succeeded")
+    build.add_argument("-f", "--follow", action="store_true", help="follow its logs until it ends (implies --wait)")
+    build.add_argument("--steps", action="store_true", help="with --follow: only BuildKit's steps")
+
+
+def run_build_command(args) -> int:
+    import asyncio
+
+    from kiln import builds_cli
+    from kiln.clients.kube import Kube, cluster_problem, context_namespace, load_config
+
+    try:
+        load_config(args.context)
+    except Exception as exc:  # no kubeconfig, an unknown context: kubectl's own words are the clearest
+        sys.stderr.write(f"kiln: cannot use the kube context: {exc}\n")
+        return 2
+    problem = cluster_problem(context=args.context)
+    if problem:
+        sys.stderr.write(f"kiln: cannot reach the cluster: {problem}\n")
+        return 2
+
+    async def run() -> int:
+        kube = Kube()
+        term = builds_cli.Terminal(kube, args.namespace or context_namespace(args.context))
+        try:
+            if args.command == "status":
+                return await builds_cli.status(term, args.name)
+            if args.command == "logs":
+                return await builds_cli.logs(term, args.name, args.build, args.follow, args.steps)
+            return await builds_cli.rebuild(term, args.name, args.wait, args.follow, args.steps)
+        finally:
+            await kube.close()
+
+    try:
+        return asyncio.run(run())
+    except builds_cli.Problem as exc:
+        sys.stderr.write(f"kiln: {exc}\n")
+        return exc.code
+    except KeyboardInterrupt:
+        follow = f"kiln logs {args.name} -f" + (f" -n {args.namespace}" if args.namespace else "")
+        sys.stderr.write(f"\nkiln: stopped; the build goes on (follow it again: {follow})\n")
+        return 130
 
 
 def kopf_argv(extra: list[str]) -> list[str]:

@@ -29,6 +29,7 @@ from kiln.build.questions import (
     BuildLog,
     ImageContents,
     JobEvents,
+    KeptLog,
     PlatformImage,
     PushCheck,
     RegistryProblem,
@@ -160,7 +161,7 @@ class World:
         self.pods[name] = {"metadata": {"name": f"{name}-pod"}, "status": {
             "phase": "Succeeded" if exit_code == 0 else "Failed", **(pod_status or {}),
             "containerStatuses": [{"name": "buildkit", "state": {"terminated": {"exitCode": exit_code, "message": message}}}]}}
-        self.answers.setdefault(BuildLog(f"{name}-pod"), (1, 2))
+        self.answers.setdefault(BuildLog(name, f"{name}-pod"), KeptLog(1, 2, f"{name}-log"))
 
     def pull_fails(self, name: str) -> None:
         self.pods[name] = {"metadata": {"name": f"{name}-pod"}, "status": {"phase": "Pending", "containerStatuses": [

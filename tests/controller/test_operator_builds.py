@@ -251,8 +251,7 @@ async def test_each_failure_class_has_its_reason_and_only_transient_ones_are_ret
             await _end(cluster, retry[0], how)
         failed = await phase(cluster, "Failed")
         await eventually(lambda: "BuildFailed" in event_reasons(cluster), message="BuildFailed event")
-    last_job = sorted(cluster.ever_created("batch/v1", "jobs"))[-1]
-    command = f"kubectl logs -n default job/{last_job} -c buildkit"
+    command = f"kiln logs app -n default --build {failed['buildID']}"
     assert failed["failure"]["reason"] == reason and fragment in failed["failure"]["message"]
     assert failed["failure"]["logsCommand"] == command
     assert cond(cluster, "Ready")["reason"] == reason and command in cond(cluster, "Ready")["message"]

@@ -34,6 +34,7 @@ from kiln.build.outcomes import (
     WAITING_FOR_POD,
     UnitState,
     observe_unit,
+    ran,
     redacted,
     sbom_generator_failure,
     true_condition,
@@ -524,6 +525,11 @@ def _see(facts: Facts, spec: BuildSpec, record: dict, job: dict | None) -> tuple
         if seen.ask is not None:
             return record, seen
         state = seen.state
+    if state.phase in (SUCCEEDED, FAILED):
+        seen = _log_kept(facts, record, state)
+        if seen.ask is not None:
+            return record, seen
+        state = seen.state
     looks = [seconds for seconds in looks if seconds is not None]
     return record, Seen(state, look_again=min(looks) if looks else None)
 
@@ -569,10 +575,10 @@ def _progress(view: statuses.BuildStatus, phase: str, reason: str, message: str,
 
 
 def _started(view: statuses.BuildStatus, records: list[dict]) -> statuses.BuildStatus:
-    """The view with the build's start: its earliest unit's."""
+    """The view with the build's start (its earliest unit's) and its units as they are now."""
     starts = [r["startTime"] for r in records if r.get("startTime")]
     start = min(starts) if starts else view.carried.get("startTime")
-    return dataclasses.replace(view, carried={**view.carried, "startTime": start})
+    return dataclasses.replace(view, carried={**view.carried, "startTime": start, "units": records})
 
 
 def _image_pull_patience(state: UnitState, facts: Facts, record: dict) -> tuple[UnitState, dict]:
@@ -633,14 +639,20 @@ def _with_digest(facts: Facts, spec: BuildSpec, record: dict, state: UnitState) 
                                             retryable=answer.transient,
                                             message=f"the build reported no digest, and {answer.message}"))
         state = dataclasses.replace(state, digest=answer[0], media_type=answer[1])
+    return Seen(state)
+
+
+def _log_kept(facts: Facts, record: dict, state: UnitState) -> Seen:
+    """A unit that ended keeps its pod's log (a ConfigMap its Job owns), and says what it took from a cache."""
     pod = facts.pods.get(record["job"])
-    if pod is None:
+    if not ran(pod):
         return Seen(state)
-    log = BuildLog(pod["metadata"]["name"])
-    if log not in facts.answers:
-        return Seen(state, ask=log)
-    cached, total = facts.answers[log]
-    return Seen(dataclasses.replace(state, cached_steps=cached, total_steps=total))
+    question = BuildLog(record["job"], pod["metadata"]["name"])
+    kept = facts.answers.get(question)
+    if kept is None:
+        return Seen(state, ask=question)
+    return Seen(dataclasses.replace(state, cached_steps=kept.cached_steps, total_steps=kept.total_steps,
+                                    log=kept.config_map))
 
 
 def _recorded(state: UnitState, record: dict, secret_values: frozenset[str]) -> dict:
@@ -649,7 +661,7 @@ def _recorded(state: UnitState, record: dict, secret_values: frozenset[str]) -> 
              "digest": state.digest, "mediaType": state.media_type,
              "logExcerpt": redacted(state.log_excerpt, secret_values), "startTime": record.get("startTime"),
              "completionTime": state.completion_time, "cachedSteps": state.cached_steps,
-             "totalSteps": state.total_steps}
+             "totalSteps": state.total_steps, "log": state.log}
     return {k: v for k, v in found.items() if v not in (None, "")}
 
 
@@ -660,7 +672,7 @@ def _retries_used(record: dict) -> int:
 
 
 _RESULT_FIELDS = ("reason", "message", "digest", "mediaType", "logExcerpt", "completionTime", "pullFailingSince",
-                  "cachedSteps", "totalSteps")
+                  "cachedSteps", "totalSteps", "log")
 
 
 def _retry(facts: Facts, spec: BuildSpec, records: list[dict], retries: set[int], several: bool,
@@ -700,7 +712,7 @@ def _fail(facts: Facts, spec: BuildSpec, records: list[dict], failed: dict, seve
     reason = failed.get("reason") or reasons.BUILD_FAILED
     message = f"{_named(failed, several)}{failed.get('message') or 'the build failed'}"
     completion = failed.get("completionTime") or labels.iso(facts.now)
-    status = _started(view, records).failed(failed["job"], reason, message, failed.get("logExcerpt", ""),
+    status = _started(view, records).failed(reason, message, failed.get("logExcerpt", ""),
                                             [r["job"] for r in records], max(r["attempt"] for r in records),
                                             completion, labels.iso(facts.now))
     return Decision(status={**status, "units": records}, delete_jobs=_running_jobs(facts, spec.build_id),

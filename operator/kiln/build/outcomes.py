@@ -74,6 +74,7 @@ class UnitState:
     completion_time: str | None = None
     cached_steps: int | None = None  # Dockerfile steps BuildKit took from a cache (from the build log)
     total_steps: int | None = None
+    log: str | None = None  # the ConfigMap keeping the pod's log (build/logs.py)
 
 
 def excerpt(text: str, lines: int = 15, limit: int = 1500) -> str:
@@ -88,7 +89,7 @@ _SHORTEST_REDACTED = 4  # shorter pieces of a secret are too common to hide (and
 
 def redacted(text: str, values: frozenset[str]) -> str:
     """text without any of the values (each line of a multi-line one), nor the end of one that the text, a tail
-    of a longer log, begins in the middle of."""
+    of a longer log, begins in the middle of, nor the start of one that it, a head, is cut in."""
     pieces = {line.strip() for value in values for line in value.splitlines()}
     pieces = sorted((p for p in pieces if len(p) >= _SHORTEST_REDACTED), key=len, reverse=True)
     for piece in pieces:
@@ -97,6 +98,9 @@ def redacted(text: str, values: frozenset[str]) -> str:
         cut = next((n for n in range(len(piece) - 1, _SHORTEST_REDACTED - 1, -1) if text.startswith(piece[-n:])), 0)
         if cut:
             text = REDACTED + text[cut:]
+        cut = next((n for n in range(len(piece) - 1, _SHORTEST_REDACTED - 1, -1) if text.endswith(piece[:n])), 0)
+        if cut:
+            text = text[:-cut] + REDACTED
     return text
 
 
@@ -141,6 +145,11 @@ def true_condition(obj: dict, kind: str) -> dict | None:
 def _container(pod: dict | None) -> dict:
     statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
     return next((s for s in statuses if s.get("name") == "buildkit"), statuses[0] if statuses else {})
+
+
+def ran(pod: dict | None) -> bool:
+    """Whether the pod's build container ran and ended: then it has a log worth keeping."""
+    return bool((_container(pod).get("state") or {}).get("terminated"))
 
 
 def _metadata(message: str) -> tuple[str | None, str | None]:

@@ -53,8 +53,17 @@ class JobEvents:
 
 @dataclass(frozen=True)
 class BuildLog:
-    """The build pod's log, for what BuildKit took from a cache."""
+    """Keep the log of a unit's pod that ended (build/logs.py); answer a KeptLog."""
+    job: str
     pod: str
+
+
+@dataclass(frozen=True)
+class KeptLog:
+    """What a kept log says of the cache, and the ConfigMap that keeps it (None when the log was gone)."""
+    cached_steps: int
+    total_steps: int
+    config_map: str | None
 
 
 Question = PushCheck | TagDigest | ImageContents | AssembleIndex | SignImage | BuildLog | JobEvents

@@ -93,14 +93,17 @@ def with_history(history: list[dict] | None, record: dict, limit: int) -> list[d
 
 
 def build_record(status: dict, phase: str, reason: str, now: str) -> dict:
+    logs = [unit["log"] for unit in status.get("units") or [] if unit.get("log")]
     record = {"buildID": status.get("buildID"), "generation": status.get("observedGeneration"),
               "jobName": status.get("jobName"), "phase": phase, "reason": reason, "digest": status.get("digest"),
-              "startTime": status.get("startTime"), "completionTime": status.get("completionTime") or now}
+              "startTime": status.get("startTime"), "completionTime": status.get("completionTime") or now,
+              "logs": logs or None}
     return {k: v for k, v in record.items() if v is not None}
 
 
-def logs_command(spec: BuildSpec, job_name: str) -> str:
-    return f"kubectl logs -n {spec.namespace} job/{job_name} -c buildkit"
+def logs_command(spec: BuildSpec) -> str:
+    """What prints the whole log of the current build, its pods gone or not."""
+    return f"kiln logs {spec.name} -n {spec.namespace} --build {spec.build_id}"
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,9 @@ class BuildStatus:
         status["history"] = with_history(self.history, build_record(status, FAILED, reason, now), self.spec.history_limit)
         return status
 
-    def failed(self, job_name: str, reason: str, message: str, log_excerpt: str, job_names: list[str], attempt: int,
+    def failed(self, reason: str, message: str, log_excerpt: str, job_names: list[str], attempt: int,
                completion: str, now: str) -> dict:
-        command = logs_command(self.spec, job_name)
+        command = logs_command(self.spec)
         status = self.make(FAILED, reason, f"{message}. See the build log: {command}", attempt=attempt, job_names=job_names)
         status["completionTime"] = completion
         status["duration"] = duration(status.get("startTime"), completion)

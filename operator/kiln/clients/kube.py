@@ -16,6 +16,7 @@ import aiohttp
 import kubernetes
 
 from kiln import GROUP, VERSION, metrics
+from kiln.build.logs import HEAD_BYTES, TAIL_BYTES, BoundedLog
 
 # In-cluster tokens are re-read by the library every minute; kubeconfig tokens when they expire.
 TOKEN_RECHECK = 10.0
@@ -37,13 +38,30 @@ class KubeError(Exception):
         self.message = message
 
 
-def load_config() -> None:
-    """In-cluster credentials when running in a pod, else the current kube context."""
+def load_config(context: str | None = None) -> None:
+    """In-cluster credentials when running in a pod, else the current kube context (or the one named)."""
+    if context is None:
+        try:
+            kubernetes.config.load_incluster_config()
+            return
+        except kubernetes.config.ConfigException:
+            pass
+    # The library reads KUBECONFIG when imported; read it now, as kubectl does.
+    kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), context=context)
+
+
+def context_namespace(context: str | None = None) -> str:
+    """The namespace kubectl would use: the kube context's, or the pod's own, else default."""
     try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        # The library reads KUBECONFIG when imported; read it now, as kubectl does.
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        contexts, current = kubernetes.config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG"))
+        chosen = next((c for c in contexts if c["name"] == context), current) if context else current
+        return (chosen.get("context") or {}).get("namespace") or "default"
+    except (kubernetes.config.ConfigException, OSError):
+        try:
+            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as found:
+                return found.read().strip() or "default"
+        except OSError:
+            return "default"
 
 
 def bearer_header(config: kubernetes.client.Configuration) -> str | None:
@@ -62,10 +80,10 @@ def connection() -> dict:
             "private_key_path": config.key_file}
 
 
-def cluster_problem(timeout: float = 5.0) -> str | None:
+def cluster_problem(timeout: float = 5.0, context: str | None = None) -> str | None:
     """Why the cluster cannot be used, or None when its API server answers."""
     try:
-        load_config()
+        load_config(context)
     except (kubernetes.config.ConfigException, OSError) as exc:
         return f"no kube context ({exc})"
     host = kubernetes.client.Configuration.get_default_copy().host
@@ -145,18 +163,22 @@ class Kube:
         if self._session:
             await self._session.close()
 
-    async def request(self, method: str, url: str, *, body=None, params: dict | None = None,
-                      content_type: str = "application/json", text: bool = False, accept: str = "application/json"):
-        metrics.API_REQUESTS.labels(method).inc()
+    def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=CONNECTIONS, keepalive_timeout=IDLE_CONNECTION_SECONDS)
             self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    async def request(self, method: str, url: str, *, body=None, params: dict | None = None,
+                      content_type: str = "application/json", text: bool = False, accept: str = "application/json"):
+        metrics.API_REQUESTS.labels(method).inc()
+        session = self._open()
         headers = {**self._headers(), "Accept": accept}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with self._session.request(method, self._server + url, headers=headers,
+        async with session.request(method, self._server + url, headers=headers,
                                          data=data, params=params) as response:
             payload = await response.text()
             if response.status == 401:
@@ -238,9 +260,33 @@ class Kube:
                  if (e.get("involvedObject") or {}).get("kind") == kind and (e.get("involvedObject") or {}).get("name") == name]
         return sorted(found, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
-    async def pod_log(self, namespace: str, pod: str, container: str, tail_lines: int = 2000) -> str:
-        try:
-            return await self.request("GET", path("v1", "pods", namespace, pod, "log"), text=True,
-                                      params={"container": container, "tailLines": str(tail_lines)})
-        except KubeError:
-            return ""
+    async def bounded_log(self, namespace: str, pod: str, container: str) -> BoundedLog | None:
+        """A pod's whole log read as it streams, keeping only its head and its tail: memory stays bounded however
+        much the build printed. None when the pod or its log is gone."""
+        metrics.API_REQUESTS.labels("GET").inc()
+        url = self._server + path("v1", "pods", namespace, pod, "log")
+        head, tail, size = bytearray(), bytearray(), 0
+        timeout = aiohttp.ClientTimeout(total=300, sock_read=60)  # a long log takes its time to stream
+        async with self._open().get(url, headers=self._headers(), params={"container": container},
+                                    timeout=timeout) as response:
+            if response.status >= 400:
+                return None
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                room = HEAD_BYTES - len(head)
+                head += chunk[:room]
+                tail += chunk[room:] if room > 0 else chunk
+                del tail[:-TAIL_BYTES]
+        return BoundedLog(bytes(head), bytes(tail), size)
+
+    async def follow_log(self, namespace: str, pod: str, container: str):
+        """A pod's log line by line as it is written, until the container ends (kubectl logs -f)."""
+        metrics.API_REQUESTS.labels("GET").inc()
+        url = self._server + path("v1", "pods", namespace, pod, "log")
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with self._open().get(url, headers=self._headers(), params={"container": container, "follow": "true"},
+                                    timeout=timeout) as response:
+            if response.status >= 400:
+                return
+            async for line in response.content:
+                yield line.decode(errors="replace").rstrip("\n")

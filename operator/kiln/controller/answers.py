@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from kiln.build.credentials import CredentialsProblem, merged_docker_config
 from kiln.build.decide import Facts
+from kiln.build.logs import render_log
 from kiln.build.opt_in import BUILDS, refusal
-from kiln.build.outcomes import cache_stats
+from kiln.build.outcomes import cache_stats, redacted
 from kiln.build.questions import (
     AssembleIndex,
     BuildLog,
     ImageContents,
     JobEvents,
+    KeptLog,
     PushCheck,
     Question,
     RegistryProblem,
@@ -18,8 +20,9 @@ from kiln.build.questions import (
     TagDigest,
 )
 from kiln.clients import cosign
+from kiln.clients.kube import path
 from kiln.clients.registry import RegistryError, assemble_index, image_platforms
-from kiln.controller.gather import resolve_logins
+from kiln.controller.gather import redaction_values, resolve_logins
 from kiln.controller.runtime import Runtime
 from kiln.spec import reasons
 from kiln.spec.references import registry_host, repository_path
@@ -28,8 +31,7 @@ from kiln.spec.references import registry_host, repository_path
 async def answer(runtime: Runtime, facts: Facts, question: Question):
     """The registry's (or the build log's) answer to a question decide asked; a RegistryProblem if it failed."""
     if isinstance(question, BuildLog):
-        log = await runtime.kube.pod_log(facts.spec.namespace, question.pod, "buildkit")
-        return cache_stats(log)
+        return await _keep_log(runtime, facts, question)
     if isinstance(question, JobEvents):
         events = await runtime.kube.events_of(facts.spec.namespace, "Job", question.job)
         return [(event.get("reason", ""), event.get("message", "")) for event in events]
@@ -58,6 +60,20 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
         return await assemble_index(client, repository, [(p, d) for p, d, _ in question.children], question.tags)
     except (RegistryError, cosign.SigningError) as exc:
         return RegistryProblem(exc.reason, exc.message, exc.transient)
+
+
+async def _keep_log(runtime: Runtime, facts: Facts, question: BuildLog) -> KeptLog:
+    """The ended pod's log kept in a ConfigMap its Job owns, without a value of the build's Secrets."""
+    namespace = facts.spec.namespace
+    log = await runtime.kube.bounded_log(namespace, question.pod, "buildkit")
+    job = next((j for j in facts.jobs if j["metadata"]["name"] == question.job), None)
+    if log is None or job is None:  # the pod or its Job gone already: nothing to keep
+        return KeptLog(0, 0, None)
+    values = facts.secret_values or await redaction_values(runtime.reader(), facts.spec, facts.logins)
+    text = log.text(lambda part: redacted(part, values))
+    kept = render_log(job, text)
+    await runtime.kube.create(path("v1", "configmaps", namespace), kept)
+    return KeptLog(*cache_stats(text), kept["metadata"]["name"])
 
 
 async def _sign(runtime: Runtime, facts: Facts, question: SignImage, logins, client) -> Signature:

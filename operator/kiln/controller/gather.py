@@ -93,6 +93,11 @@ async def _secret_values(reader: Reader, spec: BuildSpec, logins, pods: dict[str
     recorded = {unit["job"] for unit in status.get("units") or [] if unit.get("phase") in (FAILED, SUCCEEDED)}
     if not any(_failed(pod) for job, pod in pods.items() if job not in recorded):
         return frozenset()
+    return await redaction_values(reader, spec, logins)
+
+
+async def redaction_values(reader: Reader, spec: BuildSpec, logins) -> frozenset[str]:
+    """The values of the Secrets a build uses and its logins' passwords: what its output shown anywhere must not hold."""
     values = {login.credentials.password for login in logins} if isinstance(logins, list) else set()
     for name in used_secrets(spec):
         secret = await reader.secret(spec.namespace, name)
