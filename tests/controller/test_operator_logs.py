@@ -3,6 +3,9 @@ import asyncio
 import base64
 import gzip
 import io
+import os
+import signal
+import sys
 
 import pytest
 
@@ -17,6 +20,9 @@ from kubefake import KubeFake, eventually, operator
 pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
 SECRET_VALUE = "npm-Token-4f2a9c"
 FIRST = "#1 [internal] load build definition from Dockerfile\n"
+# What GET /version answers (kiln's commands check that the cluster answers before they start).
+VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.2", "gitCommit": "x", "gitTreeState": "clean",
+           "buildDate": "2026-11-01T00:00:00Z", "goVersion": "go1.26", "compiler": "gc", "platform": "linux/amd64"}
 LAST = 'ERROR: process "/bin/sh -c npm ci" did not complete successfully: exit code: 1\n'
 
 
@@ -110,3 +116,25 @@ async def test_kiln_build_asks_for_a_rebuild_and_exits_with_its_result(cluster, 
             assert cluster.build("app")["status"]["buildID"] != first["buildID"]
         finally:
             await kube.close()
+
+
+async def test_ctrl_c_stops_following_and_leaves_the_build_running(cluster, basic_registry):
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await cluster.apply(image_build(basic_registry.host))
+        (job,) = await jobs(cluster, 1)
+        pod = await cluster.start_pod(job)
+        cluster.fake[f"get /api/v1/namespaces/default/pods/{pod['metadata']['name']}/log"] << FIRST.encode()
+        await cluster.run_pod(pod)
+        cluster.fake["get /version/"] << VERSION  # kiln checks that the cluster answers
+        following = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kiln", "logs", "app", "-f", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        first = await asyncio.wait_for(following.stdout.readline(), 30)
+        assert first.decode() == FIRST, (await following.stderr.read()).decode()[-3000:]  # it streams the running pod's log
+        following.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(following.communicate(), 30)
+        assert following.returncode == 130
+        assert err.decode().strip() == "kiln: stopped; the build goes on (follow it again: kiln logs app -f)"
+        assert cluster.build("app")["status"]["phase"] == "Building" and cluster.jobs()[0]["metadata"]["name"] == \
+            job["metadata"]["name"]

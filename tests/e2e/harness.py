@@ -6,6 +6,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -197,3 +198,13 @@ def operator_diagnosis(kubectl: Kubectl) -> str:
                       kubectl("describe", "pods", "-l", "app.kubernetes.io/component=operator", namespace,
                               check=False).stdout[-4000:],
                       kubectl("logs", "deployment/kiln-operator", namespace, "--tail=40", check=False).stdout])
+
+
+BIN = Path(sys.executable).parent  # the venv's: kiln, and kubectl-kiln beside it
+
+
+def kiln(kubectl: Kubectl, *args: str, plugin: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`kiln ARGS`, or `kubectl kiln ARGS` (kubectl finds the plugin on PATH), with the cluster's kubeconfig."""
+    argv = ["kubectl", "kiln", *args] if plugin else [str(BIN / "kiln"), *args]
+    env = {**os.environ, "KUBECONFIG": kubectl.kubeconfig, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)

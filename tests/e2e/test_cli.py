@@ -2,23 +2,9 @@
 `kiln logs` of a failed build whose pods are gone."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from test_builds import PLATFORMS, SEED_DOCKERFILE, workspace
 
-from harness import IB, condition, eventually, host_volume, image_build, registry_login, wait_ready
-
-BIN = Path(sys.executable).parent  # the venv's: kiln, and kubectl-kiln beside it
-
-
-def kiln(kubectl, *args: str, plugin: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`kiln ARGS`, or `kubectl kiln ARGS` (kubectl finds the plugin on PATH), with the cluster's kubeconfig."""
-    argv = ["kubectl", "kiln", *args] if plugin else [str(BIN / "kiln"), *args]
-    env = {**os.environ, "KUBECONFIG": kubectl.kubeconfig, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+from harness import IB, condition, eventually, host_volume, image_build, kiln, registry_login, wait_ready
 
 
 def test_kubectl_kiln_build_follow_streams_the_native_seed_story_and_exits_0(kubectl, lab, namespace, tmp_path):

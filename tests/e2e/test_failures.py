@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 
-from harness import IB, condition, diagnosis, eventually, image_build, registry_login
+from harness import IB, condition, diagnosis, eventually, image_build, kiln, registry_login
 from registries import Client
 
 
@@ -85,8 +85,8 @@ def test_a_failing_run_step_is_a_dockerfile_error_with_the_log_and_the_command_t
     assert build["status"]["phase"] == "Failed" and failure["reason"] == "DockerfileError"
     assert "exit code: 3" in failure["logExcerpt"] and condition(build, "Ready")["reason"] == "DockerfileError"
     command = failure["logsCommand"].split()
-    assert command[:2] == ["kubectl", "logs"]
-    assert "compiling the thing" in kubectl(*command[1:]).stdout  # the command in status works as printed
+    assert command[:2] == ["kiln", "logs"]
+    assert "compiling the thing" in kiln(kubectl, *command[1:]).stdout  # the command in status works as printed
     assert len(kubectl.items("jobs", namespace)) == 1  # a Dockerfile error is not retried
 
 
