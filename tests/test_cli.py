@@ -1,7 +1,10 @@
 """`kiln run` (and the commands about one build) without a cluster explain themselves instead of printing a
 traceback."""
+import http.server
+import json
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -99,3 +102,37 @@ def test_kiln_run_waits_for_its_kinds_to_be_served_with_one_line_per_reason_and_
                      "not yet established",
                      "kiln run: the API server serves imagebuilds and registrylogins; starting"]
     assert seen[-2:] == [("/apis/kiln.dev/v1alpha1/imagebuilds", 200), ("/apis/kiln.dev/v1alpha1/registrylogins", 200)]
+
+
+def test_a_refusal_by_the_api_server_is_one_line_not_a_traceback(tmp_path):
+    """RBAC that does not let the user read ImageBuilds: kiln says what the API server said, exit 1."""
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            version = self.path.startswith("/version")
+            body = json.dumps({"major": "1", "minor": "37", "gitVersion": "v1.37.2", "gitCommit": "x", "gitTreeState": "clean",
+                               "buildDate": "2026-11-01T00:00:00Z", "goVersion": "go1.26", "compiler": "gc",
+                               "platform": "linux/amd64"} if version else
+                              {"kind": "Status", "message": 'imagebuilds.kiln.dev "app" is forbidden: User "dev" cannot get'}).encode()
+            self.send_response(200 if version else 403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        f"clusters: [{{name: x, cluster: {{server: 'http://127.0.0.1:{server.server_address[1]}'}}}}]\n"
+        "contexts: [{name: x, context: {cluster: x}}]\nusers: []\n")
+    try:
+        result = subprocess.run([sys.executable, "-m", "kiln", "status", "app"], capture_output=True, text=True, timeout=60,
+                                env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"})
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    assert result.stderr == 'kiln: the API server refused: HTTP 403: imagebuilds.kiln.dev "app" is forbidden: User "dev" cannot get\n'

@@ -70,8 +70,10 @@ def _build_commands(commands) -> None:
 def run_build_command(args) -> int:
     import asyncio
 
+    import aiohttp
+
     from kiln import builds_cli
-    from kiln.clients.kube import Kube, cluster_problem, context_namespace, load_config
+    from kiln.clients.kube import Kube, KubeError, cluster_problem, context_namespace, load_config
 
     try:
         load_config(args.context)
@@ -100,6 +102,12 @@ def run_build_command(args) -> int:
     except builds_cli.Problem as exc:
         sys.stderr.write(f"kiln: {exc}\n")
         return exc.code
+    except KubeError as exc:  # RBAC's refusal, say: the API server's words
+        sys.stderr.write(f"kiln: the API server refused: {exc}\n")
+        return 1
+    except (OSError, aiohttp.ClientError) as exc:
+        sys.stderr.write(f"kiln: lost the cluster: {type(exc).__name__}: {exc}\n")
+        return 2
     except KeyboardInterrupt:
         follow = f"kiln logs {args.name} -f" + (f" -n {args.namespace}" if args.namespace else "")
         sys.stderr.write(f"\nkiln: stopped; the build goes on (follow it again: {follow})\n")
