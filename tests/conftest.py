@@ -12,6 +12,9 @@ collect_ignore = [] if os.environ.get("KILN_E2E") else ["e2e"]
 ROOT = pathlib.Path(__file__).parent.parent
 SAMPLES = ROOT / "manifests" / "samples"
 BASIC_USERS = {"alice": "alice-Secret-pw1", "bob": "bob-Secret-pw2"}
+# What an API server answers to GET /version (kiln's commands check that the cluster answers before they start).
+VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.2", "gitCommit": "x", "gitTreeState": "clean",
+           "buildDate": "2026-11-01T00:00:00Z", "goVersion": "go1.26", "compiler": "gc", "platform": "linux/amd64"}
 TOKEN_USERS = {"pusher": ("pusher-Secret-pw3", {"pull", "push"}), "reader": ("reader-Secret-pw4", {"pull"})}
 
 

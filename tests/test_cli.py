@@ -1,5 +1,6 @@
 """`kiln run` (and the commands about one build) without a cluster explain themselves instead of printing a
 traceback."""
+import contextlib
 import http.server
 import json
 import subprocess
@@ -8,19 +9,53 @@ import threading
 
 import pytest
 
+from conftest import VERSION
+
+NOWHERE = "https://127.0.0.1:9"  # nothing listens there
+
+
+def kubeconfig_for(tmp_path, server: str) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text("apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+                    f"clusters: [{{name: x, cluster: {{server: '{server}'}}}}]\n"
+                    "contexts: [{name: x, context: {cluster: x, namespace: team}}]\nusers: []\n")
+    return str(path)
+
+
+def kiln(kubeconfig: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, timeout=60,
+                          env={"KUBECONFIG": kubeconfig, "PATH": "/usr/bin:/bin"})
+
+
+@contextlib.contextmanager
+def api_server(answer):
+    """An HTTP server on loopback answering GET path with answer(path) -> (status, JSON body); its URL."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            status, document = answer(self.path)
+            body = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
 
 def test_run_without_a_cluster_says_what_to_do_instead(tmp_path):
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
-        "clusters: [{name: x, cluster: {server: 'https://127.0.0.1:9'}}]\n"
-        "contexts: [{name: x, context: {cluster: x}}]\nusers: []\n"
-    )
-    result = subprocess.run([sys.executable, "-m", "kiln", "run"], capture_output=True, text=True, timeout=60,
-                            env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"})
+    result = kiln(kubeconfig_for(tmp_path, NOWHERE), "run")
     assert result.returncode == 2
     assert "cannot reach a Kubernetes cluster" in result.stderr
-    assert "https://127.0.0.1:9" in result.stderr
+    assert NOWHERE in result.stderr
     assert "kiln render" in result.stderr and "kind create cluster" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -35,19 +70,12 @@ def test_run_without_any_kube_context_says_so(tmp_path):
 
 @pytest.mark.parametrize("command", [["status", "app"], ["logs", "app", "-f"], ["build", "app", "--follow"]])
 def test_the_build_commands_without_a_cluster_exit_2_with_one_line(tmp_path, command):
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
-        "clusters: [{name: x, cluster: {server: 'https://127.0.0.1:9'}}]\n"
-        "contexts: [{name: x, context: {cluster: x, namespace: team}}]\nusers: []\n"
-    )
-    result = subprocess.run([sys.executable, "-m", "kiln", *command], capture_output=True, text=True, timeout=60,
-                            env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"})
+    kubeconfig = kubeconfig_for(tmp_path, NOWHERE)
+    result = kiln(kubeconfig, *command)
     assert result.returncode == 2
-    assert result.stderr.startswith("kiln: cannot reach the cluster: the API server at https://127.0.0.1:9 did not answer")
+    assert result.stderr.startswith(f"kiln: cannot reach the cluster: the API server at {NOWHERE} did not answer")
     assert len(result.stderr.splitlines()) == 1
-    unknown = subprocess.run([sys.executable, "-m", "kiln", *command, "--context", "nope"], capture_output=True,
-                             text=True, timeout=60, env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"})
+    unknown = kiln(kubeconfig, *command, "--context", "nope")
     assert unknown.returncode == 2 and unknown.stderr.startswith("kiln: cannot use the kube context:")
 
 
@@ -61,9 +89,6 @@ def test_the_namespaces_kiln_run_serves_are_read_from_every_spelling_kopf_accept
 def test_kiln_run_waits_for_its_kinds_to_be_served_with_one_line_per_reason_and_no_traceback(tmp_path, capsys):
     """The CRDs applied with the operator are established a moment later, and an API server just started answers
     429 ("storage is (re)initializing") for a while: kiln waits, saying why once, instead of a traceback."""
-    import http.server
-    import threading
-
     import kubernetes
 
     from kiln.cli import wait_until_served
@@ -71,31 +96,20 @@ def test_kiln_run_waits_for_its_kinds_to_be_served_with_one_line_per_reason_and_
     answers = [429, 429, 404, 404, 404, 200, 200]
     seen = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
-            status = answers.pop(0) if len(answers) > 2 else 200
-            seen.append((self.path.split("?")[0], status))
-            body = b'{"kind": "List", "items": [], "metadata": {}}' if status == 200 else \
-                b'{"kind": "Status", "message": "storage is (re)initializing"}'
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path):
+        status = answers.pop(0) if len(answers) > 2 else 200
+        seen.append((path.split("?")[0], status))
+        return status, {"kind": "List", "items": [], "metadata": {}} if status == 200 else \
+            {"kind": "Status", "message": "storage is (re)initializing"}
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    configuration = kubernetes.client.Configuration()
-    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
-    kubernetes.client.Configuration.set_default(configuration)
-    try:
-        wait_until_served((), every=0.01)
-    finally:
-        server.shutdown()
-        kubernetes.client.Configuration.set_default(None)
+    with api_server(answer) as url:
+        configuration = kubernetes.client.Configuration()
+        configuration.host = url
+        kubernetes.client.Configuration.set_default(configuration)
+        try:
+            wait_until_served((), every=0.01)
+        finally:
+            kubernetes.client.Configuration.set_default(None)
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["kiln run: waiting: the API server is still starting (HTTP 429: Too Many Requests)",
                      "kiln run: waiting: imagebuilds.kiln.dev is not served (HTTP 404): its CRD is not installed or "
@@ -106,33 +120,8 @@ def test_kiln_run_waits_for_its_kinds_to_be_served_with_one_line_per_reason_and_
 
 def test_a_refusal_by_the_api_server_is_one_line_not_a_traceback(tmp_path):
     """RBAC that does not let the user read ImageBuilds: kiln says what the API server said, exit 1."""
-    class Refusing(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            version = self.path.startswith("/version")
-            body = json.dumps({"major": "1", "minor": "37", "gitVersion": "v1.37.2", "gitCommit": "x", "gitTreeState": "clean",
-                               "buildDate": "2026-11-01T00:00:00Z", "goVersion": "go1.26", "compiler": "gc",
-                               "platform": "linux/amd64"} if version else
-                              {"kind": "Status", "message": 'imagebuilds.kiln.dev "app" is forbidden: User "dev" cannot get'}).encode()
-            self.send_response(200 if version else 403)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
-        f"clusters: [{{name: x, cluster: {{server: 'http://127.0.0.1:{server.server_address[1]}'}}}}]\n"
-        "contexts: [{name: x, context: {cluster: x}}]\nusers: []\n")
-    try:
-        result = subprocess.run([sys.executable, "-m", "kiln", "status", "app"], capture_output=True, text=True, timeout=60,
-                                env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"})
-    finally:
-        server.shutdown()
+    refusal = {"kind": "Status", "message": 'imagebuilds.kiln.dev "app" is forbidden: User "dev" cannot get'}
+    with api_server(lambda path: (200, VERSION) if path.startswith("/version") else (403, refusal)) as url:
+        result = kiln(kubeconfig_for(tmp_path, url), "status", "app")
     assert result.returncode == 1
     assert result.stderr == 'kiln: the API server refused: HTTP 403: imagebuilds.kiln.dev "app" is forbidden: User "dev" cannot get\n'

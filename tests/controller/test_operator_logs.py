@@ -1,6 +1,7 @@
 """Build logs kept after their pods are gone, and the CLI that reads them: the real operator against kmock."""
 import asyncio
 import base64
+import contextlib
 import gzip
 import io
 import os
@@ -15,14 +16,12 @@ from kiln.build.logs import HEAD_BYTES, TAIL_BYTES, kept_text
 from kiln.build.outcomes import REDACTED
 from kiln.clients.kube import Kube, load_config
 
+from conftest import VERSION
 from kubefake import KubeFake, eventually, operator
 
 pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
 SECRET_VALUE = "npm-Token-4f2a9c"
 FIRST = "#1 [internal] load build definition from Dockerfile\n"
-# What GET /version answers (kiln's commands check that the cluster answers before they start).
-VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.2", "gitCommit": "x", "gitTreeState": "clean",
-           "buildDate": "2026-11-01T00:00:00Z", "goVersion": "go1.26", "compiler": "gc", "platform": "linux/amd64"}
 LAST = 'ERROR: process "/bin/sh -c npm ci" did not complete successfully: exit code: 1\n'
 
 
@@ -31,6 +30,17 @@ def ten_mebibytes_of_log() -> bytes:
     line = "#7 12.3 npm warn deprecated some-package@1.0.0: a line a build prints again and again\n"
     middle = line * (10 * 1024 * 1024 // len(line))
     return (FIRST + f"#2 reading {SECRET_VALUE}\n" + middle + f"#7 token {SECRET_VALUE}\n" + LAST).encode()
+
+
+@contextlib.asynccontextmanager
+async def terminal(poll: float = 0.1):
+    """The CLI's view of the emulated cluster, its output kept in strings."""
+    load_config()
+    kube = Kube()
+    try:
+        yield builds_cli.Terminal(kube, "default", out=io.StringIO(), err=io.StringIO(), poll=poll)
+    finally:
+        await kube.close()
 
 
 async def failing_build_with_a_long_log(cluster, registry) -> tuple[dict, bytes]:
@@ -76,24 +86,18 @@ async def test_kiln_logs_prints_the_kept_log_after_the_pod_is_gone_and_status_sa
         for pod in cluster.all("v1", "pods"):
             await cluster.delete("v1", "pods", pod["metadata"]["name"])
         await eventually(lambda: not cluster.all("v1", "pods"), message="the pods are gone")
-        load_config()
-        kube = Kube()
-        out, err = io.StringIO(), io.StringIO()
-        term = builds_cli.Terminal(kube, "default", out=out, err=err)
-        try:
+        async with terminal() as term:
             assert await builds_cli.logs(term, "app") == 0
-            printed = out.getvalue()
+            printed = term.out.getvalue()
             assert printed.startswith(FIRST) and printed.endswith(LAST) and "bytes of the log cut here" in printed
-            out.truncate(0), out.seek(0)
+            term.out.truncate(0), term.out.seek(0)
             assert await builds_cli.status(term, "app") == 1
-            table = out.getvalue()
+            table = term.out.getvalue()
             assert "Phase       Failed (DockerfileError)" in table
             assert f"Logs        kiln logs app -n default --build {failed['buildID']}" in table
             assert SECRET_VALUE not in printed + table
             with pytest.raises(builds_cli.Problem, match="ImageBuild default/nope not found"):
                 await builds_cli.status(term, "nope")
-        finally:
-            await kube.close()
 
 
 async def test_kiln_build_asks_for_a_rebuild_and_exits_with_its_result(cluster, basic_registry):
@@ -103,10 +107,7 @@ async def test_kiln_build_asks_for_a_rebuild_and_exits_with_its_result(cluster, 
         (job,) = await jobs(cluster, 1)
         await cluster.finish(job, await cluster.start_pod(job), exit_code=0, message=metadata("sha256:" + "ab" * 32))
         first = await phase(cluster, "Succeeded")
-        load_config()
-        kube = Kube()
-        term = builds_cli.Terminal(kube, "default", out=io.StringIO(), err=io.StringIO(), poll=0.1)
-        try:
+        async with terminal() as term:
             waiting = asyncio.create_task(builds_cli.rebuild(term, "app", wait=True))
             second = await eventually(lambda: [j for j in cluster.jobs() if j["metadata"]["name"] != job["metadata"]["name"]],
                                       message="the rebuild's Job")
@@ -114,8 +115,6 @@ async def test_kiln_build_asks_for_a_rebuild_and_exits_with_its_result(cluster, 
             assert await asyncio.wait_for(waiting, 30) == 1
             assert "failed: DockerfileError" in term.err.getvalue()
             assert cluster.build("app")["status"]["buildID"] != first["buildID"]
-        finally:
-            await kube.close()
 
 
 async def test_ctrl_c_stops_following_and_leaves_the_build_running(cluster, basic_registry):

@@ -214,16 +214,20 @@ def test_context_from_a_config_map_with_auto_strategy_builds_native_where_nodes_
     assert {p: i["digest"] for p, i in images.items()} == {p["platform"]: p["digest"] for p in build["status"]["platforms"]}
 
 
-def test_native_multiarch_runs_one_pod_on_each_architectures_node_and_assembles_one_index(kubectl, lab, namespace,
-                                                                                          tmp_path):
+def apply_native_seed_story(kubectl, lab, namespace: str, tmp_path, repository: str, tags: list[str]) -> None:
+    """The seed story's workspace and logins, and ImageBuild app1 building it natively for both platforms into B."""
     work = tmp_path / "workspace"
     workspace(work, SEED_DOCKERFILE.format(base=lab.base_image))
     kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
                   host_volume(kubectl, namespace, "workspace", work), namespace=namespace)
     kubectl.apply(image_build("app1", source={"volume": {"claimName": "workspace"}}, platforms=PLATFORMS,
-                              multiArch={"strategy": "native"},
-                              output={"image": f"{lab.b.host}/yunxiao-demo/app1-native", "tags": ["v1", "latest"]}),
+                              multiArch={"strategy": "native"}, output={"image": f"{lab.b.host}/{repository}", "tags": tags}),
                   namespace=namespace)
+
+
+def test_native_multiarch_runs_one_pod_on_each_architectures_node_and_assembles_one_index(kubectl, lab, namespace,
+                                                                                          tmp_path):
+    apply_native_seed_story(kubectl, lab, namespace, tmp_path, "yunxiao-demo/app1-native", ["v1", "latest"])
     build = wait_ready(kubectl, namespace, "app1")
     pods = {pod["metadata"]["labels"]["kiln.dev/unit"]: pod for pod in kubectl.items("pods", namespace)}
     assert {unit: pod["spec"]["nodeName"] for unit, pod in pods.items()} == {"amd64": "kiln-amd64", "arm64": "kiln-arm64"}

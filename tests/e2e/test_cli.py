@@ -2,19 +2,13 @@
 `kiln logs` of a failed build whose pods are gone."""
 from __future__ import annotations
 
-from test_builds import PLATFORMS, SEED_DOCKERFILE, workspace
+from test_builds import PLATFORMS, apply_native_seed_story
 
-from harness import IB, condition, eventually, host_volume, image_build, kiln, registry_login, wait_ready
+from harness import IB, condition, eventually, image_build, kiln, registry_login, wait_ready
 
 
 def test_kubectl_kiln_build_follow_streams_the_native_seed_story_and_exits_0(kubectl, lab, namespace, tmp_path):
-    work = tmp_path / "workspace"
-    workspace(work, SEED_DOCKERFILE.format(base=lab.base_image))
-    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
-                  host_volume(kubectl, namespace, "workspace", work), namespace=namespace)
-    kubectl.apply(image_build("app1", source={"volume": {"claimName": "workspace"}}, platforms=PLATFORMS,
-                              multiArch={"strategy": "native"},
-                              output={"image": f"{lab.b.host}/yunxiao-demo/app1-cli", "tags": ["v1"]}), namespace=namespace)
+    apply_native_seed_story(kubectl, lab, namespace, tmp_path, "yunxiao-demo/app1-cli", ["v1"])
     first = wait_ready(kubectl, namespace, "app1")
     followed = kiln(kubectl, "build", "app1", "-n", namespace, "--follow", plugin=True)
     assert followed.returncode == 0, followed.stderr[-2000:]
