@@ -14,9 +14,11 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/kiln/__init_
 # The operator image in the local cluster's registry (cluster/registry.py), as manifests/local/ names it.
 LOCAL_IMAGE := 10.88.0.3:5000/kiln/operator:$(VERSION)
 # Debian packages: the CNCF distribution registry and htpasswd (the local cluster's registry and test servers),
-# sshd (test servers); runc, the CNI plugins, iptables (kube-proxy), mmdebstrap and uidmap (the local cluster, its
-# images and the operator image); QEMU for arm64.
+# sshd (test servers); runc (buildkitd of the buildkit tier), the CNI plugins, iptables (kube-proxy), mmdebstrap and
+# uidmap (the local cluster, its images and the operator image); libseccomp-dev and pkg-config (the nodes' runc, built
+# from its Go module); QEMU for arm64.
 DEBS := docker-registry apache2-utils openssh-server runc containernetworking-plugins iptables mmdebstrap uidmap \
+	libseccomp-dev pkg-config \
 	qemu-user-static busybox
 # kubectl and buildctl at the pinned versions come first on PATH.
 KUBE_BIN = $(shell python3 -c 'from cluster.versions import KUBERNETES, bin_dir; print(bin_dir(KUBERNETES))')

@@ -14,11 +14,11 @@ NO_GO = ("the Go toolchain (1.26 or newer, https://go.dev/doc/install) builds th
          "`go` is not on PATH")
 
 
-def _go(args: list[str], goarch: str, cwd: Path | None = None, gobin: Path | None = None) -> None:
+def _go(args: list[str], goarch: str, cwd: Path | None = None, gobin: Path | None = None, cgo: bool = False) -> None:
     if not shutil.which("go"):
         raise SystemExit(f"cluster: {NO_GO}, and {CACHE} does not hold {cwd.name if cwd else args[-1]} yet")
     # GOTOOLCHAIN=local: a module's `toolchain` line must not make go fetch another Go.
-    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOOS": "linux", "GOARCH": goarch}
+    env = {**os.environ, "CGO_ENABLED": "1" if cgo else "0", "GOTOOLCHAIN": "local", "GOOS": "linux", "GOARCH": goarch}
     if gobin:
         env["GOBIN"] = str(gobin)
     subprocess.run(["go", *args], cwd=cwd, env=env, check=True)
@@ -56,7 +56,8 @@ def build(component: Component, goarch: str = "amd64", commands: tuple[str, ...]
     elif component.tools:
         _go(["build", *_flags(component), "-o", f"{partial}/", *packages], goarch, HERE / "tools" / component.tools)
     elif goarch == _host_arch():  # no replace directives: the ordinary `go install module/cmd@version`
-        _go(["install", *_flags(component), *[f"{p}@{component.version}" for p in packages]], goarch, gobin=partial)
+        _go(["install", *_flags(component), *[f"{p}@{component.version}" for p in packages]], goarch, gobin=partial,
+            cgo=component.cgo)
     else:  # go install refuses GOBIN for another architecture: it installs into GOPATH/bin/linux_<arch>
         _go(["install", *_flags(component), *[f"{p}@{component.version}" for p in packages]], goarch)
         gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True, check=True).stdout.strip()

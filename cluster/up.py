@@ -1,7 +1,7 @@
 """`make cluster`: etcd, the control plane, two nodes, kube-proxy and a registry on this machine;
 `make cluster-down` stops it all.
 
-The nodes are real kubelets with containerd and Debian's runc and CNI plugins. Pods live on
+The nodes are real kubelets with containerd, runc and Debian's CNI plugins. Pods live on
 the bridge kiln0 (10.88.0.0/16), which has no route out of the machine: pods have a route to
 the bridge and to the Service range (kube-proxy, on this machine, sends Service addresses to
 their endpoints), no default route, no forwarding, no NAT. The API server listens on the
@@ -29,7 +29,7 @@ from pathlib import Path
 from cluster import netns, pki, procs, registry
 from cluster.build import NO_GO, all_built, build, build_all
 from cluster.images import buildkit_image, pause_image
-from cluster.versions import BUILDKIT_IMAGE, CACHE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE, bin_dir
+from cluster.versions import BUILDKIT_IMAGE, CACHE, CONTAINERD, ETCD, KUBERNETES, PAUSE_IMAGE, RUNC, bin_dir
 
 STATE = Path(os.environ.get("KILN_CLUSTER_DIR", "/var/lib/kiln-cluster"))
 # Written by up in STATE: down stops processes, unmounts and deletes only in a directory that has it.
@@ -43,8 +43,8 @@ SERVICE_RANGE = "10.96.0.0/16"  # kube-proxy routes them on this machine; there 
 REGISTRY_NETNS = "kiln-registry"
 REGISTRY_STATE = STATE / "registry"
 CNI_BIN = "/usr/lib/cni"  # Debian's containernetworking-plugins
+RUNC_BINARY = str(bin_dir(RUNC) / "runc")  # built from its Go module (cluster/versions.py)
 REGISTRY_BINARY = "/usr/bin/docker-registry"  # Debian's docker-registry (the CNCF distribution registry)
-RUNC = "/usr/sbin/runc"  # Debian's runc
 CGROUP_V1 = Path("/sys/fs/cgroup")
 # Both nodes are usually Ready 20 s after start; once in CI the emulated arm64 kubelet never was.
 START_ATTEMPTS = 2
@@ -142,12 +142,12 @@ def restricted_oom_score() -> bool:
 
 
 def containerd_config(node: Node) -> str:
-    """containerd's config: its own root, state and socket per node; CNI and runc from Debian."""
+    """containerd's config: its own root, state and socket per node; CNI from Debian, runc built here."""
     run = node.dir / "run"
     values = {
         "root": str(node.dir / "containerd"), "state": str(run / "containerd"),
         "socket": str(node.socket), "ttrpc": f"{node.socket}.ttrpc",
-        "pause": PAUSE_IMAGE, "cni_bin": CNI_BIN, "cni_conf": str(node.dir / "cni"), "runc": RUNC,
+        "pause": PAUSE_IMAGE, "cni_bin": CNI_BIN, "cni_conf": str(node.dir / "cni"), "runc": RUNC_BINARY,
         "runc_root": str(run / "runc"), "hosts": str(REGISTRY_STATE / "containerd-hosts"),
     }
     q = {k: json.dumps(v) for k, v in values.items()}  # TOML basic strings are JSON strings
@@ -521,9 +521,9 @@ def _remove_containers(node: Node) -> None:
     """Every container the node's runc still runs, then the containerd shims that watched them."""
     root = node.dir / "run" / "runc" / "k8s.io"
     if root.exists():
-        listed = subprocess.run([RUNC, f"--root={root}", "list", "-q"], capture_output=True, text=True)
+        listed = subprocess.run([RUNC_BINARY, f"--root={root}", "list", "-q"], capture_output=True, text=True)
         for container in listed.stdout.split():
-            subprocess.run([RUNC, f"--root={root}", "delete", "--force", container], capture_output=True)
+            subprocess.run([RUNC_BINARY, f"--root={root}", "delete", "--force", container], capture_output=True)
     for pid in _processes_mentioning(str(node.socket)):
         try:
             os.kill(pid, signal.SIGKILL)

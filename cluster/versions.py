@@ -18,6 +18,7 @@ class Component:
     tools: str | None = None  # a tools go.mod (cluster/tools/<name>) for modules with replace directives
     tags: str = ""
     ldflags: str = ""
+    cgo: bool = False  # links C code (and the host's libraries): built for this machine only
 
     def packages(self, commands: tuple[str, ...] | None = None) -> list[str]:
         return [f"{self.module}/{c}" if c else self.module for c in commands or self.commands]
@@ -53,13 +54,18 @@ BUILDKIT = Component(
 )
 # The rootlesskit release BuildKit v0.34.2's image ships (its Dockerfile, ROOTLESSKIT_VERSION).
 ROOTLESSKIT = Component("rootlesskit", "github.com/rootless-containers/rootlesskit/v3", "v3.2.0", ("cmd/rootlesskit",))
+# The nodes' OCI runtime. Debian 12's runc 1.1.5 cannot give a pod its own user namespace (hostUsers: false needs
+# idmapped mounts, runc 1.2 or newer), which rootless BuildKit with its process sandbox needs. Its nsenter is C,
+# and seccomp needs libseccomp-dev.
+RUNC = Component("runc", "github.com/opencontainers/runc", "v1.5.3", ("",), tags="seccomp", cgo=True,
+                 ldflags="-X main.version=1.5.3")
 
 # Supply chain: the operator signs with cosign (its image ships it); the tests verify with it, and build an SBOM
 # generator image around syft.
 COSIGN = Component("cosign", "github.com/sigstore/cosign/v3", "v3.1.3", ("cmd/cosign",))
 SYFT = Component("syft", "github.com/anchore/syft", "v1.57.2", ("cmd/syft",))
 
-COMPONENTS = (ETCD, KUBERNETES, CONTAINERD, BUILDKIT, ROOTLESSKIT)  # the local cluster's
+COMPONENTS = (ETCD, KUBERNETES, CONTAINERD, RUNC, BUILDKIT, ROOTLESSKIT)  # the local cluster's
 TOOLS = (COSIGN, SYFT)
 BUILDKIT_IMAGE = f"moby/buildkit:{BUILDKIT.version}-rootless"
 PAUSE_IMAGE = "localhost/kiln/pause:catatonit"

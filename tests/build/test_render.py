@@ -250,6 +250,29 @@ def _fixture_build() -> dict:
     return copy.deepcopy(next(d for d in load_yaml_docs(FIXTURES / "git-private.yaml") if d["kind"] == "ImageBuild"))
 
 
+def test_a_user_namespaced_pod_runs_buildkit_with_its_process_sandbox():
+    obj = _fixture_build()
+    obj["spec"]["builder"] = {"userNamespaces": True}
+    secret, job = render_build(parse_image_build(obj), [], (BuildUnit(()),), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["hostUsers"] is False and container["securityContext"] == {"procMount": "Unmasked"}
+    assert {"name": "BUILDKITD_FLAGS", "value": ""} in container["env"]
+    # rootlesskit maps subordinate IDs inside the pod's 65536, not the image's from 100000
+    assert base64.b64decode(secret["data"]["subid"]).decode() == "user:1:65535\n"
+    assert [(m["mountPath"], m["subPath"]) for m in container["volumeMounts"] if m["name"] == "subordinate-ids"] == \
+        [("/etc/subuid", "subid"), ("/etc/subgid", "subid")]
+    for obj in (secret, job):
+        kubernetes_validate.validate(obj, KUBERNETES_MINOR, strict=True)
+
+
+def test_a_pod_in_the_nodes_user_namespace_runs_buildkit_without_the_process_sandbox():
+    secret, job = render_build(parse_image_build(_fixture_build()), [], (BuildUnit(()),), SETTINGS)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert {"name": "BUILDKITD_FLAGS", "value": "--oci-worker-no-process-sandbox"} in container["env"]
+    assert "securityContext" not in container and "subid" not in secret["data"]
+
+
 def test_every_build_has_its_own_deterministic_names():
     spec = parse_image_build(_fixture_build())
     assert render_build(spec, [], build_plan(spec), SETTINGS) == render_build(spec, [], build_plan(spec), SETTINGS)

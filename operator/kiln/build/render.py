@@ -46,6 +46,11 @@ BUILD_SCRIPT = (
     f'cat {METADATA_FILE} > {TERMINATION_LOG} || echo "kiln: buildctl left no metadata file" >&2\n'
 )
 BUILDKIT_UID = 1000  # the rootless image's user; changing it needs another image
+# A pod in its own user namespace (spec.builder.userNamespaces) has the IDs 0-65535 only, and the rootless image gives
+# its user subordinate IDs from 100000, which rootlesskit then cannot map. These (its own 1000 left out by rootlesskit)
+# are inside the pod's range. With them, and /proc unmasked, BuildKit runs each RUN step in a PID namespace of its
+# own (the process sandbox): a step cannot see, signal or trace the daemon, nor outlive its step.
+SUBORDINATE_IDS = "user:1:65535\n"
 
 
 def short_name(*parts: str, limit: int = 63) -> str:
@@ -91,6 +96,8 @@ def render_build_secret(spec: BuildSpec, logins: list[ResolvedLogin]) -> dict:
     """The merged docker config, and buildkitd.toml with the CA files it names when a registry needs them:
     one object per build, so starting and ending one costs one create and one delete."""
     files = {".dockerconfigjson": json.dumps(merged_docker_config(logins), sort_keys=True), **buildkitd_files(logins)}
+    if spec.builder.user_namespaces:
+        files["subid"] = SUBORDINATE_IDS
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -234,7 +241,10 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
     """One unit's Job; buildkitd names the build Secret's buildkitd files (buildkitd.toml and CA files), if any,
     and auth_tls the TLS buildctl fetches registry tokens with (registry_auth_tls)."""
     volumes, mounts = _volumes(spec, buildkitd)
-    flags = "--oci-worker-no-process-sandbox" + (f" --config={BUILDKITD_DIR}/buildkitd.toml" if buildkitd else "")
+    # Without its own user namespace the pod cannot mount a fresh /proc for a RUN step: BuildKit then runs steps
+    # without the process sandbox, in the daemon's PID namespace.
+    sandbox = [] if spec.builder.user_namespaces else ["--oci-worker-no-process-sandbox"]
+    flags = " ".join(sandbox + ([f"--config={BUILDKITD_DIR}/buildkitd.toml"] if buildkitd else []))
     container = {
         "name": "buildkit",
         "image": settings.buildkit_image,
@@ -247,6 +257,8 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
     }
     if spec.builder.resources:
         container["resources"] = spec.builder.resources
+    if spec.builder.user_namespaces:
+        container["securityContext"] = {"procMount": "Unmasked"}
     node_selector = {"kubernetes.io/os": "linux", **dict(spec.builder.node_selector)}
     if unit.arch:
         node_selector["kubernetes.io/arch"] = unit.arch
@@ -302,6 +314,11 @@ def _volumes(spec: BuildSpec, buildkitd: tuple[str, ...]) -> tuple[list[dict], l
         volumes.append({"name": "buildkitd-config", "secret": {"secretName": secret, "defaultMode": 0o440,
                                                                "items": [{"key": k, "path": k} for k in buildkitd]}})
         mounts.append({"name": "buildkitd-config", "mountPath": BUILDKITD_DIR, "readOnly": True})
+    if spec.builder.user_namespaces:
+        volumes.append({"name": "subordinate-ids", "secret": {"secretName": secret, "defaultMode": 0o444,
+                                                              "items": [{"key": "subid", "path": "subid"}]}})
+        mounts += [{"name": "subordinate-ids", "mountPath": f"/etc/{name}", "subPath": "subid", "readOnly": True}
+                   for name in ("subuid", "subgid")]
     origin = spec.source.origin
     if isinstance(origin, VolumeSource):
         volumes.append({"name": "context", "persistentVolumeClaim": {"claimName": origin.claim, "readOnly": True}})
