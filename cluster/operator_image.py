@@ -52,7 +52,8 @@ def version() -> str:
 
 def base_layout() -> Path:
     """The base's OCI layout, made once per set of pinned dependencies and Debian packages."""
-    key = hashlib.sha256("\n".join([REQUIREMENTS.read_text(), DEBIAN_SUITE, *PACKAGES, *ENV, COSIGN.version])
+    key = hashlib.sha256("\n".join([REQUIREMENTS.read_text(), DEBIAN_SUITE, *PACKAGES, *ENV, COSIGN.version,
+                                    BUILDKIT.version])
                          .encode()).hexdigest()[:12]
     layout = IMAGES / f"{BASE_NAME}-{key}"
     if (layout / "index.json").exists():
@@ -70,6 +71,8 @@ def base_layout() -> Path:
                         "--implementation=cp", f"--target={rootfs / SITE}", "--requirement", str(REQUIREMENTS)], check=True)
         # kiln signs images with cosign (spec.signing); the Dockerfile takes it from here (COSIGN_FROM).
         shutil.copy2(build(COSIGN) / "cosign", rootfs / "usr/local/bin/cosign")
+        # and it is the BuildKit client of warm builders (spec.builder.warm): BUILDCTL_FROM.
+        shutil.copy2(build(BUILDKIT) / "buildctl", rootfs / "usr/bin/buildctl")
         with (rootfs / "etc/passwd").open("a") as passwd:
             passwd.write(f"kiln:x:{USER}:{USER}:kiln operator:/nonexistent:/usr/sbin/nologin\n")
         with (rootfs / "etc/group").open("a") as group:
@@ -112,6 +115,7 @@ def buildctl_args(base: Path, name: str, archive: Path, push: bool, insecure: bo
     return ["build", "--progress=plain", "--frontend=dockerfile.v0", f"--local=context={ROOT}",
             f"--metadata-file={archive.with_suffix('.json')}",
             f"--local=dockerfile={ROOT}", f"--opt=build-arg:BASE={BASE_NAME}", f"--opt=build-arg:COSIGN_FROM={BASE_NAME}",
+            f"--opt=build-arg:BUILDCTL_FROM={BASE_NAME}",
             f"--oci-layout={BASE_NAME}={base}",
             f"--opt=context:{BASE_NAME}=oci-layout://{BASE_NAME}@{manifest['digest']}", *outputs]
 

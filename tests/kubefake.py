@@ -276,7 +276,8 @@ def _resource_id(resource) -> str:
 
 def _plural(kind: str) -> str:
     return {"ImageBuild": "imagebuilds", "RegistryLogin": "registrylogins", "Secret": "secrets",
-            "ConfigMap": "configmaps", "Node": "nodes", "PersistentVolumeClaim": "persistentvolumeclaims"}[kind]
+            "ConfigMap": "configmaps", "Node": "nodes", "PersistentVolumeClaim": "persistentvolumeclaims",
+            "Pod": "pods"}[kind]
 
 
 async def eventually(check, timeout: float = 15.0, interval: float = 0.1, message: str = ""):

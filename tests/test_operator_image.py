@@ -4,7 +4,7 @@ import subprocess
 import tomllib
 
 from cluster import operator_image
-from cluster.versions import COSIGN
+from cluster.versions import BUILDKIT, COSIGN
 from packaging.requirements import Requirement
 
 from conftest import ROOT
@@ -44,6 +44,9 @@ def test_the_dockerfile_is_built_from_the_base_layout_by_its_digest(tmp_path):
     # The base already holds cosign: the stage that builds it from source is not needed, nor its golang image.
     assert f"--opt=build-arg:COSIGN_FROM={operator_image.BASE_NAME}" in args
     assert "FROM ${COSIGN_FROM} AS cosign\n" in dockerfile
+    # buildctl too, which it has from the pinned BuildKit build.
+    assert f"--opt=build-arg:BUILDCTL_FROM={operator_image.BASE_NAME}" in args
+    assert f"ARG BUILDCTL_FROM=moby/buildkit:{BUILDKIT.version}\n" in dockerfile
 
 
 def test_the_dockerfile_builds_the_pinned_cosign():

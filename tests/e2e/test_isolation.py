@@ -66,7 +66,7 @@ def _image_text(client: Client, repository: str, tag: str) -> dict[str, dict[str
     return found
 
 
-def test_a_run_step_that_looks_everywhere_finds_no_credential_emulated_native_or_in_a_user_namespace(
+def test_a_run_step_that_looks_everywhere_finds_no_credential_emulated_native_user_namespaced_or_warm(
         kubectl, lab, namespace):
     make_repository(lab.repositories / namespace, {"Dockerfile": DOCKERFILE.format(base=lab.base_image),
                                                   "probe.sh": PROBE})
@@ -74,7 +74,7 @@ def test_a_run_step_that_looks_everywhere_finds_no_credential_emulated_native_or
     kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
                   build_secret("git-token", "x-access-token", GIT_TOKEN),
                   {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                   "metadata": {"name": "db", "annotations": {"kiln.dev/image-builds": "emulated, native, userns"}},
+                   "metadata": {"name": "db", "annotations": {"kiln.dev/image-builds": "emulated, native, userns, warm"}},
                    "stringData": {"password": DB_PASSWORD}}, namespace=namespace)
     spec = {"source": {"git": {"url": url, "revision": "main", "secretRef": {"name": "git-token"}}},
             "secrets": [{"id": "db", "secretRef": {"name": "db", "key": "password"}}],
@@ -84,10 +84,12 @@ def test_a_run_step_that_looks_everywhere_finds_no_credential_emulated_native_or
                   image_build("native", **spec, multiArch={"strategy": "native"},
                               output={"image": f"{lab.b.host}/team/probe-native", "tags": ["v1"]}),
                   image_build("userns", **spec, multiArch={"strategy": "qemu"}, builder={"userNamespaces": True},
-                              output={"image": f"{lab.b.host}/team/probe-userns", "tags": ["v1"]}), namespace=namespace)
+                              output={"image": f"{lab.b.host}/team/probe-userns", "tags": ["v1"]}),
+                  image_build("warm", **spec, multiArch={"strategy": "qemu"}, builder={"warm": True},
+                              output={"image": f"{lab.b.host}/team/probe-warm", "tags": ["v1"]}), namespace=namespace)
     secrets = [lab.a.users["alice"], lab.b.users["carol"], GIT_TOKEN, DB_PASSWORD]
     client = Client(lab.b, "carol")
-    for name in ("emulated", "native", "userns"):
+    for name in ("emulated", "native", "userns", "warm"):
         wait_ready(kubectl, namespace, name, timeout=900)
         images = _image_text(client, f"team/probe-{name}", "v1")
         assert sorted(images) == ["linux/amd64", "linux/arm64"]
@@ -96,7 +98,7 @@ def test_a_run_step_that_looks_everywhere_finds_no_credential_emulated_native_or
             everything = b"\n".join(probe.values())
             assert not [s for s in secrets if s.encode() in everything], f"{name} {platform}: a credential was found"
             commands = b" ".join(text for path, text in probe.items() if path.endswith(".cmdline"))
-            if name == "userns":  # BuildKit's process sandbox: the step has a PID namespace of its own
+            if name in ("userns", "warm"):  # BuildKit's process sandbox: the step has a PID namespace of its own
                 assert b"sh /probe.sh" in probe["1.cmdline"], platform
                 assert b"buildkitd" not in commands and b"buildctl" not in commands, platform
             else:  # it did look: the build's processes and their command lines are listed, their insides are not

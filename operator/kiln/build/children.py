@@ -9,5 +9,6 @@ def children(facts: Facts, decision: Decision) -> list[dict]:
     """What carrying out the decision creates, in order."""
     if not (decision.credentials or decision.jobs):
         return []
-    return render_children(current_spec(facts), facts.logins, facts.settings, secret=decision.credentials,
-                           jobs=decision.jobs)
+    spec = current_spec(facts)
+    return render_children(spec, facts.logins, facts.settings, secret=decision.credentials,
+                           jobs=() if spec.builder.warm else decision.jobs)  # a warm builder's units are runs

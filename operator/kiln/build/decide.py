@@ -428,7 +428,8 @@ def _start(facts: Facts, spec: BuildSpec, view: statuses.BuildStatus) -> Decisio
     units = [unit_record(unit, spec, attempt, labels.iso(facts.now), facts.logins_revision) for unit in plan]
     return Decision(status=_progress(view, BUILD_PENDING, reasons.BUILD_PENDING, WAITING_FOR_POD, units),
                     credentials=True, jobs=tuple((unit, attempt) for unit in plan),
-                    events=(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} BuildKit pod(s)"),),
+                    events=(("Normal", "BuildStarted", f"build {spec.build_id} started: {len(plan)} " + (
+                        "unit(s) on warm builders" if spec.builder.warm else "BuildKit pod(s)")),),
                     requeue_after=POD_PATIENCE)  # if no pod comes, the Job's events say why
 
 

@@ -34,14 +34,32 @@ class BoundedLog:
         return clean(self.head.decode(errors="replace")) + marker + clean(self.tail.decode(errors="replace"))
 
 
+class LogBuffer:
+    """A log as it streams in, keeping only its head and its tail: memory stays bounded however much is printed."""
+
+    def __init__(self) -> None:
+        self._head, self._tail, self._size = bytearray(), bytearray(), 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        room = HEAD_BYTES - len(self._head)
+        self._head += chunk[:room]
+        self._tail += chunk[room:] if room > 0 else chunk
+        del self._tail[:-TAIL_BYTES]
+
+    def bounded(self) -> BoundedLog:
+        return BoundedLog(bytes(self._head), bytes(self._tail), self._size)
+
+
 def log_name(job: str) -> str:
     """The ConfigMap of a Job's log (Job names are at most 63 characters)."""
     return f"{job}-log"
 
 
-def render_log(job: dict, text: str) -> dict:
-    """The ConfigMap keeping a unit's log, owned by its Job (no blockOwnerDeletion: it needs no finalizer right),
-    with the Job's labels and annotations (build, unit, platforms, attempt)."""
+def render_log(job: dict, text: str, owner: dict | None = None) -> dict:
+    """The ConfigMap keeping a unit's log, owned by its Job (no blockOwnerDeletion: it needs no finalizer right), or
+    by `owner` for a build on a warm builder, which has no Job; with the Job's labels and annotations (build, unit,
+    platforms, attempt)."""
     meta = job["metadata"]
     keep = {k: v for k, v in meta.get("labels", {}).items() if k.startswith(("kiln.dev/", "app.kubernetes.io/"))}
     return {
@@ -50,7 +68,7 @@ def render_log(job: dict, text: str) -> dict:
             "name": log_name(meta["name"]), "namespace": meta["namespace"],
             "labels": {**keep, LOG_LABEL: meta["name"]},
             "annotations": dict(meta.get("annotations") or {}),
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}],
+            "ownerReferences": [owner or {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}],
         },
         "binaryData": {LOG_KEY: base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()},
     }

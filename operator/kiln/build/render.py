@@ -23,12 +23,15 @@ from kiln.spec.references import split_tagged
 from kiln.spec.settings import Settings
 
 STATE_DIR = "/home/user/.local/share/buildkit"  # where the rootless daemon keeps its cache
-DOCKER_CONFIG_DIR = "/kiln/docker"
-BUILDKITD_DIR = "/kiln/buildkitd"
-CONTEXT_DIR = "/kiln/context"
-GIT_AUTH_DIR = "/kiln/git"
-SECRETS_DIR = "/kiln/secrets"
-OUTPUT_DIR = "/kiln/out"
+# Where buildctl finds its files: under ROOT in a build pod; under a directory of the operator's for a build on a
+# warm builder, where the operator is the client.
+ROOT = "/kiln"
+DOCKER_CONFIG_DIR = f"{ROOT}/docker"
+BUILDKITD_DIR = f"{ROOT}/buildkitd"
+CONTEXT_DIR = f"{ROOT}/context"
+GIT_AUTH_DIR = f"{ROOT}/git"
+SECRETS_DIR = f"{ROOT}/secrets"
+OUTPUT_DIR = f"{ROOT}/out"
 METADATA_FILE = f"{OUTPUT_DIR}/metadata.json"  # buildctl writes the pushed digest here
 TERMINATION_LOG = "/dev/termination-log"  # and the kubelet hands this file's text to the operator
 # The kubelet bind-mounts the termination log file, and buildctl replaces its metadata file by
@@ -121,7 +124,7 @@ def buildkitd_files(logins: list[ResolvedLogin]) -> dict[str, str]:
     return {"buildkitd.toml": "\n".join(sections), **files} if sections else {}
 
 
-def registry_auth_tls(logins: list[ResolvedLogin]) -> tuple[str, ...]:
+def registry_auth_tls(logins: list[ResolvedLogin], root: str = ROOT) -> tuple[str, ...]:
     """buildctl's --registry-auth-tlscontext for registries with their own CA or no trusted certificate: buildctl,
     not the daemon, fetches registry tokens, from a token service often on another port or host that uses the
     registry's certificates, and it looks its TLS up by the registry's host."""
@@ -130,7 +133,7 @@ def registry_auth_tls(logins: list[ResolvedLogin]) -> tuple[str, ...]:
         if login.insecure:
             found.append(f"host={login.server},insecure=true")
         elif login.ca_pem:
-            found.append(f"host={login.server},ca={BUILDKITD_DIR}/{_ca_key(login.server)}")
+            found.append(f"host={login.server},ca={root}/buildkitd/{_ca_key(login.server)}")
     return tuple(found)
 
 
@@ -179,13 +182,14 @@ def attestation_args(spec: BuildSpec, settings: Settings) -> list[str]:
     return args
 
 
-def buildctl_args(spec: BuildSpec, unit: BuildUnit, settings: Settings) -> list[str]:
-    """Arguments of `buildctl-daemonless.sh` (given to BUILD_SCRIPT as "$@"), for the pod's paths."""
+def buildctl_args(spec: BuildSpec, unit: BuildUnit, settings: Settings, root: str = ROOT) -> list[str]:
+    """Arguments of `buildctl-daemonless.sh` (given to BUILD_SCRIPT as "$@"), for the pod's paths (its files
+    under root)."""
     source = spec.source
     args = ["build", "--progress=plain", "--frontend=dockerfile.v0"]
     origin = source.origin
     if isinstance(origin, (VolumeSource, ConfigMapSource)):
-        base = f"{CONTEXT_DIR}/{origin.path}" if isinstance(origin, VolumeSource) else CONTEXT_DIR
+        base = f"{root}/context/{origin.path}" if isinstance(origin, VolumeSource) else f"{root}/context"
         context = _path(base, source.context_dir)
         dockerfile_dir, _, filename = _path(context, source.dockerfile).rpartition("/")
         args += [f"--local=context={context}", f"--local=dockerfile={dockerfile_dir}", f"--opt=filename={filename}"]
@@ -194,7 +198,7 @@ def buildctl_args(spec: BuildSpec, unit: BuildUnit, settings: Settings) -> list[
         args += [f"--opt=context={origin.url}" + (f"#{fragment}" if fragment else ""),
                  f"--opt=filename={source.dockerfile}"]
         if origin.secret:
-            args += _git_auth_args(origin)
+            args += _git_auth_args(origin, root)
     elif isinstance(origin, UrlSource):
         args += [f"--opt=context={origin.url}", f"--opt=filename={source.dockerfile}"]
     if spec.target:
@@ -202,7 +206,7 @@ def buildctl_args(spec: BuildSpec, unit: BuildUnit, settings: Settings) -> list[
     if unit.platforms:
         args.append(f"--opt=platform={','.join(unit.platforms)}")
     args += [f"--opt=build-arg:{name}={value}" for name, value in spec.build_args]
-    args += [f"--secret=id={secret.id},src={SECRETS_DIR}/{i}/value" for i, secret in enumerate(spec.secrets)]
+    args += [f"--secret=id={secret.id},src={root}/secrets/{i}/value" for i, secret in enumerate(spec.secrets)]
     args += attestation_args(spec, settings)
     args.append(_output_arg(spec, unit))
     ref = cache_ref(spec, unit)
@@ -211,19 +215,19 @@ def buildctl_args(spec: BuildSpec, unit: BuildUnit, settings: Settings) -> list[
     elif spec.cache.type == "inline":
         args.append("--export-cache=type=inline")
     args += [f"--import-cache=type=registry,ref={r}" for r in cache_import_refs(spec, unit)]
-    args.append(f"--metadata-file={METADATA_FILE}")
+    args.append(f"--metadata-file={root}/out/metadata.json")
     return args
 
 
-def _git_auth_item(origin: GitSource) -> dict:
+def git_auth_item(origin: GitSource) -> dict:
     """What the pod mounts from the git Secret: a basic-auth password (the token) for http(s), else an SSH key."""
     if origin.url.startswith(("https://", "http://")):
         return {"key": "password", "path": "token"}
     return {"key": "ssh-privatekey", "path": "ssh-privatekey"}
 
 
-def _git_auth_args(origin: GitSource) -> list[str]:
-    mounted = f"{GIT_AUTH_DIR}/{_git_auth_item(origin)['path']}"
+def _git_auth_args(origin: GitSource, root: str) -> list[str]:
+    mounted = f"{root}/git/{git_auth_item(origin)['path']}"
     if mounted.endswith("/token"):
         # BuildKit's git source reads a token for this host from this build secret; never from the URL (the
         # parser refuses user info there). Its "host" is Go's url.Host: with the port.
@@ -328,7 +332,7 @@ def _volumes(spec: BuildSpec, buildkitd: tuple[str, ...]) -> tuple[list[dict], l
         mounts.append({"name": "context", "mountPath": CONTEXT_DIR, "readOnly": True})
     elif isinstance(origin, GitSource) and origin.secret:
         volumes.append({"name": "git-auth", "secret": {"secretName": origin.secret, "defaultMode": 0o440,
-                                                       "items": [_git_auth_item(origin)]}})
+                                                       "items": [git_auth_item(origin)]}})
         mounts.append({"name": "git-auth", "mountPath": GIT_AUTH_DIR, "readOnly": True})
     for i, secret in enumerate(spec.secrets):
         volumes.append({"name": f"build-secret-{i}", "secret": {"secretName": secret.secret, "defaultMode": 0o440,

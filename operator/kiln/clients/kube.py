@@ -16,7 +16,7 @@ import aiohttp
 import kubernetes
 
 from kiln import GROUP, VERSION, metrics
-from kiln.build.logs import HEAD_BYTES, TAIL_BYTES, BoundedLog
+from kiln.build.logs import BoundedLog, LogBuffer
 
 # In-cluster tokens are re-read by the library every minute; kubeconfig tokens when they expire.
 TOKEN_RECHECK = 10.0
@@ -265,19 +265,15 @@ class Kube:
         much the build printed. None when the pod or its log is gone."""
         metrics.API_REQUESTS.labels("GET").inc()
         url = self._server + path("v1", "pods", namespace, pod, "log")
-        head, tail, size = bytearray(), bytearray(), 0
+        log = LogBuffer()
         timeout = aiohttp.ClientTimeout(total=300, sock_read=60)  # a long log takes its time to stream
         async with self._open().get(url, headers=self._headers(), params={"container": container},
                                     timeout=timeout) as response:
             if response.status >= 400:
                 return None
             async for chunk in response.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                room = HEAD_BYTES - len(head)
-                head += chunk[:room]
-                tail += chunk[room:] if room > 0 else chunk
-                del tail[:-TAIL_BYTES]
-        return BoundedLog(bytes(head), bytes(tail), size)
+                log.feed(chunk)
+        return log.bounded()
 
     async def follow_log(self, namespace: str, pod: str, container: str):
         """A pod's log line by line as it is written, until the container ends (kubectl logs -f)."""

@@ -1,6 +1,7 @@
 """answers: the registry's (or the build log's) answer to a question decide asked."""
 from __future__ import annotations
 
+from kiln import API_VERSION
 from kiln.build.credentials import CredentialsProblem, merged_docker_config
 from kiln.build.decide import Facts
 from kiln.build.logs import render_log
@@ -65,13 +66,16 @@ async def answer(runtime: Runtime, facts: Facts, question: Question):
 async def _keep_log(runtime: Runtime, facts: Facts, question: BuildLog) -> KeptLog:
     """The ended pod's log kept in a ConfigMap its Job owns, without a value of the build's Secrets."""
     namespace = facts.spec.namespace
-    log = await runtime.kube.bounded_log(namespace, question.pod, "buildkit")
+    run = runtime.runs.get(namespace, question.job)
+    log = run.log.bounded() if run else await runtime.kube.bounded_log(namespace, question.pod, "buildkit")
     job = next((j for j in facts.jobs if j["metadata"]["name"] == question.job), None)
     if log is None or job is None:  # the pod or its Job gone already: nothing to keep
         return KeptLog(0, 0, None)
     values = facts.secret_values or await redaction_values(runtime.reader(), facts.spec, facts.logins)
     text = log.text(lambda part: redacted(part, values))
-    kept = render_log(job, text)
+    meta = facts.obj["metadata"]  # a run has no Job: its log goes with the ImageBuild
+    owner = {"apiVersion": API_VERSION, "kind": "ImageBuild", "name": meta["name"], "uid": meta["uid"]} if run else None
+    kept = render_log(job, text, owner)
     await runtime.kube.create(path("v1", "configmaps", namespace), kept)
     return KeptLog(*cache_stats(text), kept["metadata"]["name"])
 

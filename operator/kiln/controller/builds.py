@@ -13,7 +13,9 @@ import logging
 
 from kiln import API_VERSION, metrics
 from kiln.build.children import children
-from kiln.build.decide import Decision, Event, Facts, decide, settled
+from kiln.build.decide import Decision, Event, Facts, current_spec, decide, settled
+from kiln.build.outcomes import FAILED, SUCCEEDED
+from kiln.build.render import short_name
 from kiln.build.status import status_patch
 from kiln.clients.kube import Kube, KubeError, path
 from kiln.controller.answers import answer
@@ -90,7 +92,7 @@ async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: l
     obj = await reader.build(namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return Outcome(None, [])
-    facts = await observe(reader, runtime.settings, obj)
+    facts = await observe(reader, runtime.settings, obj, runtime.runs.of_imagebuild(namespace, short_name(name)))
     decision = await decided(runtime, facts)
     if decision.ask is not None:
         logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,
@@ -100,10 +102,25 @@ async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: l
     if refused:  # decide again knowing it, and undo what was created before the refusal
         decision = await decided(runtime, dataclasses.replace(facts, refused=refused))
         await carry_out(runtime, namespace, name, decision, children(facts, decision))
+    _start_runs(runtime, facts, decision, logger)
     written = await write_status(runtime.kube, obj, decision.status)
     if written is not None:  # newer than the watch may show for a moment; its echo needs no look
         runtime.cache.wrote("ImageBuild", written)
+    for unit in decision.status.get("units") or []:  # recorded: a run's result is kept in status now
+        if unit.get("phase") in (SUCCEEDED, FAILED):
+            runtime.runs.done_with(namespace, unit["job"])
     return Outcome(obj, decision.events, decision.requeue_after, decision.status)
+
+
+def _start_runs(runtime: Runtime, facts: Facts, decision: Decision, logger: logging.Logger) -> None:
+    """A warm builder's units run as the operator's own tasks, each of which wakes the build when it moves on."""
+    spec = current_spec(facts) if decision.jobs else None
+    if spec is None or not spec.builder.warm:
+        return
+    key = (spec.namespace, spec.name)
+    wake = lambda: runtime.queue.after(key, 0, lambda: reconcile(runtime, *key, logger))  # noqa: E731
+    for unit, attempt in decision.jobs:
+        runtime.runs.start(spec, unit, attempt, facts.logins, wake)
 
 
 async def decided(runtime: Runtime, facts: Facts) -> Decision:

@@ -15,6 +15,8 @@ async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Deci
     refuses is returned as (object, message); transient API errors raise, and the caller tries again later."""
     kube = runtime.kube
     for name in decision.delete_jobs:
+        if runtime.runs.cancel(namespace, name):  # a build on a warm builder: stopped there
+            continue
         await kube.delete(path("batch/v1", "jobs", namespace, name))
         runtime.cache.deleted(namespace, name)
     for build_id in decision.delete_credentials:

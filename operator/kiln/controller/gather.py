@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Sequence
 
 from kiln.build.credentials import (
     CredentialsProblem,
@@ -28,6 +29,7 @@ from kiln.build.render import short_name
 from kiln.build.status import BUILDING, PENDING
 from kiln.clients.watch_cache import BUILD_LABEL, MANAGED, Reader
 from kiln.controller.logins import read_ca_config_map
+from kiln.controller.runs import Run
 from kiln.spec import labels, reasons
 from kiln.spec.parse import BuildSpec, InvalidSpec, parse_image_build, parse_registry_login, spec_identity
 from kiln.spec.settings import Settings
@@ -42,8 +44,9 @@ def _owned(obj: dict, uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
 
 
-async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
-    """Everything decide needs about one ImageBuild, from what the watches delivered (reader), before anything is decided."""
+async def observe(reader: Reader, settings: Settings, obj: dict, runs: Sequence[Run] = ()) -> Facts:
+    """Everything decide needs about one ImageBuild, from what the watches delivered (reader), before anything is
+    decided; runs: its builds on warm builders, shown as the Jobs and pods they stand in for."""
     meta = obj["metadata"]
     namespace, uid = meta["namespace"], meta.get("uid", "")
     try:
@@ -58,6 +61,8 @@ async def observe(reader: Reader, settings: Settings, obj: dict) -> Facts:
         job = (pod["metadata"].get("labels") or {}).get("job-name", "")
         if job not in pods or pod["metadata"].get("creationTimestamp", "") > pods[job]["metadata"].get("creationTimestamp", ""):
             pods[job] = pod
+    jobs += tuple(run.as_job() for run in runs)
+    pods |= {run.name: run.as_pod() for run in runs}
     credentials = frozenset((item["metadata"].get("labels") or {}).get(labels.BUILD_ID, "")
                             for item in await reader.secrets(namespace, mine) if _owned(item, uid))
     facts = Facts(obj=obj, spec=spec, problem=problem, jobs=jobs, pods=pods, credentials=credentials,

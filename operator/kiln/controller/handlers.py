@@ -78,6 +78,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> No
         settings.scanning.disabled = True
     memo.resync = asyncio.create_task(_resync(memo, logging.getLogger("kiln.resync")))
     memo.recorder = asyncio.create_task(memo.runtime.recorder.run())
+    memo.builders = asyncio.create_task(memo.runtime.runs.scale_idle())
 
 
 async def _resync(memo: kopf.Memo, logger: logging.Logger) -> None:
@@ -133,6 +134,7 @@ def login(**_) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_) -> None:
     memo.resync.cancel()
+    memo.builders.cancel()
     memo.runtime.queue.shut_down()
     await memo.runtime.recorder.flush(timeout=5)
     memo.recorder.cancel()

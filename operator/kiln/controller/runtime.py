@@ -13,6 +13,7 @@ from kiln.clients.events import Recorder
 from kiln.clients.kube import Kube, path
 from kiln.clients.registry_sessions import Registries
 from kiln.clients.watch_cache import MANAGED, Cache, Reader, own_secret
+from kiln.controller.runs import Runs
 from kiln.controller.workqueue import Key, WorkQueue
 from kiln.spec.settings import Settings
 
@@ -26,6 +27,7 @@ class Runtime:
     queue: WorkQueue = field(init=False)
     registries: Registries = field(init=False)
     recorder: Recorder = field(init=False)  # Kubernetes Events, posted in the background
+    runs: Runs = field(init=False)  # builds on warm builders, which have no Job
     _pod_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     _job_states: dict[tuple[str, str], tuple] = field(default_factory=dict)
     events: int = 0  # watch events handled so far: whether anything happened since the last resync round
@@ -34,6 +36,7 @@ class Runtime:
         self.queue = WorkQueue(self.settings.max_concurrent_reconciles)
         self.registries = Registries(self.settings)
         self.recorder = Recorder(self.kube)
+        self.runs = Runs(self.kube, self.settings)
 
     def handling(self, kwargs: Mapping) -> None:
         """A watch event reached a handler, whose keyword arguments carry kopf's indexes."""
@@ -89,6 +92,7 @@ class Runtime:
     def forget(self, key: Key) -> None:
         """An ImageBuild is gone: nothing of it is kept."""
         self.cache.build_gone(*key)
+        self.runs.forget(key[0], short_name(key[1]))
         self.cache.credentials.pop((key[0], short_name(key[1])), None)  # the garbage collector takes its Secrets
         self.queue.forget(key)
 

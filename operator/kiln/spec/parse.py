@@ -119,6 +119,8 @@ class Builder:
     tolerations: tuple[dict, ...] = field(default=(), hash=False)
     service_account: str | None = None
     user_namespaces: bool = False
+    # Build on the namespace's warm builder, a long-running BuildKit daemon (build/builders.py), not in a pod of its own.
+    warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,15 @@ def parse_image_build(obj: dict) -> BuildSpec:
     if target is not None:
         _match(target, _TARGET.pattern, "spec.target", "must be a Dockerfile stage name")
     _schema("ImageBuild", obj)
+    source = _parse_source(_mapping(spec.get("source"), "spec.source", required=True))
+    cache = _parse_cache(_mapping(spec.get("cache", {}), "spec.cache"), output)
+    builder = _parse_builder(_mapping(spec.get("builder", {}), "spec.builder"))
+    if builder.warm and isinstance(source.origin, VolumeSource):
+        raise InvalidSpec("spec.builder.warm", "a warm builder cannot read a workspace volume (only a pod that mounts "
+                                               "it can): build from git, a URL or a ConfigMap, or set warm false")
+    if builder.warm and cache.volume:
+        raise InvalidSpec("spec.builder.warm", "a warm builder keeps its own cache between builds: drop cache.type "
+                                               "local, or set warm false")
     return BuildSpec(
         namespace=meta.get("namespace") or "default",
         name=_name(meta.get("name"), "metadata.name"),
@@ -238,15 +249,15 @@ def parse_image_build(obj: dict) -> BuildSpec:
         generation=int(meta.get("generation") or 1),
         rebuild=rebuild,
         registry_logins=logins,
-        source=_parse_source(_mapping(spec.get("source"), "spec.source", required=True)),
+        source=source,
         output=output,
         build_args=tuple(sorted(build_args.items())),
         target=target,
         secrets=_parse_secrets(spec.get("secrets", [])),
         platforms=platforms,
         strategy=strategy,
-        cache=_parse_cache(_mapping(spec.get("cache", {}), "spec.cache"), output),
-        builder=_parse_builder(_mapping(spec.get("builder", {}), "spec.builder")),
+        cache=cache,
+        builder=builder,
         timeout_seconds=parse_duration(spec.get("timeout", "30m"), "spec.timeout"),
         retries=_integer(spec.get("retries", 1), "spec.retries", 0, 10),
         history_limit=_integer(spec.get("historyLimit", 5), "spec.historyLimit", 1, 100),
@@ -452,6 +463,7 @@ def _parse_builder(builder: dict) -> Builder:
                           for i, t in enumerate(_list(builder.get("tolerations", []), "spec.builder.tolerations"))),
         service_account=_name(account, "spec.builder.serviceAccountName") if account else None,
         user_namespaces=_boolean(builder.get("userNamespaces", False), "spec.builder.userNamespaces"),
+        warm=_boolean(builder.get("warm", False), "spec.builder.warm"),
     )
 
 

@@ -49,6 +49,13 @@ class Settings:
     builder_id: str = DEFAULT_BUILDER_ID
     # The cosign binary kiln signs with (spec.signing); the operator image ships one.
     cosign: str = "cosign"
+    # The buildctl binary kiln runs builds on warm builders with (spec.builder.warm); the operator image ships one.
+    buildctl: str = "buildctl"
+    # Seconds a warm builder stays up after its last build before kiln scales it to zero.
+    builder_idle: float = 600.0
+    # Seconds a build waits for its warm builder to be ready (pulling the BuildKit image, a node for it) before
+    # it fails, retryably.
+    builder_start_timeout: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -70,6 +77,9 @@ class Settings:
             sbom_generator=_image(env.get("KILN_SBOM_GENERATOR", DEFAULT_SBOM_GENERATOR)),
             builder_id=env.get("KILN_BUILDER_ID", DEFAULT_BUILDER_ID).rstrip("/"),
             cosign=env.get("KILN_COSIGN", cls.cosign),
+            buildctl=env.get("KILN_BUILDCTL", cls.buildctl),
+            builder_idle=float(env.get("KILN_BUILDER_IDLE", cls.builder_idle)),
+            builder_start_timeout=float(env.get("KILN_BUILDER_START_TIMEOUT", cls.builder_start_timeout)),
         )
 
 

@@ -1,0 +1,216 @@
+"""Warm builders through the real operator (kmock), a real buildkitd behind mutual TLS and a real registry.
+
+The test plays the Deployment controller and the kubelet: when kiln makes a builder, the test starts the daemon
+it describes (its certificates and buildkitd.toml read from the builder's Secret) on loopback, and reports its pod
+Ready there. The operator is the BuildKit client: no Job is ever created.
+"""
+import asyncio
+import base64
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from controller.test_operator_builds import cond, image_build, phase, ready_login, status
+
+from kubefake import KubeFake, eventually, operator
+from registries import free_port, push_image, wait_for_port
+
+pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
+BUILDER = "kiln.dev/builder"
+
+
+def _missing() -> str | None:
+    if not (shutil.which("buildctl") and shutil.which("buildkitd")):
+        return "buildctl and buildkitd are not on PATH (make test builds them from BuildKit's Go module)"
+    if os.geteuid() != 0:
+        return "buildkitd is started as root here"
+    return None
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """Starts the daemon a builder's Secret describes; stops them all at the end."""
+    problem = _missing()
+    if problem:
+        if os.environ.get("KILN_REQUIRE_BUILDKIT"):
+            pytest.fail(f"the buildkit tier must run here (KILN_REQUIRE_BUILDKIT): {problem}")
+        pytest.skip(problem)
+    started = []
+
+    def start(secret: dict) -> int:
+        files = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+        root = tmp_path / secret["metadata"]["name"]
+        (root / "certs").mkdir(parents=True)
+        for key, content in files.items():
+            (root / "certs" / key).write_bytes(content)
+        port = free_port()
+        config = ["--config", str(root / "certs" / "buildkitd.toml")] if "buildkitd.toml" in files else []
+        with (root / "buildkitd.log").open("wb") as log:
+            process = subprocess.Popen(
+                ["buildkitd", f"--root={root}/state", f"--addr=tcp://127.0.0.1:{port}", f"--addr=unix://{root}/sock",
+                 f"--tlscacert={root}/certs/ca.crt", f"--tlscert={root}/certs/tls.crt",
+                 f"--tlskey={root}/certs/tls.key", *config], stdout=log, stderr=subprocess.STDOUT)
+        started.append(process)
+        wait_for_port(port, process, root / "buildkitd.log", timeout=30)
+        return port
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def builder_runs(cluster, daemons) -> tuple[str, int]:
+    """Wait for kiln's builder Deployment, start its daemon, and report its pod Ready: (builder, daemon port)."""
+    deployment = await eventually(lambda: next(iter(cluster.all("apps/v1", "deployments")), None),
+                                  message="a builder Deployment")
+    name = deployment["metadata"]["name"]
+    port = await asyncio.to_thread(daemons, cluster.get("v1", "secrets", name))
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-0", "labels": {BUILDER: name}},
+           "spec": {"containers": [{"name": "buildkitd", "image": "buildkit",
+                                    "ports": [{"name": "buildkit", "containerPort": port}]}]}}
+    await cluster.apply(pod)
+    await cluster.patch("v1", "pods", pod["metadata"]["name"], {"status": {
+        "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}, sub="status")
+    return name, port
+
+
+async def context(cluster, dockerfile: str) -> None:
+    await cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ctx"},
+                         "data": {"Dockerfile": dockerfile, "hello.txt": "hello\n"}})
+
+
+def warm(**spec) -> dict:
+    return {"source": {"configMap": {"name": "ctx"}}, "builder": {"warm": True}, "cache": {"type": "none"}, **spec}
+
+
+async def test_a_warm_build_runs_on_the_builder_without_a_job_and_its_rebuild_is_all_cached(
+        cluster, basic_registry, daemons, tmp_path):
+    await asyncio.to_thread(push_image, basic_registry, "alice", "base/scratch", ["linux/amd64"], "v1")
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY hello.txt /again.txt\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        builder, _ = await builder_runs(cluster, daemons)
+        first = await phase(cluster, "Succeeded")
+        assert first["digest"].startswith("sha256:") and first["units"][0]["totalSteps"] == 2
+        await cluster.patch("kiln.dev/v1alpha1", "imagebuilds", "app",
+                            {"metadata": {"annotations": {"kiln.dev/rebuild": "2"}}})
+        again = await eventually(lambda: status(cluster).get("buildID") != first["buildID"]
+                                 and status(cluster).get("phase") == "Succeeded" and status(cluster),
+                                 message=f"the rebuild Succeeded; status {status(cluster)}")
+    (unit,) = again["units"]
+    assert (unit["cachedSteps"], unit["totalSteps"]) == (2, 2)  # the daemon kept its state: no cache import
+    assert cluster.ever_created("batch/v1", "jobs") == []
+    assert [d["metadata"]["name"] for d in cluster.all("apps/v1", "deployments")] == [builder]
+    log = cluster.get("v1", "configmaps", f"{unit['job']}-log")
+    assert log["metadata"]["ownerReferences"][0]["kind"] == "ImageBuild"
+    # The client's directory (docker config, client key) is gone with its build.
+    assert not [p for p in os.listdir("/tmp") if p.startswith("kiln-build-")]
+
+
+async def test_suspending_a_warm_build_cancels_it_on_the_daemon(cluster, basic_registry, daemons):
+    from cluster.images import busybox_layer
+
+    await asyncio.to_thread(push_image, basic_registry, "alice", "base/busybox", ["linux/amd64"], "v1",
+                            {"linux/amd64": busybox_layer("amd64")})
+    marker = f"sleep {300 + os.getpid() % 600}"
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, f"FROM {basic_registry.host}/base/busybox:v1\nRUN {marker}\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        await builder_runs(cluster, daemons)
+        running = lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0  # noqa: E731
+        await eventually(running, timeout=120, message=f"the RUN step runs on the daemon; status {status(cluster)}")
+        await cluster.patch("kiln.dev/v1alpha1", "imagebuilds", "app", {"spec": {"suspend": True}})
+        await phase(cluster, "Cancelled")
+        started = time.monotonic()
+        await eventually(lambda: not running(), timeout=30, message="the RUN step stopped on the daemon")
+    assert time.monotonic() - started < 30
+    assert cond(cluster, "Ready")["reason"] == "Suspended"
+
+
+async def busybox(registry) -> str:
+    from cluster.images import busybox_layer
+
+    await asyncio.to_thread(push_image, registry, "alice", "base/busybox", ["linux/amd64"], "v1",
+                            {"linux/amd64": busybox_layer("amd64")})
+    return f"{registry.host}/base/busybox:v1"
+
+
+def running(marker: str) -> bool:
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+
+async def test_an_operator_restarted_mid_build_runs_the_lost_build_again(cluster, basic_registry, daemons):
+    marker = f"sleep {2 + os.getpid() % 3}.{os.getpid() % 97}"
+    base = await busybox(basic_registry)
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, f"FROM {base}\nRUN {marker}\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        await builder_runs(cluster, daemons)
+        await eventually(lambda: running(marker), timeout=60, message=f"the RUN step runs; status {status(cluster)}")
+    # The operator is gone, and with it the build's client: the daemon cancels the build.
+    await eventually(lambda: not running(marker), timeout=30, message="the daemon cancelled the orphaned build")
+    async with operator():
+        done = await phase(cluster, "Succeeded")
+    (unit,) = done["units"]
+    assert (unit["attempt"], unit["retries"]) == (1, 1)
+    assert "BuildRetried" in [e["reason"] for e in cluster.events()]
+
+
+async def test_a_warm_build_longer_than_its_timeout_fails_timed_out_and_stops_on_the_daemon(
+        cluster, basic_registry, daemons):
+    marker = f"sleep {600 + os.getpid() % 300}"
+    base = await busybox(basic_registry)
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, f"FROM {base}\nRUN {marker}\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"], timeout="6s")))
+        await builder_runs(cluster, daemons)
+        failed = await eventually(lambda: status(cluster).get("phase") == "Failed" and status(cluster), timeout=60,
+                                  message=f"Failed; status {status(cluster)}")
+    assert failed["units"][0]["reason"] == "TimedOut"
+    await eventually(lambda: not running(marker), timeout=30, message="the RUN step stopped on the daemon")
+
+
+async def test_an_idle_builder_scales_to_zero_and_the_next_build_scales_it_up(
+        cluster, basic_registry, daemons, monkeypatch):
+    monkeypatch.setenv("KILN_BUILDER_IDLE", "1")
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, "FROM scratch\nCOPY hello.txt /hello.txt\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        builder, _ = await builder_runs(cluster, daemons)
+        first = await phase(cluster, "Succeeded")
+        replicas = lambda: cluster.get("apps/v1", "deployments", builder)["spec"]["replicas"]  # noqa: E731
+        await eventually(lambda: replicas() == 0, timeout=20, message="the idle builder scaled to zero")
+        await cluster.patch("kiln.dev/v1alpha1", "imagebuilds", "app",
+                            {"metadata": {"annotations": {"kiln.dev/rebuild": "2"}}})
+        await eventually(lambda: replicas() == 1, timeout=20, message="the next build scaled the builder up")
+        await eventually(lambda: status(cluster).get("buildID") != first["buildID"]
+                         and status(cluster).get("phase") == "Succeeded", message=f"rebuilt; {status(cluster)}")
+
+
+async def test_a_builder_whose_image_cannot_be_pulled_says_so_in_the_build(cluster, basic_registry):
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, "FROM scratch\nCOPY hello.txt /hello.txt\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        deployment = await eventually(lambda: next(iter(cluster.all("apps/v1", "deployments")), None),
+                                      message="a builder Deployment")
+        name = deployment["metadata"]["name"]
+        await cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-0",
+                                                                           "labels": {BUILDER: name}},
+                             "spec": {"containers": [{"name": "buildkitd", "image": "buildkit"}]}})
+        await cluster.patch("v1", "pods", f"{name}-0", {"status": {"phase": "Pending", "containerStatuses": [
+            {"name": "buildkitd", "ready": False, "state": {"waiting": {
+                "reason": "ImagePullBackOff", "message": "pull access denied for buildkit"}}}]}}, sub="status")
+        unit = await eventually(lambda: (status(cluster).get("units") or [{}])[0].get("reason") == "BuilderImagePullFailed"
+                                and status(cluster)["units"][0], message=f"the pull failure shown; {status(cluster)}")
+    assert "pull access denied for buildkit" in unit["message"]
+    assert cluster.ever_created("batch/v1", "jobs") == []

@@ -1,0 +1,83 @@
+"""Warm builders on the real cluster: the operator Deployment is the BuildKit client of a rootless daemon it
+starts in the build's namespace (user-namespaced, behind mutual TLS), and the daemon's state serves the next build."""
+from __future__ import annotations
+
+import json
+import time
+
+from gitserver import make_repository
+from harness import GIT_TOKEN, IB, build_secret, condition, diagnosis, eventually, image_build, registry_login, wait_ready
+
+DOCKERFILE = """FROM {base}
+RUN echo built > /built
+COPY app.txt /app.txt
+"""
+
+
+def _git(kubectl, lab, namespace: str, files: dict[str, str]) -> dict:
+    """A private repository of files, the logins of registries A and B, and the git token: the build's source."""
+    make_repository(lab.repositories / namespace, files)
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  build_secret("git-token", "x-access-token", GIT_TOKEN), namespace=namespace)
+    return {"git": {"url": lab.git.url.replace("/app.git", f"/{namespace}/app.git"), "revision": "main",
+                    "secretRef": {"name": "git-token"}}}
+
+
+def _builder(kubectl, namespace: str) -> dict:
+    (deployment,) = kubectl.items("deployments", namespace, "app.kubernetes.io/component=builder")
+    return deployment
+
+
+def _processes(kubectl, namespace: str, builder: str) -> str:
+    """Every command line in the builder's pod, RUN steps of its builds included."""
+    return kubectl("exec", f"deployment/{builder}", f"--namespace={namespace}", "--", "sh", "-c",
+                   "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done", check=False).stdout
+
+
+def test_a_warm_build_and_its_unchanged_rebuild_run_on_the_namespaces_builder_without_a_pod_of_their_own(
+        kubectl, lab, namespace, record_property):
+    source = _git(kubectl, lab, namespace, {"Dockerfile": DOCKERFILE.format(base=lab.base_image), "app.txt": "one\n"})
+    started = time.monotonic()
+    kubectl.apply(image_build("app", source=source, platforms=["linux/amd64"],
+                              output={"image": f"{lab.b.host}/team/warm", "tags": ["v1"]}, cache={"type": "none"},
+                              builder={"warm": True}), namespace=namespace)
+    first = wait_ready(kubectl, namespace, "app")
+    cold = time.monotonic() - started
+    started = time.monotonic()
+    kubectl("annotate", f"{IB}/app", "kiln.dev/rebuild=again", f"--namespace={namespace}")
+    eventually(lambda: kubectl.get(IB, "app", namespace)["status"].get("buildID") != first["status"]["buildID"], 60,
+               "the rebuild starts", lambda: diagnosis(kubectl, namespace))
+    second = wait_ready(kubectl, namespace, "app")
+    warm = time.monotonic() - started
+
+    cache = second["status"]["cache"]
+    assert cache["cachedSteps"] == cache["totalSteps"] == 2, cache  # the daemon's own state: no cache import
+    assert condition(second, "Ready")["status"] == "True"
+    assert kubectl.items("jobs", namespace) == []  # no build pod: the operator was the client
+    pod = _builder(kubectl, namespace)["spec"]["template"]["spec"]
+    assert pod["hostUsers"] is False and pod["containers"][0]["securityContext"] == {"procMount": "Unmasked"}
+    # The build's credentials are not the builder's: its Secret holds certificates and settings only.
+    (secret,) = kubectl.items("secrets", namespace, "app.kubernetes.io/component=builder")
+    settings = {"ca.crt", "client.crt", "client.key", "subid", "tls.crt", "tls.key", "buildkitd.toml"}
+    assert [key for key in secret["data"] if key not in settings and not key.startswith("ca-")] == []
+    record_property("warm builder cold build seconds", round(cold, 1))
+    record_property("warm builder unchanged rebuild seconds", round(warm, 1))
+    print(f"\nwarm builder: first build {cold:.1f}s (builder start included), unchanged rebuild {warm:.1f}s; "
+          f"status: {json.dumps(cache)}")
+
+
+def test_suspending_a_warm_build_stops_its_run_step_on_the_builder(kubectl, lab, namespace):
+    marker = "sleep 347"
+    source = _git(kubectl, lab, namespace, {"Dockerfile": f"FROM {lab.base_image}\nRUN {marker}\n"})
+    kubectl.apply(image_build("slow", source=source, platforms=["linux/amd64"],
+                              output={"image": f"{lab.b.host}/team/slow", "tags": ["v1"]}, cache={"type": "none"},
+                              builder={"warm": True}), namespace=namespace)
+    builder = eventually(lambda: kubectl.items("deployments", namespace, "app.kubernetes.io/component=builder"), 120,
+                         "a builder", lambda: diagnosis(kubectl, namespace))[0]["metadata"]["name"]
+    eventually(lambda: marker in _processes(kubectl, namespace, builder), 300, "the RUN step runs on the builder",
+               lambda: diagnosis(kubectl, namespace))
+    kubectl("patch", f"{IB}/slow", f"--namespace={namespace}", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    eventually(lambda: kubectl.get(IB, "slow", namespace)["status"].get("phase") == "Cancelled", 60, "Cancelled",
+               lambda: diagnosis(kubectl, namespace))
+    eventually(lambda: marker not in _processes(kubectl, namespace, builder), 30, "the RUN step stopped",
+               lambda: _processes(kubectl, namespace, builder))
