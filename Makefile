@@ -28,7 +28,8 @@ PYTEST = $(PY) -m pytest
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 NO_TESTS_IS_FAILURE = rc=$$?; if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-.PHONY: install system-deps buildkit supply-chain cosign image test lint run env render deploy cluster cluster-down e2e bench clean
+.PHONY: install system-deps buildkit supply-chain cosign image test lint run env render deploy cluster cluster-down e2e bench \
+	bench-builds clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -82,6 +83,7 @@ cluster-down:
 # Against KUBECONFIG when it is set (the operator image from KILN_E2E_IMAGE), else the local cluster with the
 # operator image built from this checkout. A local cluster this started is stopped at the end, unless
 # KILN_KEEP_CLUSTER=1; one that was running already stays.
+E2E_TESTS ?= tests/e2e
 e2e: system-deps install supply-chain
 	@started=""; \
 	if [ -z "$$KUBECONFIG" ]; then \
@@ -89,7 +91,7 @@ e2e: system-deps install supply-chain
 	  $(MAKE) --no-print-directory cluster image IMAGE=$(LOCAL_IMAGE) || { rc=$$?; [ -z "$$started" ] || [ -n "$$KILN_KEEP_CLUSTER" ] || $(MAKE) --no-print-directory cluster-down; exit $$rc; }; \
 	fi; \
 	KILN_E2E=1 KILN_E2E_IMAGE="$${KILN_E2E_IMAGE:-$(LOCAL_IMAGE)}" KUBECONFIG="$${KUBECONFIG:-$(LOCAL_KUBECONFIG)}" \
-	  PATH="$(KUBE_BIN):$(BUILDKIT_BIN):$(COSIGN_BIN):$$PATH" $(PYTEST) tests/e2e -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  PATH="$(KUBE_BIN):$(BUILDKIT_BIN):$(COSIGN_BIN):$$PATH" $(PYTEST) $(E2E_TESTS) -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ -n "$$started" ] && [ -z "$$KILN_KEEP_CLUSTER" ]; then $(MAKE) --no-print-directory cluster-down; fi; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -121,6 +123,11 @@ deploy:
 
 bench: system-deps install
 	$(PY) -m pytest -q bench/ -p no:cacheprovider
+	$(MAKE) --no-print-directory bench-builds
+
+# Real builds on the local cluster, apply to Ready: a pod per build, a warm builder, raw buildctl (docs/builders.md).
+bench-builds:
+	$(MAKE) --no-print-directory e2e E2E_TESTS=tests/e2e/bench_builds.py PYTEST_ARGS="-s $(PYTEST_ARGS)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -43,11 +43,23 @@ def snapshot_repository(root: Path, source: Path, branch: str = "main") -> Path:
     return _commit_bare(work, root / "app.git", branch)
 
 
+def commit_change(root: Path, files: dict[str, str], branch: str = "main") -> None:
+    """One more commit on `branch` of the repository make_repository made: `files` written (changed or added)."""
+    work = root / "work"
+    for name, text in files.items():
+        (work / name).write_text(text)
+    for args in (["add", "-A"], ["commit", "-q", "-m", "change"], ["push", "-q", str(root / "app.git"), branch]):
+        subprocess.run(["git", *args], cwd=work, check=True, env=_git_env())
+
+
+def _git_env() -> dict[str, str]:
+    return {**os.environ, "GIT_AUTHOR_NAME": "kiln", "GIT_AUTHOR_EMAIL": "kiln@example.com",
+            "GIT_COMMITTER_NAME": "kiln", "GIT_COMMITTER_EMAIL": "kiln@example.com"}
+
+
 def _commit_bare(work: Path, bare: Path, branch: str) -> Path:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "kiln", "GIT_AUTHOR_EMAIL": "kiln@example.com",
-           "GIT_COMMITTER_NAME": "kiln", "GIT_COMMITTER_EMAIL": "kiln@example.com"}
     for args in (["init", "-q", "-b", branch], ["add", "-A"], ["commit", "-q", "-m", "app"]):
-        subprocess.run(["git", *args], cwd=work, check=True, env=env)
+        subprocess.run(["git", *args], cwd=work, check=True, env=_git_env())
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
     return bare
 

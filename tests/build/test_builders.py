@@ -17,7 +17,7 @@ from kiln.build.builders import (
 )
 from kiln.build.credentials import Credentials, ResolvedLogin
 from kiln.build.platforms import BuildUnit
-from kiln.spec.parse import InvalidSpec, parse_image_build
+from kiln.spec.parse import parse_image_build
 from kiln.spec.settings import Settings
 
 SETTINGS = Settings(buildkit_image="moby/buildkit:v0.34.2-rootless")
@@ -117,12 +117,3 @@ def test_a_missing_secret_key_is_named_before_anything_runs(secrets, config_map,
     spec = build(secrets=[{"id": "db", "secretRef": {"name": "db", "key": "password"}}])
     with pytest.raises(MissingInput, match=message):
         client_files(spec, [], TLS, secrets, config_map)
-
-
-@pytest.mark.parametrize("spec, message", [
-    ({"source": {"volume": {"claimName": "ws"}}}, "cannot read a workspace volume"),
-    ({"cache": {"type": "local", "volume": {"claimName": "state"}}}, "keeps its own cache"),
-])
-def test_what_a_warm_builder_cannot_do_is_refused_with_the_reason(spec, message):
-    with pytest.raises(InvalidSpec, match=message):
-        build(**spec)

@@ -14,6 +14,8 @@ import time
 import pytest
 
 from controller.test_operator_builds import cond, image_build, phase, ready_login, status
+from controller.test_operator_logs import terminal
+from kiln import builds_cli
 
 from kubefake import KubeFake, eventually, operator
 from registries import free_port, push_image, wait_for_port
@@ -108,6 +110,9 @@ async def test_a_warm_build_runs_on_the_builder_without_a_job_and_its_rebuild_is
     assert [d["metadata"]["name"] for d in cluster.all("apps/v1", "deployments")] == [builder]
     log = cluster.get("v1", "configmaps", f"{unit['job']}-log")
     assert log["metadata"]["ownerReferences"][0]["kind"] == "ImageBuild"
+    async with terminal() as term:  # kiln logs prints the kept log of a warm build
+        assert await builds_cli.logs(term, "app") == 0
+        assert "COPY hello.txt /again.txt" in term.out.getvalue() and "CACHED" in term.out.getvalue()
     # The client's directory (docker config, client key) is gone with its build.
     assert not [p for p in os.listdir("/tmp") if p.startswith("kiln-build-")]
 
@@ -125,6 +130,9 @@ async def test_suspending_a_warm_build_cancels_it_on_the_daemon(cluster, basic_r
         await builder_runs(cluster, daemons)
         running = lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0  # noqa: E731
         await eventually(running, timeout=120, message=f"the RUN step runs on the daemon; status {status(cluster)}")
+        async with terminal() as term:  # no pod to read a running warm build's log from: kiln says so
+            with pytest.raises(builds_cli.Problem, match="runs on a warm builder: its log is kept when it ends"):
+                await builds_cli.logs(term, "app")
         await cluster.patch("kiln.dev/v1alpha1", "imagebuilds", "app", {"spec": {"suspend": True}})
         await phase(cluster, "Cancelled")
         started = time.monotonic()

@@ -6,7 +6,19 @@ import json
 import time
 
 from gitserver import make_repository
-from harness import GIT_TOKEN, IB, build_secret, condition, diagnosis, eventually, image_build, registry_login, wait_ready
+from harness import (
+    GIT_TOKEN,
+    IB,
+    OPERATOR,
+    build_secret,
+    condition,
+    diagnosis,
+    eventually,
+    image_build,
+    registry_login,
+    wait_ready,
+)
+from registries import Client
 
 DOCKERFILE = """FROM {base}
 RUN echo built > /built
@@ -32,6 +44,15 @@ def _processes(kubectl, namespace: str, builder: str) -> str:
     """Every command line in the builder's pod, RUN steps of its builds included."""
     return kubectl("exec", f"deployment/{builder}", f"--namespace={namespace}", "--", "sh", "-c",
                    "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done", check=False).stdout
+
+
+def _running_on_the_builder(kubectl, namespace: str, marker: str) -> str:
+    """The namespace's builder, once a RUN step with marker in its command line runs on it."""
+    builder = eventually(lambda: kubectl.items("deployments", namespace, "app.kubernetes.io/component=builder"), 120,
+                         "a builder", lambda: diagnosis(kubectl, namespace))[0]["metadata"]["name"]
+    eventually(lambda: marker in _processes(kubectl, namespace, builder), 300, "the RUN step runs on the builder",
+               lambda: diagnosis(kubectl, namespace))
+    return builder
 
 
 def test_a_warm_build_and_its_unchanged_rebuild_run_on_the_namespaces_builder_without_a_pod_of_their_own(
@@ -72,12 +93,30 @@ def test_suspending_a_warm_build_stops_its_run_step_on_the_builder(kubectl, lab,
     kubectl.apply(image_build("slow", source=source, platforms=["linux/amd64"],
                               output={"image": f"{lab.b.host}/team/slow", "tags": ["v1"]}, cache={"type": "none"},
                               builder={"warm": True}), namespace=namespace)
-    builder = eventually(lambda: kubectl.items("deployments", namespace, "app.kubernetes.io/component=builder"), 120,
-                         "a builder", lambda: diagnosis(kubectl, namespace))[0]["metadata"]["name"]
-    eventually(lambda: marker in _processes(kubectl, namespace, builder), 300, "the RUN step runs on the builder",
-               lambda: diagnosis(kubectl, namespace))
+    builder = _running_on_the_builder(kubectl, namespace, marker)
     kubectl("patch", f"{IB}/slow", f"--namespace={namespace}", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     eventually(lambda: kubectl.get(IB, "slow", namespace)["status"].get("phase") == "Cancelled", 60, "Cancelled",
                lambda: diagnosis(kubectl, namespace))
     eventually(lambda: marker not in _processes(kubectl, namespace, builder), 30, "the RUN step stopped",
                lambda: _processes(kubectl, namespace, builder))
+
+
+def test_a_warm_build_whose_operator_is_killed_mid_build_is_run_again_by_its_successor(
+        kubectl, lab, namespace, operator):
+    marker = "sleep 15"
+    kubectl.apply(*registry_login("account-a", lab.a, "alice"), *registry_login("account-b", lab.b, "carol"),
+                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "context"}, "data": {
+                      "Dockerfile": f"FROM {lab.base_image}\nRUN {marker} && echo slow > /slow\n"}},
+                  namespace=namespace)
+    kubectl.apply(image_build("slow", source={"configMap": {"name": "context"}}, platforms=["linux/amd64"],
+                              output={"image": f"{lab.b.host}/team/warm-slow", "tags": ["v1"]}, cache={"type": "none"},
+                              builder={"warm": True}), namespace=namespace)
+    _running_on_the_builder(kubectl, namespace, marker)
+    first = operator.pod()["metadata"]["name"]
+    kubectl("delete", "pod", first, f"--namespace={OPERATOR[0]}", "--grace-period=0", "--force", "--wait=false")
+    eventually(lambda: operator.pod()["metadata"]["name"] != first, 300, "a new operator pod is Ready", operator.tail)
+    build = wait_ready(kubectl, namespace, "slow")
+    (unit,) = build["status"]["units"]
+    assert (unit["attempt"], unit["retries"]) == (1, 1)  # the lost run, run again
+    assert build["status"]["digest"] == Client(lab.b, "carol").manifest("team/warm-slow", "v1")[2]
+    assert kubectl.items("jobs", namespace) == []

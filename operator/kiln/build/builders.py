@@ -18,10 +18,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 
+from kiln import __version__
 from kiln.build.credentials import ResolvedLogin, merged_docker_config
 from kiln.build.platforms import BuildUnit
 from kiln.build.render import (
-    BUILDKIT_UID,
     BUILDKITD_DIR,
     STATE_DIR,
     SUBORDINATE_IDS,
@@ -29,6 +29,7 @@ from kiln.build.render import (
     buildkitd_files,
     git_auth_item,
     registry_auth_tls,
+    rootless_pod,
 )
 from kiln.spec import labels
 from kiln.spec.parse import BuildSpec, ConfigMapSource, GitSource
@@ -44,11 +45,12 @@ SOCKET = "/run/user/1000/buildkit/buildkitd.sock"
 
 
 def builder_name(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin], settings: Settings) -> str:
-    """The builder of this unit: named for everything its daemon is made with, so builds that need another
-    daemon get another builder, never a changed one under a running build."""
-    made_with = {"image": settings.buildkit_image, "arch": unit.arch or "", "config": buildkitd_files(logins),
-                 "resources": spec.builder.resources, "nodeSelector": spec.builder.node_selector,
-                 "tolerations": spec.builder.tolerations, "serviceAccount": spec.builder.service_account}
+    """The builder of this unit: named for everything its daemon is made with (kiln's version among them, which
+    renders it), so builds that need another daemon get another builder, never a changed one under a running build."""
+    knobs = spec.builder
+    made_with = {"kiln": __version__, "image": settings.buildkit_image, "arch": unit.arch or "",
+                 "config": buildkitd_files(logins), "resources": knobs.resources, "nodeSelector": knobs.node_selector,
+                 "tolerations": knobs.tolerations, "serviceAccount": knobs.service_account}
     digest = hashlib.sha256(json.dumps(made_with, sort_keys=True).encode()).hexdigest()[:10]
     return f"kiln-builder-{unit.arch or 'any'}-{digest}"
 
@@ -100,23 +102,7 @@ def render_builder(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin]
     }
     if spec.builder.resources:
         container["resources"] = spec.builder.resources
-    node_selector = {"kubernetes.io/os": "linux", **dict(spec.builder.node_selector)}
-    if unit.arch:
-        node_selector["kubernetes.io/arch"] = unit.arch
-    pod = {
-        "hostUsers": False,
-        "securityContext": {"runAsUser": BUILDKIT_UID, "runAsGroup": BUILDKIT_UID, "fsGroup": BUILDKIT_UID,
-                            "seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"}},
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "nodeSelector": node_selector,
-        "containers": [container],
-        "volumes": volumes,
-    }
-    if spec.builder.service_account:
-        pod["serviceAccountName"] = spec.builder.service_account
-    if spec.builder.tolerations:
-        pod["tolerations"] = list(spec.builder.tolerations)
+    pod = {"hostUsers": False, **rootless_pod(spec, unit, container, volumes)}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": spec.namespace, "labels": _labels(name)},

@@ -263,26 +263,9 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
         container["resources"] = spec.builder.resources
     if spec.builder.user_namespaces:
         container["securityContext"] = {"procMount": "Unmasked"}
-    node_selector = {"kubernetes.io/os": "linux", **dict(spec.builder.node_selector)}
-    if unit.arch:
-        node_selector["kubernetes.io/arch"] = unit.arch
-    pod = {
-        "restartPolicy": "Never",
-        # Rootless BuildKit needs its own user namespaces: seccomp and AppArmor must allow them.
-        "securityContext": {"runAsUser": BUILDKIT_UID, "runAsGroup": BUILDKIT_UID, "fsGroup": BUILDKIT_UID,
-                            "seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"}},
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "nodeSelector": node_selector,
-        "containers": [container],
-        "volumes": volumes,
-    }
+    pod = {"restartPolicy": "Never", **rootless_pod(spec, unit, container, volumes)}
     if spec.builder.user_namespaces:
         pod["hostUsers"] = False
-    if spec.builder.service_account:
-        pod["serviceAccountName"] = spec.builder.service_account
-    if spec.builder.tolerations:
-        pod["tolerations"] = list(spec.builder.tolerations)
     unit_labels = {labels.UNIT: unit.key or "all"}
     if spec.cache.volume:
         unit_labels[labels.CACHE_VOLUME] = short_name(spec.cache.volume)
@@ -300,6 +283,28 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
             "template": {"metadata": {"labels": dict(metadata["labels"]), "annotations": dict(annotations)}, "spec": pod},
         },
     }
+
+
+def rootless_pod(spec: BuildSpec, unit: BuildUnit, container: dict, volumes: list[dict]) -> dict:
+    """A pod spec for rootless BuildKit on the unit's nodes, with spec.builder's knobs: a build pod's, a builder's."""
+    node_selector = {"kubernetes.io/os": "linux", **dict(spec.builder.node_selector)}
+    if unit.arch:
+        node_selector["kubernetes.io/arch"] = unit.arch
+    pod = {
+        # Rootless BuildKit needs its own user namespaces: seccomp and AppArmor must allow them.
+        "securityContext": {"runAsUser": BUILDKIT_UID, "runAsGroup": BUILDKIT_UID, "fsGroup": BUILDKIT_UID,
+                            "seccompProfile": {"type": "Unconfined"}, "appArmorProfile": {"type": "Unconfined"}},
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "nodeSelector": node_selector,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.builder.service_account:
+        pod["serviceAccountName"] = spec.builder.service_account
+    if spec.builder.tolerations:
+        pod["tolerations"] = list(spec.builder.tolerations)
+    return pod
 
 
 def _volumes(spec: BuildSpec, buildkitd: tuple[str, ...]) -> tuple[list[dict], list[dict]]:

@@ -216,7 +216,7 @@ class Runs:
                 raise BuilderUnavailable(f"the namespace's Pod Security admission refuses builder {name}'s pod: "
                                          f"{refused[-300:]}")
             pods = await self.kube.list(path("v1", "pods", namespace), {builders.BUILDER_LABEL: name})
-            address = next((_address(p) for p in pods if _ready(p)), None)
+            address = next((_address(p) for p in pods if _ready(p)), None) or await _answering(pods)
             if address:
                 return tls, address
             waiting = _waiting(pods) or ("BuilderStarting", f"waiting for builder {name} to be ready"
@@ -296,6 +296,23 @@ def _ready(pod: dict) -> bool:
     status = pod.get("status") or {}
     return bool(status.get("podIP")) and not pod["metadata"].get("deletionTimestamp") and any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+async def _answering(pods: list[dict]) -> str | None:
+    """The address of a running builder pod whose daemon already takes connections, before the kubelet's next
+    readiness probe says so (up to a second later)."""
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Running" or not pod["status"].get("podIP") \
+                or pod["metadata"].get("deletionTimestamp"):
+            continue
+        host, _, port = _address(pod).rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 0.5)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        return _address(pod)
+    return None
 
 
 def _address(pod: dict) -> str:
