@@ -13,9 +13,10 @@ from typing import TextIO
 
 import yaml
 
+from kiln.build import builders
 from kiln.build.credentials import CredentialsProblem, resolved_login, selected_logins
 from kiln.build.platforms import build_plan
-from kiln.build.render import render_build
+from kiln.build.render import render_build, render_children
 from kiln.clients import cosign
 from kiln.spec.parse import InvalidSpec, parse_image_build, parse_registry_login
 from kiln.spec.settings import Settings
@@ -116,7 +117,12 @@ def render_with_steps(paths: list[str], settings: Settings,
             resolved = [resolved_login(login, _found(by_kind, "Secret", login.namespace, login.secret),
                                        _found(by_kind, "ConfigMap", login.namespace, login.ca_config_map))
                         for login in selected_logins(spec, logins)]
-            out += render_build(spec, resolved, build_plan(spec), settings)
+            if spec.builder.warm:
+                warm, step = _warm(spec, resolved, settings)
+                out += [o for o in warm if o not in out]  # builds of one kind share their builder
+                steps.append(step)
+            else:
+                out += render_build(spec, resolved, build_plan(spec), settings)
         except InvalidSpec as exc:
             raise RenderError(f"{where}: {exc}") from None
         except CredentialsProblem as exc:
@@ -124,6 +130,21 @@ def render_with_steps(paths: list[str], settings: Settings,
         if spec.signing.key_secret:
             steps.append(_signing_step(spec, settings))
     return out, steps
+
+
+def _warm(spec, logins, settings: Settings) -> tuple[list[dict], str]:
+    """A warm build's Secret and builders (no Job: the operator is the BuildKit client), and what it runs."""
+    objects, commands = render_children(spec, logins, settings, secret=True, jobs=()), []
+    for unit in build_plan(spec):
+        kind = builders.builder_name(spec, unit, logins, settings)
+        objects.append(builders.render_builder(spec, unit, logins, settings, kind))
+        args = builders.client_args(spec, unit, logins, settings, address="<builder pod>:1234", kind=kind,
+                                    root="<private directory>")
+        commands.append(f"  {settings.buildctl} {' '.join(args)}")
+    return objects, "\n".join([
+        f"ImageBuild {spec.namespace}/{spec.name}: no Job; the operator runs, against the builder (its Secret, with "
+        "certificates kiln makes, beside it), with the credentials in DOCKER_CONFIG=<private directory>/docker:",
+        *commands])
 
 
 def _signing_step(spec, settings: Settings) -> str:

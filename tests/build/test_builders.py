@@ -89,7 +89,7 @@ def test_the_client_gets_the_builds_credentials_secrets_and_context_as_files_und
                              "tls/client.key"]
     assert json.loads(files["docker/config.json"])["auths"]["registry.example"]["auth"] == b64("alice:alice-Password-1")
     assert (files["git/token"], files["secrets/0/value"]) == (b"git-Token-4", b"db-Password-5")
-    args = client_args(spec, BuildUnit(()), [LOGIN], SETTINGS, address="10.88.1.7:1234", builder="kiln-builder-any-x",
+    args = client_args(spec, BuildUnit(()), [LOGIN], SETTINGS, address="10.88.1.7:1234", kind="kiln-builder-any-x",
                        root="/tmp/kiln-build-1")
     assert args[:5] == ["--addr=tcp://10.88.1.7:1234", "--tlsservername=kiln-builder-any-x",
                         "--tlscacert=/tmp/kiln-build-1/tls/ca.crt", "--tlscert=/tmp/kiln-build-1/tls/client.crt",
@@ -105,7 +105,7 @@ def test_a_configmap_context_is_uploaded_by_the_client():
     files = client_files(spec, [], TLS, {}, {"data": {"Dockerfile": "FROM scratch\n"},
                                              "binaryData": {"blob.bin": b64("\x00\x01")}})
     assert (files["context/Dockerfile"], files["context/blob.bin"]) == (b"FROM scratch\n", b"\x00\x01")
-    args = client_args(spec, BuildUnit(()), [], SETTINGS, address="a", builder="b", root="/r")
+    args = client_args(spec, BuildUnit(()), [], SETTINGS, address="a", kind="b", root="/r")
     assert "--local=context=/r/context" in args and "--local=dockerfile=/r/context" in args
 
 

@@ -65,12 +65,14 @@ def daemons(tmp_path):
         process.wait(timeout=30)
 
 
-async def builder_runs(cluster, daemons) -> tuple[str, int]:
-    """Wait for kiln's builder Deployment, start its daemon, and report its pod Ready: (builder, daemon port)."""
-    deployment = await eventually(lambda: next(iter(cluster.all("apps/v1", "deployments")), None),
-                                  message="a builder Deployment")
+async def builder_runs(cluster, daemons, count: int = 1) -> tuple[str, int]:
+    """Wait for kiln's count-th builder Deployment, start its daemon (as the Secret of its kind describes it), and
+    report its pod Ready: (builder, daemon port)."""
+    deployment = await eventually(lambda: len(found := cluster.all("apps/v1", "deployments")) >= count and found[-1],
+                                  message=f"{count} builder Deployment(s)")
     name = deployment["metadata"]["name"]
-    port = await asyncio.to_thread(daemons, cluster.get("v1", "secrets", name))
+    secret = cluster.get("v1", "secrets", deployment["metadata"]["labels"]["kiln.dev/builder-kind"])
+    port = await asyncio.to_thread(daemons, {**secret, "metadata": {**secret["metadata"], "name": name}})
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-0", "labels": {BUILDER: name}},
            "spec": {"containers": [{"name": "buildkitd", "image": "buildkit",
                                     "ports": [{"name": "buildkit", "containerPort": port}]}]}}
@@ -222,3 +224,27 @@ async def test_a_builder_whose_image_cannot_be_pulled_says_so_in_the_build(clust
                                 and status(cluster)["units"][0], message=f"the pull failure shown; {status(cluster)}")
     assert "pull access denied for buildkit" in unit["message"]
     assert cluster.ever_created("batch/v1", "jobs") == []
+
+
+async def test_busy_builders_scale_out_to_another_up_to_the_namespaces_maximum(
+        cluster, basic_registry, daemons, monkeypatch):
+    monkeypatch.setenv("KILN_BUILDS_PER_BUILDER", "1")
+    monkeypatch.setenv("KILN_MAX_BUILDERS_PER_NAMESPACE", "2")
+    base = await busybox(basic_registry)
+    markers = [f"sleep {3 + i}.{os.getpid() % 89}" for i in range(3)]
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        for i, marker in enumerate(markers):
+            await cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"ctx{i}"},
+                                 "data": {"Dockerfile": f"FROM {base}\nRUN {marker}\n"}})
+            await cluster.apply(image_build(basic_registry.host, f"app{i}", **{
+                **warm(platforms=["linux/amd64"]), "source": {"configMap": {"name": f"ctx{i}"}}}))
+            if i < 2:  # the second finds the first builder busy: a second builder of the kind starts
+                await builder_runs(cluster, daemons, count=i + 1)
+        for i in range(3):
+            await phase(cluster, "Succeeded", f"app{i}")
+    names = sorted(d["metadata"]["name"] for d in cluster.all("apps/v1", "deployments"))
+    assert len(names) == 2 and names[1] == f"{names[0]}-1"  # the third shared one: the namespace's maximum is 2
+    kinds = {d["metadata"]["labels"]["kiln.dev/builder-kind"] for d in cluster.all("apps/v1", "deployments")}
+    assert kinds == {names[0]} and [s["metadata"]["name"] for s in cluster.all("v1", "secrets")
+                                    if (s["metadata"].get("labels") or {}).get("kiln.dev/builder-kind")] == [names[0]]

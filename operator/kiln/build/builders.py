@@ -37,6 +37,7 @@ from kiln.spec.settings import Settings
 
 PORT = 1234
 BUILDER_LABEL = "kiln.dev/builder"  # on a builder's Deployment, Secret and pods: its name
+KIND_LABEL = "kiln.dev/builder-kind"  # the builders of one kind (builder_name), which share a Secret
 LAST_USED = "kiln.dev/last-used"  # annotation on a builder's Deployment: when a build last ran on it
 TLS_DIR = "/kiln/builder"
 SERVER_FILES = ("ca.crt", "tls.crt", "tls.key")  # what the daemon mounts; the client's pair stays with the operator
@@ -55,10 +56,15 @@ def builder_name(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin], 
     return f"kiln-builder-{unit.arch or 'any'}-{digest}"
 
 
-def _labels(name: str, managed: bool = True) -> dict[str, str]:
+def builder_of_kind(kind: str, index: int) -> str:
+    """The index-th builder of a kind: the kind's name for the first, then with -1, -2 ..."""
+    return f"{kind}-{index}" if index else kind
+
+
+def _labels(name: str, kind: str, managed: bool = True) -> dict[str, str]:
     """A builder's labels; its pods' lack managed-by, so kiln's watch of build pods never streams them."""
     return {"app.kubernetes.io/name": "kiln", "app.kubernetes.io/component": "builder",
-            **(labels.MANAGED if managed else {}), BUILDER_LABEL: name}
+            **(labels.MANAGED if managed else {}), BUILDER_LABEL: name, KIND_LABEL: kind}
 
 
 def render_builder_secret(namespace: str, name: str, tls: dict[str, str], logins: list[ResolvedLogin]) -> dict:
@@ -66,13 +72,15 @@ def render_builder_secret(namespace: str, name: str, tls: dict[str, str], logins
     subordinate IDs and its buildkitd.toml with the CA files it names, if any. No credentials: those come per build."""
     files = {**tls, "subid": SUBORDINATE_IDS, **buildkitd_files(logins)}
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace, "labels": _labels(name)},
+            "metadata": {"name": name, "namespace": namespace, "labels": _labels(name, name)},
             "data": {key: base64.b64encode(text.encode()).decode() for key, text in sorted(files.items())}}
 
 
 def render_builder(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin], settings: Settings,
-                   name: str) -> dict:
-    """The builder's Deployment: one rootless daemon with its process sandbox, in a pod of its own user namespace."""
+                   kind: str, index: int = 0) -> dict:
+    """A builder's Deployment: one rootless daemon with its process sandbox, in a pod of its own user namespace;
+    the builders of a kind share its Secret (kind), and prefer nodes where no other of them runs."""
+    name = builder_of_kind(kind, index)
     config = sorted(buildkitd_files(logins))
     args = [f"--addr=tcp://0.0.0.0:{PORT}", f"--addr=unix://{SOCKET}",
             *(f"--tls{kind}={TLS_DIR}/{file}" for kind, file in zip(("cacert", "cert", "key"), SERVER_FILES, strict=True))]
@@ -83,13 +91,13 @@ def render_builder(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin]
               *({"name": "subordinate-ids", "mountPath": f"/etc/{ids}", "subPath": "subid", "readOnly": True}
                 for ids in ("subuid", "subgid"))]
     volumes = [{"name": "buildkit-state", "emptyDir": {}},
-               {"name": "tls", "secret": {"secretName": name, "defaultMode": 0o440,
+               {"name": "tls", "secret": {"secretName": kind, "defaultMode": 0o440,
                                           "items": [{"key": k, "path": k} for k in SERVER_FILES]}},
-               {"name": "subordinate-ids", "secret": {"secretName": name, "defaultMode": 0o444,
+               {"name": "subordinate-ids", "secret": {"secretName": kind, "defaultMode": 0o444,
                                                       "items": [{"key": "subid", "path": "subid"}]}}]
     if config:
         mounts.append({"name": "buildkitd-config", "mountPath": BUILDKITD_DIR, "readOnly": True})
-        volumes.append({"name": "buildkitd-config", "secret": {"secretName": name, "defaultMode": 0o440,
+        volumes.append({"name": "buildkitd-config", "secret": {"secretName": kind, "defaultMode": 0o440,
                                                                "items": [{"key": k, "path": k} for k in config]}})
     container = {
         "name": "buildkitd",
@@ -102,25 +110,28 @@ def render_builder(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin]
     }
     if spec.builder.resources:
         container["resources"] = spec.builder.resources
-    pod = {"hostUsers": False, **rootless_pod(spec, unit, container, volumes)}
+    pod = {"hostUsers": False, **rootless_pod(spec, unit, container, volumes),
+           "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+               "weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": {KIND_LABEL: kind}},
+                                                  "topologyKey": "kubernetes.io/hostname"}}]}}}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": _labels(name)},
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": _labels(name, kind)},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {BUILDER_LABEL: name}},
             "strategy": {"type": "Recreate"},  # one daemon on its state at a time
-            "template": {"metadata": {"labels": _labels(name, managed=False)}, "spec": pod},
+            "template": {"metadata": {"labels": _labels(name, kind, managed=False)}, "spec": pod},
         },
     }
 
 
 def client_args(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin], settings: Settings, *, address: str,
-                builder: str, root: str) -> list[str]:
-    """buildctl's arguments, run by the operator against the builder at address (host:port), with its files
-    under root."""
+                kind: str, root: str) -> list[str]:
+    """buildctl's arguments, run by the operator against a builder of `kind` (its certificate's name) at address
+    (host:port), with its files under root."""
     tls = dict(zip(("--tlscacert", "--tlscert", "--tlskey"), CLIENT_FILES, strict=True))
-    return [f"--addr=tcp://{address}", f"--tlsservername={builder}",
+    return [f"--addr=tcp://{address}", f"--tlsservername={kind}",
             *(f"{flag}={root}/tls/{file}" for flag, file in tls.items()),
             *buildctl_args(spec, unit, settings, root),
             *(f"--registry-auth-tlscontext={item}" for item in registry_auth_tls(logins, root))]

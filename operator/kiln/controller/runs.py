@@ -53,7 +53,8 @@ class BuilderUnavailable(Exception):
 class Run:
     namespace: str
     name: str  # its unit's Job name, which status records
-    builder: str
+    kind: str  # builders.builder_name: what daemon it needs
+    index: int  # which builder of that kind runs it
     meta: dict  # the labels and annotations its Job would have
     created: str = field(default_factory=_now)
     log: LogBuffer = field(default_factory=LogBuffer)
@@ -65,6 +66,10 @@ class Run:
     stopped: str = ""  # why it stopped before it ended (its builder went away)
     timed_out: bool = False
     task: asyncio.Task | None = None
+
+    @property
+    def builder(self) -> str:
+        return builders.builder_of_kind(self.kind, self.index)
 
     def active(self) -> bool:
         return self.ended is None
@@ -123,13 +128,35 @@ class Runs:
         name = job_name(spec, unit, attempt)
         if (spec.namespace, name) in self._runs:  # started already (a decision carried out again)
             return
-        builder = builders.builder_name(spec, unit, logins, self.settings)
+        kind = builders.builder_name(spec, unit, logins, self.settings)
+        index = self._choose(spec.namespace, kind)
         annotations = {labels.BUILT_BY: unit.built_by, labels.ATTEMPT: str(attempt),
                        **({labels.PLATFORMS: ",".join(unit.platforms)} if unit.platforms else {})}
-        run = Run(spec.namespace, name, builder,
+        run = Run(spec.namespace, name, kind, index,
                   {"labels": {**build_labels(spec), labels.UNIT: unit.key or "all"}, "annotations": annotations})
         self._runs[(spec.namespace, name)] = run
+        key = (spec.namespace, run.builder)
+        self._busy[key] += 1  # now: a build started in the same moment sees it
         run.task = asyncio.create_task(self._run(run, spec, unit, logins, wake), name=f"kiln-run-{name}")
+        run.task.add_done_callback(lambda _: self._finished(key))
+
+    def _finished(self, key: tuple[str, str]) -> None:
+        self._busy[key] -= 1
+        self._last_used[key] = time.monotonic()
+
+    def _choose(self, namespace: str, kind: str) -> int:
+        """Which builder of the kind a build runs on: the first with room (its cache is the warmest), else a new
+        one while the namespace has fewer than its maximum up, else the least busy."""
+        up = {name for ns, name in (*self._last_used, *(k for k, n in self._busy.items() if n)) if ns == namespace}
+        ours = sorted(i for i in range(self.settings.max_builders_per_namespace)
+                      if builders.builder_of_kind(kind, i) in up) or [0]
+        busy = {i: self._busy[(namespace, builders.builder_of_kind(kind, i))] for i in ours}
+        room = [i for i in ours if busy[i] < self.settings.builds_per_builder]
+        if room:
+            return room[0]
+        if len(up) < self.settings.max_builders_per_namespace:
+            return next(i for i in range(len(up) + 1) if i not in ours)
+        return min(ours, key=lambda i: (busy[i], i))
 
     def cancel(self, namespace: str, name: str) -> bool:
         """Stop a run (buildctl cancels the build on the daemon) and forget it; False if there was none."""
@@ -153,8 +180,6 @@ class Runs:
 
     async def _run(self, run: Run, spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin],
                    wake: Callable[[], None]) -> None:
-        key = (run.namespace, run.builder)
-        self._busy[key] += 1
         try:
             async with asyncio.timeout(spec.timeout_seconds):
                 tls, address = await self._ready(run, spec, unit, logins, wake)
@@ -162,7 +187,7 @@ class Runs:
                 run.started = _now()
                 wake()
                 code, metadata = await buildctl.run(self.settings.buildctl, lambda root: builders.client_args(
-                    spec, unit, logins, self.settings, address=address, builder=run.builder, root=root),
+                    spec, unit, logins, self.settings, address=address, kind=run.kind, root=root),
                     files, run.log.feed)
             tail = run.log.bounded().text()
             if code != 0 and any(words in tail[-4000:] for words in _DAEMON_LOST):
@@ -186,9 +211,6 @@ class Runs:
                         type(exc).__name__, exc)
             run.stopped = f"kiln could not run it on builder {run.builder} ({type(exc).__name__})"
             self._end(run, STOPPED_EXIT_CODE, "")
-        finally:
-            self._busy[key] -= 1
-            self._last_used[key] = time.monotonic()
         wake()
 
     @staticmethod
@@ -200,10 +222,11 @@ class Runs:
         """The builder's client certificates and its ready pod's address, once it has one: made and scaled up as
         needed; what keeps it from starting reported as it is seen."""
         namespace, name = run.namespace, run.builder
-        tls = await self._secret(namespace, name, logins)
-        deployment = builders.render_builder(spec, unit, logins, self.settings, name)
+        tls = await self._secret(namespace, run.kind, logins)
+        deployment = builders.render_builder(spec, unit, logins, self.settings, run.kind, run.index)
         await self.kube.create(path("apps/v1", "deployments", namespace), deployment)
-        deadline = time.monotonic() + self.settings.builder_start_timeout
+        waited = time.monotonic()
+        deadline = waited + self.settings.builder_start_timeout
         while True:
             current = await self.kube.get(path("apps/v1", "deployments", namespace, name))
             if current is None:
@@ -218,6 +241,8 @@ class Runs:
             pods = await self.kube.list(path("v1", "pods", namespace), {builders.BUILDER_LABEL: name})
             address = next((_address(p) for p in pods if _ready(p)), None) or await _answering(pods)
             if address:
+                if run.waiting:  # it was not up: how long starting it took is worth knowing
+                    LOG.info("builder %s/%s answered after %.2fs", namespace, name, time.monotonic() - waited)
                 return tls, address
             waiting = _waiting(pods) or ("BuilderStarting", f"waiting for builder {name} to be ready"
                                          + (f" ({refused[-200:]})" if refused else ""))

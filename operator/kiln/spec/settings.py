@@ -53,6 +53,10 @@ class Settings:
     buildctl: str = "buildctl"
     # Seconds a warm builder stays up after its last build before kiln scales it to zero.
     builder_idle: float = 600.0
+    # Builds one warm builder runs at once before kiln starts another of the same kind (on another node, where
+    # there is one), and how many builders a namespace may have up at most; past both, builds share them.
+    builds_per_builder: int = 4
+    max_builders_per_namespace: int = 4
     # Seconds a build waits for its warm builder to be ready (pulling the BuildKit image, a node for it) before
     # it fails, retryably.
     builder_start_timeout: float = 300.0
@@ -79,6 +83,9 @@ class Settings:
             cosign=env.get("KILN_COSIGN", cls.cosign),
             buildctl=env.get("KILN_BUILDCTL", cls.buildctl),
             builder_idle=float(env.get("KILN_BUILDER_IDLE", cls.builder_idle)),
+            builds_per_builder=max(1, int(env.get("KILN_BUILDS_PER_BUILDER", cls.builds_per_builder))),
+            max_builders_per_namespace=max(1, int(env.get("KILN_MAX_BUILDERS_PER_NAMESPACE",
+                                                          cls.max_builders_per_namespace))),
             builder_start_timeout=float(env.get("KILN_BUILDER_START_TIMEOUT", cls.builder_start_timeout)),
         )
 
