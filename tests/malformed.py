@@ -81,8 +81,6 @@ MALFORMED_BUILDS = [
      "cache.type local keeps one builder's state, and native or auto builds run several builders"),
     ("warm-builder-with-workspace-volume", {"spec__builder": {"warm": True}, "spec__source": {"volume": {"claimName": "ws"}}},
      "a warm builder cannot read a workspace volume"),
-    ("warm-builder-with-local-cache", {"spec__builder": {"warm": True}, "spec__cache": {"type": "local", "volume": {"claimName": "c"}}},
-     "a warm builder keeps its own cache between builds"),
     ("local-cache-without-volume", {"spec__cache": {"type": "local"}}, "cache.volume is required when cache.type is local"),
     ("volume-on-registry-cache", {"spec__cache": {"type": "registry", "volume": {"claimName": "c"}}}, "cache.volume is only used when cache.type is local"),
     ("ref-on-inline-cache", {"spec__cache": {"type": "inline", "ref": "r.io/a:cache"}}, "cache.ref is only used when cache.type is registry"),

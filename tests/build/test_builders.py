@@ -117,3 +117,16 @@ def test_a_missing_secret_key_is_named_before_anything_runs(secrets, config_map,
     spec = build(secrets=[{"id": "db", "secretRef": {"name": "db", "key": "password"}}])
     with pytest.raises(MissingInput, match=message):
         client_files(spec, [], TLS, secrets, config_map)
+
+
+def test_a_warm_build_with_a_local_cache_volume_gets_a_builder_whose_state_is_that_volume():
+    spec = build(cache={"type": "local", "volume": {"claimName": "state"}})
+    kind = builder_name(spec, BuildUnit(()), [LOGIN], SETTINGS)
+    assert kind != builder_name(build(), BuildUnit(()), [LOGIN], SETTINGS)
+    deployment = render_builder(spec, BuildUnit(()), [LOGIN], SETTINGS, kind)
+    kubernetes_validate.validate(deployment, KUBERNETES_MINOR, strict=True)
+    pod = deployment["spec"]["template"]
+    assert {"name": "buildkit-state", "persistentVolumeClaim": {"claimName": "state"}} in pod["spec"]["volumes"]
+    assert pod["metadata"]["labels"]["kiln.dev/cache-volume"] == "state"  # pod builds of the volume wait for it
+    args = client_args(spec, BuildUnit(()), [LOGIN], SETTINGS, address="a:1", kind=kind, root="/r")
+    assert not [a for a in args if a.startswith(("--export-cache", "--import-cache"))]

@@ -32,6 +32,44 @@ def _missing() -> str | None:
     return None
 
 
+class Daemons:
+    """The daemons builder Secrets describe, on loopback, each by its builder's name."""
+
+    def __init__(self, root):
+        self.root, self.running = root, {}
+
+    def __call__(self, secret: dict, port: int | None = None) -> int:
+        """Start the daemon of the builder `secret` names (again, on its port, with its state); its port."""
+        name = secret["metadata"]["name"]
+        root = self.root / name
+        (root / "certs").mkdir(parents=True, exist_ok=True)
+        files = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+        for key, content in files.items():
+            (root / "certs" / key).write_bytes(content)
+        port = port or free_port()
+        config = ["--config", str(root / "certs" / "buildkitd.toml")] if "buildkitd.toml" in files else []
+        with (root / "buildkitd.log").open("ab") as log:
+            process = subprocess.Popen(
+                ["buildkitd", f"--root={root}/state", f"--addr=tcp://127.0.0.1:{port}", f"--addr=unix://{root}/sock",
+                 f"--tlscacert={root}/certs/ca.crt", f"--tlscert={root}/certs/tls.crt",
+                 f"--tlskey={root}/certs/tls.key", *config], stdout=log, stderr=subprocess.STDOUT)
+        self.running[name] = (process, secret, port)
+        wait_for_port(port, process, root / "buildkitd.log", timeout=30)
+        return port
+
+    def crash_and_restart(self, name: str) -> None:
+        """The daemon dies (kill -9), and its pod's container is started again, as the kubelet restarts it."""
+        process, secret, port = self.running[name]
+        process.kill()
+        process.wait(timeout=30)
+        self(secret, port)
+
+    def stop(self) -> None:
+        for process, _, _ in self.running.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+
 @pytest.fixture
 def daemons(tmp_path):
     """Starts the daemon a builder's Secret describes; stops them all at the end."""
@@ -40,29 +78,9 @@ def daemons(tmp_path):
         if os.environ.get("KILN_REQUIRE_BUILDKIT"):
             pytest.fail(f"the buildkit tier must run here (KILN_REQUIRE_BUILDKIT): {problem}")
         pytest.skip(problem)
-    started = []
-
-    def start(secret: dict) -> int:
-        files = {key: base64.b64decode(value) for key, value in secret["data"].items()}
-        root = tmp_path / secret["metadata"]["name"]
-        (root / "certs").mkdir(parents=True)
-        for key, content in files.items():
-            (root / "certs" / key).write_bytes(content)
-        port = free_port()
-        config = ["--config", str(root / "certs" / "buildkitd.toml")] if "buildkitd.toml" in files else []
-        with (root / "buildkitd.log").open("wb") as log:
-            process = subprocess.Popen(
-                ["buildkitd", f"--root={root}/state", f"--addr=tcp://127.0.0.1:{port}", f"--addr=unix://{root}/sock",
-                 f"--tlscacert={root}/certs/ca.crt", f"--tlscert={root}/certs/tls.crt",
-                 f"--tlskey={root}/certs/tls.key", *config], stdout=log, stderr=subprocess.STDOUT)
-        started.append(process)
-        wait_for_port(port, process, root / "buildkitd.log", timeout=30)
-        return port
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=30)
+    started = Daemons(tmp_path)
+    yield started
+    started.stop()
 
 
 async def builder_runs(cluster, daemons, count: int = 1) -> tuple[str, int]:
@@ -248,3 +266,37 @@ async def test_busy_builders_scale_out_to_another_up_to_the_namespaces_maximum(
     kinds = {d["metadata"]["labels"]["kiln.dev/builder-kind"] for d in cluster.all("apps/v1", "deployments")}
     assert kinds == {names[0]} and [s["metadata"]["name"] for s in cluster.all("v1", "secrets")
                                     if (s["metadata"].get("labels") or {}).get("kiln.dev/builder-kind")] == [names[0]]
+
+
+async def test_a_builder_that_dies_mid_build_fails_the_unit_retryably_and_the_retry_builds(
+        cluster, basic_registry, daemons):
+    marker = f"sleep {4 + os.getpid() % 3}.{os.getpid() % 83}"
+    base = await busybox(basic_registry)
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, f"FROM {base}\nRUN {marker}\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        builder, _ = await builder_runs(cluster, daemons)
+        await eventually(lambda: running(marker), timeout=60, message=f"the RUN step runs; status {status(cluster)}")
+        await asyncio.to_thread(daemons.crash_and_restart, builder)
+        done = await phase(cluster, "Succeeded")
+    (unit,) = done["units"]
+    assert (unit["attempt"], unit["retries"]) == (1, 1)
+    retried = [e["message"] for e in cluster.events() if e["reason"] == "BuildRetried"]
+    assert len(retried) == 1 and f"its builder {builder} went away mid-build" in retried[0], retried
+
+
+async def test_a_pod_build_on_a_volume_a_warm_builder_keeps_its_state_on_waits_for_it(cluster, basic_registry, daemons):
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, "FROM scratch\nCOPY hello.txt /hello.txt\n")
+        local = {"type": "local", "volume": {"claimName": "state"}}
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"], cache=local)))
+        builder, _ = await builder_runs(cluster, daemons)
+        await phase(cluster, "Succeeded")
+        await cluster.apply(image_build(basic_registry.host, "pod", **{**warm(platforms=["linux/amd64"], cache=local),
+                                                                      "builder": {"warm": False}}))
+        waiting = await eventually(lambda: cond(cluster, "Reconciling", "pod").get("reason") == "WaitingForCacheVolume"
+                                   and cond(cluster, "Reconciling", "pod"), message=f"waits; {status(cluster, 'pod')}")
+    assert f"in use by warm builder {builder}" in waiting["message"]
+    assert cluster.jobs() == []

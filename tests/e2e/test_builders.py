@@ -14,6 +14,7 @@ from harness import (
     condition,
     diagnosis,
     eventually,
+    host_volume,
     image_build,
     registry_login,
     wait_ready,
@@ -120,3 +121,28 @@ def test_a_warm_build_whose_operator_is_killed_mid_build_is_run_again_by_its_suc
     assert (unit["attempt"], unit["retries"]) == (1, 1)  # the lost run, run again
     assert build["status"]["digest"] == Client(lab.b, "carol").manifest("team/warm-slow", "v1")[2]
     assert kubectl.items("jobs", namespace) == []
+
+
+def test_a_warm_builders_state_on_a_local_cache_volume_outlives_its_pod(kubectl, lab, namespace, tmp_path):
+    """The seed's story 3 on a warm builder: its daemon keeps its state on the build's volume, so a new daemon (its
+    pod deleted here; scaled to zero and back up, the same) finds every step there."""
+    state = tmp_path / "buildkit-state"
+    state.mkdir()
+    state.chmod(0o777)  # the rootless daemon writes there as its own user
+    source = _git(kubectl, lab, namespace, {"Dockerfile": DOCKERFILE.format(base=lab.base_image), "app.txt": "one\n"})
+    kubectl.apply(host_volume(kubectl, namespace, "state", state), namespace=namespace)
+    kubectl.apply(image_build("app", source=source, platforms=["linux/amd64"], builder={"warm": True},
+                              output={"image": f"{lab.b.host}/team/warm-local", "tags": ["v1"]},
+                              cache={"type": "local", "volume": {"claimName": "state"}}), namespace=namespace)
+    first = wait_ready(kubectl, namespace, "app")
+    builder = _builder(kubectl, namespace)
+    claim = next(v for v in builder["spec"]["template"]["spec"]["volumes"] if v["name"] == "buildkit-state")
+    assert claim["persistentVolumeClaim"] == {"claimName": "state"}
+    kubectl("delete", "pods", f"--namespace={namespace}", "--selector=app.kubernetes.io/component=builder",
+            "--wait=true", timeout=120)
+    kubectl("annotate", f"{IB}/app", "kiln.dev/rebuild=2", f"--namespace={namespace}")
+    eventually(lambda: kubectl.get(IB, "app", namespace)["status"].get("buildID") != first["status"]["buildID"], 60,
+               "the rebuild starts", lambda: diagnosis(kubectl, namespace))
+    second = wait_ready(kubectl, namespace, "app")
+    assert second["status"]["cache"]["cachedSteps"] == second["status"]["cache"]["totalSteps"] == 2
+    assert any(state.iterdir())  # the daemon's state is on the volume

@@ -30,6 +30,7 @@ from kiln.build.render import (
     git_auth_item,
     registry_auth_tls,
     rootless_pod,
+    short_name,
 )
 from kiln.spec import labels
 from kiln.spec.parse import BuildSpec, ConfigMapSource, GitSource
@@ -51,7 +52,7 @@ def builder_name(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin], 
     knobs = spec.builder
     made_with = {"kiln": __version__, "image": settings.buildkit_image, "arch": unit.arch or "",
                  "config": buildkitd_files(logins), "resources": knobs.resources, "nodeSelector": knobs.node_selector,
-                 "tolerations": knobs.tolerations, "serviceAccount": knobs.service_account}
+                 "tolerations": knobs.tolerations, "serviceAccount": knobs.service_account, "volume": spec.cache.volume}
     digest = hashlib.sha256(json.dumps(made_with, sort_keys=True).encode()).hexdigest()[:10]
     return f"kiln-builder-{unit.arch or 'any'}-{digest}"
 
@@ -90,7 +91,10 @@ def render_builder(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin]
               {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
               *({"name": "subordinate-ids", "mountPath": f"/etc/{ids}", "subPath": "subid", "readOnly": True}
                 for ids in ("subuid", "subgid"))]
-    volumes = [{"name": "buildkit-state", "emptyDir": {}},
+    # Its state: on the build's local cache volume where it names one (the seed's story 3: it outlives the builder's
+    # scaling to zero), else the pod's own.
+    state = {"persistentVolumeClaim": {"claimName": spec.cache.volume}} if spec.cache.volume else {"emptyDir": {}}
+    volumes = [{"name": "buildkit-state", **state},
                {"name": "tls", "secret": {"secretName": kind, "defaultMode": 0o440,
                                           "items": [{"key": k, "path": k} for k in SERVER_FILES]}},
                {"name": "subordinate-ids", "secret": {"secretName": kind, "defaultMode": 0o444,
@@ -116,14 +120,19 @@ def render_builder(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin]
                                                   "topologyKey": "kubernetes.io/hostname"}}]}}}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": _labels(name, kind)},
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": {**_labels(name, kind), **_volume_label(spec)}},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {BUILDER_LABEL: name}},
             "strategy": {"type": "Recreate"},  # one daemon on its state at a time
-            "template": {"metadata": {"labels": _labels(name, kind, managed=False)}, "spec": pod},
+            "template": {"metadata": {"labels": {**_labels(name, kind, managed=False), **_volume_label(spec)}},
+                         "spec": pod},
         },
     }
+
+
+def _volume_label(spec: BuildSpec) -> dict[str, str]:
+    return {labels.CACHE_VOLUME: short_name(spec.cache.volume)} if spec.cache.volume else {}
 
 
 def client_args(spec: BuildSpec, unit: BuildUnit, logins: list[ResolvedLogin], settings: Settings, *, address: str,

@@ -92,7 +92,8 @@ async def reconcile_build(runtime: Runtime, namespace: str, name: str, logger: l
     obj = await reader.build(namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return Outcome(None, [])
-    facts = await observe(reader, runtime.settings, obj, runtime.runs.of_imagebuild(namespace, short_name(name)))
+    facts = await observe(reader, runtime.settings, obj, runtime.runs.of_imagebuild(namespace, short_name(name)),
+                          runtime.runs.volume_holder)
     decision = await decided(runtime, facts)
     if decision.ask is not None:
         logger.warning("ImageBuild %s/%s: still asking after %d questions; looking again soon", namespace, name,

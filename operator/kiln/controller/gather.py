@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kiln.build.credentials import (
     CredentialsProblem,
@@ -44,9 +44,11 @@ def _owned(obj: dict, uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in obj["metadata"].get("ownerReferences") or [])
 
 
-async def observe(reader: Reader, settings: Settings, obj: dict, runs: Sequence[Run] = ()) -> Facts:
+async def observe(reader: Reader, settings: Settings, obj: dict, runs: Sequence[Run] = (),
+                  builder_on: Callable[[str, str], str | None] = lambda namespace, claim: None) -> Facts:
     """Everything decide needs about one ImageBuild, from what the watches delivered (reader), before anything is
-    decided; runs: its builds on warm builders, shown as the Jobs and pods they stand in for."""
+    decided; runs: its builds on warm builders, shown as the Jobs and pods they stand in for; builder_on: the warm
+    builder up with its state on a claim, if any."""
     meta = obj["metadata"]
     namespace, uid = meta["namespace"], meta.get("uid", "")
     try:
@@ -80,7 +82,8 @@ async def observe(reader: Reader, settings: Settings, obj: dict, runs: Sequence[
     return dataclasses.replace(facts, logins=logins, logins_revision=revision,
                                ready_archs=schedulable_archs(await reader.nodes(), spec)
                                if _plans_by_node(spec, settings, started) else frozenset(),
-                               volume_holder=await _volume_holder(reader, spec), namespace_load=load, mounts=mounts,
+                               volume_holder=await _volume_holder(reader, spec, builder_on), namespace_load=load,
+                               mounts=mounts,
                                mounts_revision=mounts_revision,
                                secret_values=await _secret_values(reader, spec, logins, pods, obj.get("status") or {})
                                if mounts is None else frozenset())
@@ -160,12 +163,15 @@ def requested(build: dict) -> str:
     return "~"  # asked for since its status was written: after every time written down (ISO times sort below "~")
 
 
-async def _volume_holder(reader: Reader, spec: BuildSpec) -> str | None:
-    """A pod (or a Job yet to make one) of another build on this cache volume: BuildKit's state serves one daemon.
+async def _volume_holder(reader: Reader, spec: BuildSpec, builder_on: Callable[[str, str], str | None]) -> str | None:
+    """A pod (or a Job yet to make one) of another build on this cache volume, or a warm builder with its state
+    there unless the build runs on it: BuildKit's state serves one daemon.
 
     Pods, not only Jobs: a Job deleted in the background is gone while its pod still stops."""
     if not spec.cache.volume:
         return None
+    if not spec.builder.warm and (builder := builder_on(spec.namespace, spec.cache.volume)):
+        return builder
     label = {labels.CACHE_VOLUME: short_name(spec.cache.volume)}
     others = lambda item: (item["metadata"].get("labels") or {}).get(labels.BUILD_ID) != spec.build_id  # noqa: E731
     for pod in await reader.pods(spec.namespace, label):

@@ -110,6 +110,7 @@ class Runs:
     _runs: dict[tuple[str, str], Run] = field(default_factory=dict)  # (namespace, name) -> run
     _busy: Counter = field(default_factory=Counter)  # (namespace, builder) -> runs on it now
     _last_used: dict[tuple[str, str], float] = field(default_factory=dict)  # (namespace, builder) -> monotonic
+    _volumes: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, builder) -> its state's claim
 
     def of_build(self, namespace: str, build_id: str) -> list[Run]:
         return [run for (ns, _), run in self._runs.items()
@@ -129,7 +130,7 @@ class Runs:
         if (spec.namespace, name) in self._runs:  # started already (a decision carried out again)
             return
         kind = builders.builder_name(spec, unit, logins, self.settings)
-        index = self._choose(spec.namespace, kind)
+        index = 0 if spec.cache.volume else self._choose(spec.namespace, kind)  # one daemon on a state volume
         annotations = {labels.BUILT_BY: unit.built_by, labels.ATTEMPT: str(attempt),
                        **({labels.PLATFORMS: ",".join(unit.platforms)} if unit.platforms else {})}
         run = Run(spec.namespace, name, kind, index,
@@ -137,8 +138,16 @@ class Runs:
         self._runs[(spec.namespace, name)] = run
         key = (spec.namespace, run.builder)
         self._busy[key] += 1  # now: a build started in the same moment sees it
+        if spec.cache.volume:
+            self._volumes[key] = spec.cache.volume
         run.task = asyncio.create_task(self._run(run, spec, unit, logins, wake), name=f"kiln-run-{name}")
         run.task.add_done_callback(lambda _: self._finished(key))
+
+    def volume_holder(self, namespace: str, claim: str) -> str | None:
+        """The warm builder up in the namespace with its state on this claim, if any."""
+        up = {*self._last_used, *(key for key, n in self._busy.items() if n)}
+        return next((f"warm builder {name}" for (ns, name), volume in self._volumes.items()
+                     if ns == namespace and volume == claim and (ns, name) in up), None)
 
     def _finished(self, key: tuple[str, str]) -> None:
         self._busy[key] -= 1
@@ -310,11 +319,21 @@ class Runs:
             for deployment in found:
                 if (deployment.get("spec") or {}).get("replicas"):
                     meta = deployment["metadata"]
-                    self._last_used.setdefault((meta["namespace"], meta["name"]), time.monotonic())
+                    key = (meta["namespace"], meta["name"])
+                    self._last_used.setdefault(key, time.monotonic())
+                    if claim := _state_claim(deployment):
+                        self._volumes[key] = claim
 
 
 class BuilderLost(Exception):
     """The builder went away, or never came: the build may run again (retryable)."""
+
+
+def _state_claim(deployment: dict) -> str | None:
+    """The claim a builder keeps its state on, if it has one."""
+    volumes = deployment["spec"]["template"]["spec"].get("volumes") or []
+    return next((v["persistentVolumeClaim"]["claimName"] for v in volumes
+                 if v["name"] == "buildkit-state" and "persistentVolumeClaim" in v), None)
 
 
 def _ready(pod: dict) -> bool:

@@ -239,9 +239,6 @@ def parse_image_build(obj: dict) -> BuildSpec:
     if builder.warm and isinstance(source.origin, VolumeSource):
         raise InvalidSpec("spec.builder.warm", "a warm builder cannot read a workspace volume (only a pod that mounts "
                                                "it can): build from git, a URL or a ConfigMap, or set warm false")
-    if builder.warm and cache.volume:
-        raise InvalidSpec("spec.builder.warm", "a warm builder keeps its own cache between builds: drop cache.type "
-                                               "local, or set warm false")
     return BuildSpec(
         namespace=meta.get("namespace") or "default",
         name=_name(meta.get("name"), "metadata.name"),
