@@ -58,16 +58,27 @@ class Daemons:
         return port
 
     def crash_and_restart(self, name: str) -> None:
-        """The daemon dies (kill -9), and its pod's container is started again, as the kubelet restarts it."""
+        """The daemon dies (kill -9), and its pod's container is started again, as the kubelet restarts it: with
+        nothing left mounted (a container's mounts go with it)."""
         process, secret, port = self.running[name]
         process.kill()
         process.wait(timeout=30)
+        _unmount_below(self.root / name)
         self(secret, port)
 
     def stop(self) -> None:
-        for process, _, _ in self.running.values():
+        for name, (process, _, _) in self.running.items():
             process.terminate()
             process.wait(timeout=30)
+            _unmount_below(self.root / name)
+
+
+def _unmount_below(root) -> None:
+    """What a daemon left mounted below root (a RUN step's root file system, when it was killed)."""
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(f"{root}/")]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
 
 
 @pytest.fixture
