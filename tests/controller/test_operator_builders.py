@@ -9,6 +9,7 @@ import base64
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from controller.test_operator_builds import cond, image_build, phase, ready_login, status
 from controller.test_operator_logs import terminal
 from kiln import builds_cli
+from kiln.clients import buildctl, builder_tls
 
 from kubefake import KubeFake, eventually, operator
 from registries import free_port, push_image, wait_for_port
@@ -121,7 +123,12 @@ def warm(**spec) -> dict:
 
 
 async def test_a_warm_build_runs_on_the_builder_without_a_job_and_its_rebuild_is_all_cached(
-        cluster, basic_registry, daemons, tmp_path):
+        cluster, basic_registry, daemons, tmp_path, monkeypatch):
+    private = tmp_path / "operator-tmp"  # where the operator writes each build's client files
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    written, write = [], buildctl.write_files
+    monkeypatch.setattr(buildctl, "write_files", lambda root, files: (written.append(root), write(root, files))[1])
     await asyncio.to_thread(push_image, basic_registry, "alice", "base/scratch", ["linux/amd64"], "v1")
     async with operator():
         await ready_login(cluster, basic_registry)
@@ -145,7 +152,8 @@ async def test_a_warm_build_runs_on_the_builder_without_a_job_and_its_rebuild_is
         assert await builds_cli.logs(term, "app") == 0
         assert "COPY hello.txt /again.txt" in term.out.getvalue() and "CACHED" in term.out.getvalue()
     # The client's directory (docker config, client key) is gone with its build.
-    assert not [p for p in os.listdir("/tmp") if p.startswith("kiln-build-")]
+    assert len(written) == 2 and all(root.parent == private for root in written)
+    assert list(private.iterdir()) == []
 
 
 async def test_suspending_a_warm_build_cancels_it_on_the_daemon(cluster, basic_registry, daemons):
@@ -311,3 +319,28 @@ async def test_a_pod_build_on_a_volume_a_warm_builder_keeps_its_state_on_waits_f
                                    and cond(cluster, "Reconciling", "pod"), message=f"waits; {status(cluster, 'pod')}")
     assert f"in use by warm builder {builder}" in waiting["message"]
     assert cluster.jobs() == []
+
+
+async def test_a_builders_daemon_takes_only_the_client_certificate_of_its_own_ca(
+        cluster, basic_registry, daemons, tmp_path):
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, "FROM scratch\nCOPY hello.txt /hello.txt\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        builder, port = await builder_runs(cluster, daemons)
+        await phase(cluster, "Succeeded")
+    for name, text in builder_tls.issue(builder).items():  # another builder's, of the same name
+        (tmp_path / name).write_text(text)
+    secret = cluster.get("v1", "secrets", builder)["data"]
+    for name in ("ca.crt", "client.crt", "client.key"):  # kiln's
+        (tmp_path / f"own-{name}").write_bytes(base64.b64decode(secret[name]))
+    own_ca = tmp_path / "own-ca.crt"
+
+    def answers(*client: str) -> bool:
+        return subprocess.run(["buildctl", f"--addr=tcp://127.0.0.1:{port}", f"--tlsservername={builder}",
+                               f"--tlscacert={own_ca}", *client, "--timeout=5", "debug", "workers"],
+                              capture_output=True, timeout=60).returncode == 0
+
+    assert answers(f"--tlscert={tmp_path / 'own-client.crt'}", f"--tlskey={tmp_path / 'own-client.key'}")  # kiln's
+    assert not answers()
+    assert not answers(f"--tlscert={tmp_path / 'client.crt'}", f"--tlskey={tmp_path / 'client.key'}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from test_builds import platform_images
+
 from gitserver import make_repository
 from harness import (
     GIT_TOKEN,
@@ -123,9 +125,10 @@ def test_a_warm_build_whose_operator_is_killed_mid_build_is_run_again_by_its_suc
     assert kubectl.items("jobs", namespace) == []
 
 
-def test_a_warm_builders_state_on_a_local_cache_volume_outlives_its_pod(kubectl, lab, namespace, tmp_path):
-    """The seed's story 3 on a warm builder: its daemon keeps its state on the build's volume, so a new daemon (its
-    pod deleted here; scaled to zero and back up, the same) finds every step there."""
+def test_a_warm_builders_state_on_a_local_cache_volume_outlives_its_scaling_to_zero(kubectl, lab, namespace, tmp_path):
+    """The seed's story 3 on a warm builder: its daemon keeps its state on the build's volume, so the daemon of the
+    next build, after the builder was scaled to zero (as it is when idle), finds every step there; that build
+    scales it up again."""
     state = tmp_path / "buildkit-state"
     state.mkdir()
     state.chmod(0o777)  # the rootless daemon writes there as its own user
@@ -138,11 +141,32 @@ def test_a_warm_builders_state_on_a_local_cache_volume_outlives_its_pod(kubectl,
     builder = _builder(kubectl, namespace)
     claim = next(v for v in builder["spec"]["template"]["spec"]["volumes"] if v["name"] == "buildkit-state")
     assert claim["persistentVolumeClaim"] == {"claimName": "state"}
-    kubectl("delete", "pods", f"--namespace={namespace}", "--selector=app.kubernetes.io/component=builder",
-            "--wait=true", timeout=120)
+    kubectl("scale", f"deployment/{builder['metadata']['name']}", "--replicas=0", f"--namespace={namespace}")
+    kubectl("wait", "--for=delete", "pods", f"--namespace={namespace}", "--selector=app.kubernetes.io/component=builder",
+            "--timeout=120s", check=False, timeout=130)
     kubectl("annotate", f"{IB}/app", "kiln.dev/rebuild=2", f"--namespace={namespace}")
     eventually(lambda: kubectl.get(IB, "app", namespace)["status"].get("buildID") != first["status"]["buildID"], 60,
                "the rebuild starts", lambda: diagnosis(kubectl, namespace))
     second = wait_ready(kubectl, namespace, "app")
     assert second["status"]["cache"]["cachedSteps"] == second["status"]["cache"]["totalSteps"] == 2
     assert any(state.iterdir())  # the daemon's state is on the volume
+    assert _builder(kubectl, namespace)["spec"]["replicas"] == 1
+
+
+def test_native_multiarch_on_warm_builders_runs_one_builder_per_architecture_on_its_nodes(kubectl, lab, namespace):
+    source = _git(kubectl, lab, namespace, {"Dockerfile": f"FROM {lab.base_image}\nRUN uname -m > /arch\n"})
+    kubectl.apply(image_build("multi", source=source, platforms=["linux/amd64", "linux/arm64"],
+                              multiArch={"strategy": "native"}, cache={"type": "none"}, builder={"warm": True},
+                              output={"image": f"{lab.b.host}/team/warm-multi", "tags": ["v1"]}), namespace=namespace)
+    build = wait_ready(kubectl, namespace, "multi", timeout=900)
+    builders = kubectl.items("deployments", namespace, "app.kubernetes.io/component=builder")
+    arches = sorted(d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"] for d in builders)
+    assert arches == ["amd64", "arm64"]
+    nodes = {p["spec"]["nodeSelector"]["kubernetes.io/arch"]: p["spec"]["nodeName"]
+             for p in kubectl.items("pods", namespace, "app.kubernetes.io/component=builder")}
+    assert nodes == {"amd64": "kiln-amd64", "arm64": "kiln-arm64"}
+    assert [(p["platform"], p["builtBy"]) for p in build["status"]["platforms"]] == [
+        ("linux/amd64", "native"), ("linux/arm64", "native")]
+    images = platform_images(Client(lab.b, "carol"), "team/warm-multi", "v1")
+    assert sorted(images) == ["linux/amd64", "linux/arm64"]
+    assert kubectl.items("jobs", namespace) == []
