@@ -344,3 +344,21 @@ async def test_a_builders_daemon_takes_only_the_client_certificate_of_its_own_ca
     assert answers(f"--tlscert={tmp_path / 'own-client.crt'}", f"--tlskey={tmp_path / 'own-client.key'}")  # kiln's
     assert not answers()
     assert not answers(f"--tlscert={tmp_path / 'client.crt'}", f"--tlskey={tmp_path / 'client.key'}")
+
+
+async def test_a_builder_that_pod_security_refuses_fails_the_build_with_that_reason(cluster, basic_registry):
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, "FROM scratch\nCOPY hello.txt /hello.txt\n")
+        await cluster.apply(image_build(basic_registry.host, **warm(platforms=["linux/amd64"])))
+        deployment = await eventually(lambda: next(iter(cluster.all("apps/v1", "deployments")), None),
+                                      message="a builder Deployment")
+        refusal = ('pods "x" is forbidden: violates PodSecurity "baseline:latest": host namespaces, '
+                   'seccompProfile (pod must not set securityContext.seccompProfile.type to "Unconfined")')
+        await cluster.patch("apps/v1", "deployments", deployment["metadata"]["name"], {"status": {"conditions": [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refusal}]}},
+                            sub="status")
+        failed = await phase(cluster, "Failed")
+    (unit,) = failed["units"]
+    assert unit["reason"] == "PodSecurityRejected" and "privileged level" in unit["message"]
+    assert "violates PodSecurity" in unit["logExcerpt"]

@@ -27,6 +27,9 @@ _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrIm
 _AUTH = r"(401 Unauthorized|403 Forbidden|unauthorized|denied|insufficient_scope|authorization failed|failed to authorize)"
 # (reason, retryable, summary, pattern); the first that matches the log tail wins.
 _FAILURE_PATTERNS = [
+    # kiln's own words when a warm builder's pod is refused (controller/runs.py): no build ran.
+    (reasons.POD_SECURITY_REJECTED, False, "the namespace's Pod Security admission refuses the warm builder's pod; "
+     "rootless BuildKit needs the privileged level, see the README", r"^kiln: .*violates PodSecurity"),
     (reasons.PUSH_DENIED, False, "the registry refused the push",
      rf"(failed to push|error exporting|failed to export|pushing).*{_AUTH}"),
     (reasons.BASE_IMAGE_PULL_DENIED, False, "a FROM image could not be pulled: access denied or not found",
