@@ -2,7 +2,7 @@
 
 The operator is the build's BuildKit client. The daemon asks it, through BuildKit's session, for registry
 credentials (from a docker config written for this build alone), build secrets and the git token, while the build
-runs, and keeps none of them; the directory is removed when buildctl ends. Cancelled, it interrupts buildctl,
+runs; the directory is removed when buildctl ends. Cancelled, it interrupts buildctl,
 which cancels the build on the daemon, and kills it if it does not end within a few seconds.
 """
 from __future__ import annotations
