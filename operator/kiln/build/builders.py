@@ -39,7 +39,6 @@ from kiln.spec.settings import Settings
 PORT = 1234
 BUILDER_LABEL = "kiln.dev/builder"  # on a builder's Deployment, Secret and pods: its name
 KIND_LABEL = "kiln.dev/builder-kind"  # the builders of one kind (builder_name), which share a Secret
-LAST_USED = "kiln.dev/last-used"  # annotation on a builder's Deployment: when a build last ran on it
 TLS_DIR = "/kiln/builder"
 SERVER_FILES = ("ca.crt", "tls.crt", "tls.key")  # what the daemon mounts; the client's pair stays with the operator
 CLIENT_FILES = ("ca.crt", "client.crt", "client.key")

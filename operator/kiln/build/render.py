@@ -240,6 +240,18 @@ def _path(base: str, relative: str) -> str:
     return base if relative == "." else f"{base}/{relative}"
 
 
+def job_metadata(spec: BuildSpec, unit: BuildUnit, attempt: int) -> dict:
+    """A unit attempt's Job metadata: its name, the build's labels and owner, which unit, platforms and attempt (a
+    build on a warm builder, which has no Job, is shown to decide with the same)."""
+    unit_labels = {labels.UNIT: unit.key or "all"}
+    if spec.cache.volume:
+        unit_labels[labels.CACHE_VOLUME] = short_name(spec.cache.volume)
+    annotations = {labels.BUILT_BY: unit.built_by, labels.ATTEMPT: str(attempt)}
+    if unit.platforms:
+        annotations[labels.PLATFORMS] = ",".join(unit.platforms)
+    return {**_metadata(spec, job_name(spec, unit, attempt), **unit_labels), "annotations": annotations}
+
+
 def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkitd: tuple[str, ...] = (),
                auth_tls: tuple[str, ...] = (), attempt: int = 0) -> dict:
     """One unit's Job; buildkitd names the build Secret's buildkitd files (buildkitd.toml and CA files), if any,
@@ -266,13 +278,8 @@ def render_job(spec: BuildSpec, unit: BuildUnit, settings: Settings, *, buildkit
     pod = {"restartPolicy": "Never", **rootless_pod(spec, unit, container, volumes)}
     if spec.builder.user_namespaces:
         pod["hostUsers"] = False
-    unit_labels = {labels.UNIT: unit.key or "all"}
-    if spec.cache.volume:
-        unit_labels[labels.CACHE_VOLUME] = short_name(spec.cache.volume)
-    annotations = {labels.BUILT_BY: unit.built_by, labels.ATTEMPT: str(attempt)}
-    if unit.platforms:
-        annotations[labels.PLATFORMS] = ",".join(unit.platforms)
-    metadata = {**_metadata(spec, job_name(spec, unit, attempt), **unit_labels), "annotations": annotations}
+    metadata = job_metadata(spec, unit, attempt)
+    annotations = metadata["annotations"]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -27,7 +27,7 @@ from kiln.build.logs import LogBuffer
 from kiln.build.opt_in import used_secrets
 from kiln.build.outcomes import STOPPED_EXIT_CODE, excerpt
 from kiln.build.platforms import BuildUnit
-from kiln.build.render import build_labels, job_name
+from kiln.build.render import job_metadata, job_name
 from kiln.clients import buildctl, builder_tls
 from kiln.clients.kube import Kube, KubeError, path
 from kiln.spec import labels
@@ -112,10 +112,6 @@ class Runs:
     _last_used: dict[tuple[str, str], float] = field(default_factory=dict)  # (namespace, builder) -> monotonic
     _volumes: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, builder) -> its state's claim
 
-    def of_build(self, namespace: str, build_id: str) -> list[Run]:
-        return [run for (ns, _), run in self._runs.items()
-                if ns == namespace and run.meta["labels"].get(labels.BUILD_ID) == build_id]
-
     def of_imagebuild(self, namespace: str, imagebuild: str) -> list[Run]:
         return [run for (ns, _), run in self._runs.items()
                 if ns == namespace and run.meta["labels"].get(labels.IMAGEBUILD) == imagebuild]
@@ -131,10 +127,9 @@ class Runs:
             return
         kind = builders.builder_name(spec, unit, logins, self.settings)
         index = 0 if spec.cache.volume else self._choose(spec.namespace, kind)  # one daemon on a state volume
-        annotations = {labels.BUILT_BY: unit.built_by, labels.ATTEMPT: str(attempt),
-                       **({labels.PLATFORMS: ",".join(unit.platforms)} if unit.platforms else {})}
+        metadata = job_metadata(spec, unit, attempt)
         run = Run(spec.namespace, name, kind, index,
-                  {"labels": {**build_labels(spec), labels.UNIT: unit.key or "all"}, "annotations": annotations})
+                  {"labels": metadata["labels"], "annotations": metadata["annotations"]})
         self._runs[(spec.namespace, name)] = run
         key = (spec.namespace, run.builder)
         self._busy[key] += 1  # now: a build started in the same moment sees it
@@ -143,11 +138,16 @@ class Runs:
         run.task = asyncio.create_task(self._run(run, spec, unit, logins, wake), name=f"kiln-run-{name}")
         run.task.add_done_callback(lambda _: self._finished(key))
 
+    def _up(self, namespace: str) -> set[str]:
+        """The namespace's builders that are up: running a build, or not yet idle long enough to scale to zero."""
+        return {name for ns, name in (*self._last_used, *(key for key, n in self._busy.items() if n))
+                if ns == namespace}
+
     def volume_holder(self, namespace: str, claim: str) -> str | None:
         """The warm builder up in the namespace with its state on this claim, if any."""
-        up = {*self._last_used, *(key for key, n in self._busy.items() if n)}
+        up = self._up(namespace)
         return next((f"warm builder {name}" for (ns, name), volume in self._volumes.items()
-                     if ns == namespace and volume == claim and (ns, name) in up), None)
+                     if ns == namespace and volume == claim and name in up), None)
 
     def _finished(self, key: tuple[str, str]) -> None:
         self._busy[key] -= 1
@@ -156,7 +156,7 @@ class Runs:
     def _choose(self, namespace: str, kind: str) -> int:
         """Which builder of the kind a build runs on: the first with room (its cache is the warmest), else a new
         one while the namespace has fewer than its maximum up, else the least busy."""
-        up = {name for ns, name in (*self._last_used, *(k for k, n in self._busy.items() if n)) if ns == namespace}
+        up = self._up(namespace)
         ours = sorted(i for i in range(self.settings.max_builders_per_namespace)
                       if builders.builder_of_kind(kind, i) in up) or [0]
         busy = {i: self._busy[(namespace, builders.builder_of_kind(kind, i))] for i in ours}
