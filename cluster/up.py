@@ -56,7 +56,11 @@ class Node:
     arch: str
     port: int
     healthz_port: int
-    pods: tuple[str, str]  # the pod address range on the bridge
+    # The pod address range on the bridge. Thousands of addresses, handed out in turn (host-local IPAM, its
+    # state per node): an address comes back only after the others, long after every pod's neighbour cache has
+    # forgotten the MAC it had before. Taken back at once, it is unreachable from pods that talked to its last
+    # holder until their stale entry expires (tens of seconds).
+    pods: tuple[str, str]
 
     @property
     def dir(self) -> Path:
@@ -67,8 +71,8 @@ class Node:
         return self.dir / "run" / "containerd.sock"
 
 
-NODES = (Node("kiln-amd64", "amd64", 10250, 10248, ("10.88.1.2", "10.88.1.254")),
-         Node("kiln-arm64", "arm64", 10251, 10249, ("10.88.2.2", "10.88.2.254")))
+NODES = (Node("kiln-amd64", "amd64", 10250, 10248, ("10.88.16.1", "10.88.31.254")),
+         Node("kiln-arm64", "arm64", 10251, 10249, ("10.88.32.1", "10.88.47.254")))
 
 
 def log(message: str) -> None:
@@ -195,7 +199,7 @@ def cni_config(node: Node) -> dict:
         "cniVersion": "1.0.0", "name": "kiln",
         "plugins": [
             {"type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipMasq": False, "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": str(STATE / "cni-ipam"),
+             "ipam": {"type": "host-local", "dataDir": str(node.dir / "cni-ipam"),
                       "ranges": [[{"subnet": SUBNET, "rangeStart": start_ip, "rangeEnd": end_ip}]],
                       "routes": [{"dst": SERVICE_RANGE, "gw": GATEWAY}]}},
             {"type": "loopback"},

@@ -1,4 +1,5 @@
 """The local cluster's recipe (cluster/): pinned versions that agree, and a pod network that stays inside the machine."""
+import ipaddress
 import json
 import os
 import re
@@ -43,6 +44,20 @@ def test_pods_get_no_route_off_the_bridge_but_to_services_and_no_address_transla
         assert (bridge["isGateway"], bridge["ipMasq"], loopback["type"]) == (False, False, "loopback")
         assert bridge["ipam"]["routes"] == [{"dst": up.SERVICE_RANGE, "gw": up.GATEWAY}]  # never a default route
         assert "gateway" not in bridge["ipam"]["ranges"][0][0]
+
+
+def test_each_node_hands_out_pod_addresses_in_turn_from_thousands_of_its_own():
+    """host-local IPAM restarts at its range's start when its last address is outside the range: nodes sharing
+    its state would hand a freed address out again at once, to a pod the neighbour caches of other pods do not
+    know yet."""
+    ipams = [up.cni_config(node)["plugins"][0]["ipam"] for node in up.NODES]
+    assert len({ipam["dataDir"] for ipam in ipams}) == len(up.NODES)
+    subnet, gateway = ipaddress.ip_network(up.SUBNET), int(ipaddress.ip_address(up.GATEWAY))
+    pods = [range(int(ipaddress.ip_address(r["rangeStart"])), int(ipaddress.ip_address(r["rangeEnd"])) + 1)
+            for ipam in ipams for (r,) in ipam["ranges"]]
+    assert all(len(addresses) > 4000 and gateway < addresses[0] and addresses[-1] < int(subnet.broadcast_address)
+               for addresses in pods)
+    assert not set(pods[0]) & set(pods[1])
 
 
 def test_kube_proxy_changes_no_sysctl_and_listens_on_loopback_only():

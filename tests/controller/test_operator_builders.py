@@ -8,6 +8,7 @@ import asyncio
 import base64
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 
@@ -98,18 +99,29 @@ def daemons(tmp_path):
 async def builder_runs(cluster, daemons, count: int = 1) -> tuple[str, int]:
     """Wait for kiln's count-th builder Deployment, start its daemon (as the Secret of its kind describes it), and
     report its pod Ready: (builder, daemon port)."""
+    name, secret = await builder_made(cluster, count)
+    port = await asyncio.to_thread(daemons, secret)
+    await builder_pod_ready(cluster, name, port)
+    return name, port
+
+
+async def builder_made(cluster, count: int = 1) -> tuple[str, dict]:
+    """kiln's count-th builder Deployment: its name, and the Secret of its kind under that name."""
     deployment = await eventually(lambda: len(found := cluster.all("apps/v1", "deployments")) >= count and found[-1],
                                   message=f"{count} builder Deployment(s)")
     name = deployment["metadata"]["name"]
     secret = cluster.get("v1", "secrets", deployment["metadata"]["labels"]["kiln.dev/builder-kind"])
-    port = await asyncio.to_thread(daemons, {**secret, "metadata": {**secret["metadata"], "name": name}})
+    return name, {**secret, "metadata": {**secret["metadata"], "name": name}}
+
+
+async def builder_pod_ready(cluster, name: str, port: int) -> None:
+    """The builder's pod, Ready (as the kubelet's probe from the node finds it) on loopback at port."""
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-0", "labels": {BUILDER: name}},
            "spec": {"containers": [{"name": "buildkitd", "image": "buildkit",
                                     "ports": [{"name": "buildkit", "containerPort": port}]}]}}
     await cluster.apply(pod)
     await cluster.patch("v1", "pods", pod["metadata"]["name"], {"status": {
         "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}, sub="status")
-    return name, port
 
 
 async def context(cluster, dockerfile: str) -> None:
@@ -290,6 +302,36 @@ async def test_a_builder_that_dies_mid_build_fails_the_unit_retryably_and_the_re
     assert (unit["attempt"], unit["retries"]) == (1, 1)
     retried = [e["message"] for e in cluster.events() if e["reason"] == "BuildRetried"]
     assert len(retried) == 1 and f"its builder {builder} went away mid-build" in retried[0], retried
+
+
+async def test_a_ready_builder_the_operator_cannot_connect_to_retries_and_waits_saying_so(
+        cluster, basic_registry, daemons):
+    """A builder Ready to its kubelet that the operator cannot reach (a NetworkPolicy, a stale route): a build
+    whose client could not connect is retried, and the retry waits, saying why, until the daemon answers."""
+    async with operator():
+        await warm_build(cluster, basic_registry, "FROM scratch\nCOPY hello.txt /hello.txt\n")
+        builder, secret = await builder_made(cluster)
+        once = socket.create_server(("127.0.0.1", 0))  # takes kiln's first look, then nothing listens
+        once.settimeout(60)
+        port = once.getsockname()[1]
+        await builder_pod_ready(cluster, builder, port)
+        await asyncio.to_thread(_first_look, once)
+        unit = await eventually(lambda: (u := (status(cluster).get("units") or [{}])[0]).get("retries") == 1
+                                and "cannot connect" in u.get("message", "") and u, timeout=60,
+                                message=f"the retry waits for the builder; status {status(cluster)}")
+        assert unit["phase"] == "Pending" and unit["message"] == (
+            f"builder {builder} is ready at 127.0.0.1:{port}, but the operator cannot connect to it "
+            "(does a NetworkPolicy stop it?)")
+        await asyncio.to_thread(daemons, secret, port)
+        await phase(cluster, "Succeeded")
+    retried = [e["message"] for e in cluster.events() if e["reason"] == "BuildRetried"]
+    assert len(retried) == 1 and f"kiln could not connect to its builder {builder} at 127.0.0.1:{port}" in retried[0]
+
+
+def _first_look(listener: socket.socket) -> None:
+    with listener:
+        accepted, _ = listener.accept()
+    accepted.close()
 
 
 async def test_a_pod_build_on_a_volume_a_warm_builder_keeps_its_state_on_waits_for_it(cluster, basic_registry, daemons):

@@ -61,6 +61,8 @@ _MEDIA_TYPE = re.compile(r'"containerimage\.descriptor"\s*:\s*\{(?:[^{}]|\{[^{}]
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: render.BUILD_SCRIPT stopped the build when asked to
 WAITING_FOR_POD = "waiting for the build pod to start"  # what a unit says from its Job's creation until it runs
 WAITING_FOR_NODE = "waiting for a node"  # the scheduler finds none the pod fits
+# What a run on a warm builder waits for (controller/runs.py shows it as its pod's waiting reason).
+BUILDER_STARTING, BUILDER_UNREACHABLE = "BuilderStarting", "BuilderUnreachable"
 NODE_NOT_READY = ("its node is not Ready: the build resumes if the node comes back, else its pod is evicted "
                   "and the build retried")
 
@@ -220,6 +222,8 @@ def observe_unit(job: dict | None, pod: dict | None) -> UnitState:
             return UnitState(RUNNING, reasons.BUILDING, NODE_NOT_READY)
         if state.get("running") or terminated:  # a pod that ended is still building until its Job concludes
             return UnitState(RUNNING, reasons.BUILDING, "building")
+        if waiting.get("reason") in (BUILDER_STARTING, BUILDER_UNREACHABLE):
+            return UnitState(PENDING, reasons.BUILD_PENDING, waiting.get("message", "")[:400])
         unschedulable = _unschedulable(pod)
         if unschedulable:
             return UnitState(PENDING, reasons.BUILD_PENDING, f"{WAITING_FOR_NODE}: {unschedulable[:300]}")

@@ -25,7 +25,7 @@ from kiln.build import builders
 from kiln.build.credentials import ResolvedLogin
 from kiln.build.logs import LogBuffer
 from kiln.build.opt_in import used_secrets
-from kiln.build.outcomes import STOPPED_EXIT_CODE, excerpt
+from kiln.build.outcomes import BUILDER_STARTING, BUILDER_UNREACHABLE, STOPPED_EXIT_CODE, excerpt
 from kiln.build.platforms import BuildUnit
 from kiln.build.render import job_metadata, job_name
 from kiln.clients import buildctl, builder_tls
@@ -39,6 +39,7 @@ POLL = 0.25  # seconds between looks at a builder that is not ready yet
 _PULL_WAITS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 # buildctl's words for a daemon that went away mid-build: the builder's pod deleted, evicted or crashed.
 _DAEMON_LOST = ("code = Unavailable", "error reading from server: EOF", "transport is closing")
+_NOT_DIALED = "Error while dialing"  # buildctl never reached the daemon
 
 
 def _now() -> str:
@@ -94,7 +95,7 @@ class Run:
         elif self.started:
             state, phase = {"running": {"startedAt": self.started}}, "Running"
         else:
-            reason, message = self.waiting or ("BuilderStarting", f"waiting for builder {self.builder}")
+            reason, message = self.waiting or (BUILDER_STARTING, f"waiting for builder {self.builder}")
             state, phase = {"waiting": {"reason": reason, "message": message}}, "Pending"
         status = {"phase": phase, "containerStatuses": [{"name": "buildkit", "state": state}]}
         if self.stopped:
@@ -198,11 +199,14 @@ class Runs:
                 code, metadata = await buildctl.run(self.settings.buildctl, lambda root: builders.client_args(
                     spec, unit, logins, self.settings, address=address, kind=run.kind, root=root),
                     files, run.log.feed)
-            tail = run.log.bounded().text()
-            if code != 0 and any(words in tail[-4000:] for words in _DAEMON_LOST):
+            tail = run.log.bounded().text()[-4000:]
+            if code != 0 and _NOT_DIALED in tail:
+                run.stopped = f"kiln could not connect to its builder {run.builder} at {address}"
+                code = STOPPED_EXIT_CODE
+            elif code != 0 and any(words in tail for words in _DAEMON_LOST):
                 run.stopped = f"its builder {run.builder} went away mid-build"
                 code = STOPPED_EXIT_CODE
-            self._end(run, code, metadata if code == 0 else tail)
+            self._end(run, code, metadata if code == 0 else run.log.bounded().text())
         except TimeoutError:
             run.timed_out = True
             self._end(run, 1, run.log.bounded().text())
@@ -248,13 +252,16 @@ class Runs:
                 raise BuilderUnavailable(f"the namespace's Pod Security admission refuses builder {name}'s pod: "
                                          f"{refused[-300:]}")
             pods = await self.kube.list(path("v1", "pods", namespace), {builders.BUILDER_LABEL: name})
-            address = next((_address(p) for p in pods if _ready(p)), None) or await _answering(pods)
+            address = await _answering(pods)
             if address:
                 if run.waiting:  # it was not up: how long starting it took is worth knowing
                     LOG.info("builder %s/%s answered after %.2fs", namespace, name, time.monotonic() - waited)
                 return tls, address
-            waiting = _waiting(pods) or ("BuilderStarting", f"waiting for builder {name} to be ready"
-                                         + (f" ({refused[-200:]})" if refused else ""))
+            unreachable = next((_address(p) for p in pods if _ready(p)), None)
+            waiting = _waiting(pods) or (
+                (BUILDER_UNREACHABLE, f"builder {name} is ready at {unreachable}, but the operator cannot connect "
+                                      "to it (does a NetworkPolicy stop it?)") if unreachable else
+                (BUILDER_STARTING, f"waiting for builder {name} to be ready" + (f" ({refused[-200:]})" if refused else "")))
             if waiting != run.waiting:
                 run.waiting = waiting
                 wake()
@@ -343,8 +350,9 @@ def _ready(pod: dict) -> bool:
 
 
 async def _answering(pods: list[dict]) -> str | None:
-    """The address of a running builder pod whose daemon already takes connections, before the kubelet's next
-    readiness probe says so (up to a second later)."""
+    """The address of a running builder pod whose daemon takes the operator's connections: as soon as it does,
+    before the kubelet's next readiness probe says so (up to a second later); and never a ready one the operator
+    cannot reach, which the kubelet's probe from the node does not see."""
     for pod in pods:
         if (pod.get("status") or {}).get("phase") != "Running" or not pod["status"].get("podIP") \
                 or pod["metadata"].get("deletionTimestamp"):
