@@ -146,10 +146,12 @@ async def logs(term: Terminal, name: str, build: str | None = None, follow: bool
         raise Problem(f"ImageBuild {term.namespace}/{name} has not started a build yet")
     if not follow:
         attempts = await _attempts(term, name, build)
-        if not attempts and ((obj.get("spec") or {}).get("builder") or {}).get("warm") and \
-                (obj.get("status") or {}).get("phase") not in FINISHED:
-            raise Problem(f"build {build} of {term.namespace}/{name} runs on a warm builder: its log is kept when it "
-                          "ends (kiln logs -f waits for it)")
+        if not attempts and (obj.get("status") or {}).get("phase") not in FINISHED:
+            warm = ((obj.get("spec") or {}).get("builder") or {}).get("warm")
+            where = "runs on a warm builder" if warm else \
+                "has no log yet: its pod has not started, or it runs on a warm builder (its namespace's default)"
+            raise Problem(f"build {build} of {term.namespace}/{name} {where}: a warm build's log is kept when it ends "
+                          "(kiln logs -f waits for it)")
         if not attempts:
             raise Problem(f"no log of build {build} of {term.namespace}/{name} is kept (it may have left the history)")
         several = len({(a.platforms, a.attempt) for a in attempts}) > 1

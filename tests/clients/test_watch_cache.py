@@ -9,6 +9,8 @@ from kiln.build.decide import settled
 from kiln.build.outcomes import observe_unit
 from kiln.build.platforms import build_plan
 from kiln.build.render import render_build
+from kiln.clients import watch_cache
+from kiln.clients.kube import KubeError
 from kiln.clients.watch_cache import Cache, Reader, body, job_body, pod_body
 from kiln.controller import handlers
 from kiln.controller.gather import _namespace_load
@@ -218,3 +220,32 @@ async def test_the_namespace_line_goes_by_when_each_build_was_asked_for_not_when
     reader = Reader(None, cache)
     assert await _namespace_load(reader, old) == (0, 1)  # edited just now: behind the one queued since 10:00:01
     assert await _namespace_load(reader, newer) == (0, 0)
+
+
+class _Namespace:
+    """The API server as far as one namespace's metadata goes."""
+
+    def __init__(self, answer):
+        self.answer, self.asked = answer, 0
+
+    async def get(self, url: str, metadata_only: bool = False):
+        assert (url, metadata_only) == ("/api/v1/namespaces/team", True)
+        self.asked += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def test_a_namespaces_default_builder_is_read_again_only_after_a_while_and_unreadable_means_none(monkeypatch):
+    kube = _Namespace({"metadata": {"labels": {"kiln.dev/default-builder": "warm"}}})
+    reader = Reader(kube, Cache())
+    assert await reader.warm_by_default("team") and await reader.warm_by_default("team")
+    assert kube.asked == 1  # a reconcile of each of its builds does not ask again
+    kube.answer = {"metadata": {"labels": {"kiln.dev/default-builder": "pod"}}}
+    monkeypatch.setattr(watch_cache, "NAMESPACE_SECONDS", 0.0)
+    assert not await reader.warm_by_default("team") and kube.asked == 2
+    kube.answer = KubeError(403, "namespaces \"team\" is forbidden")  # an install that may not read it
+    assert not await reader.warm_by_default("team") and kube.asked == 3
+    kube.answer = KubeError(500, "etcd is down")
+    with pytest.raises(KubeError):  # not taken for "no default": the reconcile is tried again
+        await reader.warm_by_default("team")

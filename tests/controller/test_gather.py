@@ -31,6 +31,9 @@ class Reads:
     async def logins(self, namespace):
         return []
 
+    async def warm_by_default(self, namespace):
+        return False
+
     async def secret_metadata(self, namespace, name):
         self.metadata += 1
         return {"metadata": NPM["metadata"]}

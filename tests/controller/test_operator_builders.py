@@ -172,6 +172,22 @@ async def test_a_warm_build_runs_on_the_builder_without_a_job_and_its_rebuild_is
     assert list(private.iterdir()) == []
 
 
+async def test_a_build_that_leaves_the_choice_open_runs_warm_where_its_namespace_makes_that_the_default(
+        cluster, basic_registry, daemons):
+    cluster.fake[f"get /api/v1/namespaces/{cluster.namespace}"] << {  # kmock keeps no Namespace objects
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": cluster.namespace, "labels": {"kiln.dev/default-builder": "warm"}}}
+    async with operator():
+        await ready_login(cluster, basic_registry)
+        await context(cluster, "FROM scratch\nCOPY hello.txt /hello.txt\n")
+        await cluster.apply(image_build(basic_registry.host, source={"configMap": {"name": "ctx"}},
+                                        cache={"type": "none"}, platforms=["linux/amd64"]))
+        await builder_runs(cluster, daemons)
+        await phase(cluster, "Succeeded")
+    assert "warm" not in cluster.get("kiln.dev/v1alpha1", "imagebuilds", "app")["spec"].get("builder", {})
+    assert cluster.ever_created("batch/v1", "jobs") == []
+
+
 async def test_suspending_a_warm_build_cancels_it_on_the_daemon(cluster, basic_registry, daemons):
     base = await busybox(basic_registry)
     marker = f"sleep {300 + os.getpid() % 600}"
@@ -181,7 +197,7 @@ async def test_suspending_a_warm_build_cancels_it_on_the_daemon(cluster, basic_r
         await eventually(lambda: running(marker), timeout=120,
                          message=f"the RUN step runs on the daemon; status {status(cluster)}")
         async with terminal() as term:  # no pod to read a running warm build's log from: kiln says so
-            with pytest.raises(builds_cli.Problem, match="runs on a warm builder: its log is kept when it ends"):
+            with pytest.raises(builds_cli.Problem, match="runs on a warm builder: a warm build's log is kept when"):
                 await builds_cli.logs(term, "app")
         await cluster.patch("kiln.dev/v1alpha1", "imagebuilds", "app", {"spec": {"suspend": True}})
         await phase(cluster, "Cancelled")

@@ -60,11 +60,13 @@ def _running_on_the_builder(kubectl, namespace: str, marker: str) -> str:
 
 def test_a_warm_build_and_its_unchanged_rebuild_run_on_the_namespaces_builder_without_a_pod_of_their_own(
         kubectl, lab, namespace, record_property):
+    """The namespace makes warm builders the default: the ImageBuild leaves spec.builder.warm unset."""
     source = _git(kubectl, lab, namespace, {"Dockerfile": DOCKERFILE.format(base=lab.base_image), "app.txt": "one\n"})
+    kubectl("label", "namespace", namespace, "kiln.dev/default-builder=warm")
     started = time.monotonic()
     kubectl.apply(image_build("app", source=source, platforms=["linux/amd64"],
-                              output={"image": f"{lab.b.host}/team/warm", "tags": ["v1"]}, cache={"type": "none"},
-                              builder={"warm": True}), namespace=namespace)
+                              output={"image": f"{lab.b.host}/team/warm", "tags": ["v1"]}, cache={"type": "none"}),
+                  namespace=namespace)
     first = wait_ready(kubectl, namespace, "app")
     cold = time.monotonic() - started
     started = time.monotonic()

@@ -128,3 +128,16 @@ def test_kiln_render_refuses_a_yaml_alias_bomb_at_once(tmp_path, capsys):
         kiln_main(["render", "-f", str(path)])
     assert exit_.value.code == 1
     assert "YAML aliases (*name) are not accepted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("builder", "source", "warm"), [
+    ({}, BUILD["spec"]["source"], True),  # unset: the namespace's default
+    ({"warm": False}, BUILD["spec"]["source"], False),  # the build's own choice wins
+    ({}, {"volume": {"claimName": "workspace"}}, False),  # a warm builder cannot read it: a pod, not a refusal
+])
+def test_a_namespace_that_defaults_to_warm_builders_gives_them_to_builds_that_leave_the_choice_open(
+        builder, source, warm):
+    obj = copy.deepcopy(BUILD)
+    obj["spec"].update(builder=builder, source=source)
+    assert parse_image_build(obj, warm_default=True).builder.warm is warm
+    assert parse_image_build(obj).builder.warm is False

@@ -17,12 +17,13 @@ something already exists.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kiln.clients.kube import Kube, labels_match, path
+from kiln.clients.kube import Kube, KubeError, labels_match, path
 from kiln.spec import labels
 
 # kopf indexes (handlers.py) and their keys: what a reconcile of one build reads is found at once, not by a
@@ -35,6 +36,8 @@ INDEXES = (LOGINS_BY_NAMESPACE, JOBS_BY_BUILD, PODS_BY_BUILD, SECRETS_BY_NAME)
 BUILD_LABEL = labels.IMAGEBUILD
 MANAGED = labels.MANAGED
 EXPECTATION_SECONDS = 60.0  # a created Job the watch has not shown within this is looked at as it is
+NAMESPACE_SECONDS = 30.0  # a namespace's labels (its builds' defaults) are read again after this
+LOG = logging.getLogger("kiln.cache")
 
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -112,6 +115,8 @@ class Cache:
     expected: dict[tuple[str, str | None], dict[str, tuple[float, dict]]] = field(default_factory=dict)
     # (namespace, build label) -> Secret name -> its metadata: kiln's own Secrets that exist
     credentials: dict[tuple[str, str | None], dict[str, dict]] = field(default_factory=dict)
+    # namespace -> (when read, its labels): no watch delivers Namespaces (kiln may serve a few)
+    namespaces: dict[str, tuple[float, dict]] = field(default_factory=dict)
 
     def bind(self, kwargs: Mapping) -> None:
         """Keep kopf's indexes (every handler gets them as keyword arguments)."""
@@ -300,3 +305,19 @@ class Reader:
 
     async def nodes(self) -> list[dict]:
         return await self.kube.list(path("v1", "nodes"))
+
+    async def warm_by_default(self, namespace: str) -> bool:
+        """Whether the namespace makes warm builders its builds' default (labels.DEFAULT_BUILDER=warm), as read
+        within the last NAMESPACE_SECONDS. One kiln may not read (RBAC) has no default."""
+        read, found = self.cache.namespaces.get(namespace, (0.0, {}))
+        if time.monotonic() - read > NAMESPACE_SECONDS:
+            try:
+                found = ((await self.kube.get(path("v1", "namespaces", name=namespace), metadata_only=True) or {})
+                         .get("metadata") or {}).get("labels") or {}
+            except KubeError as exc:
+                if exc.status != 403:
+                    raise
+                LOG.warning("namespace %s: kiln may not read it, so its builds have no default builder", namespace)
+                found = {}
+            self.cache.namespaces[namespace] = (time.monotonic(), found)
+        return found.get(labels.DEFAULT_BUILDER) == "warm"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kiln.build.credentials import (
     CredentialsProblem,
@@ -52,7 +52,7 @@ async def observe(reader: Reader, settings: Settings, obj: dict, runs: Sequence[
     meta = obj["metadata"]
     namespace, uid = meta["namespace"], meta.get("uid", "")
     try:
-        spec, problem = parse_image_build(obj), None
+        spec, problem = parse_image_build(obj, await _warm_by_default(reader, obj)), None
     except InvalidSpec as exc:
         spec, problem = None, str(exc)
     mine = _children_of(meta["name"])
@@ -87,6 +87,14 @@ async def observe(reader: Reader, settings: Settings, obj: dict, runs: Sequence[
                                mounts_revision=mounts_revision,
                                secret_values=await _secret_values(reader, spec, logins, pods, obj.get("status") or {})
                                if mounts is None else frozenset())
+
+
+async def _warm_by_default(reader: Reader, obj: dict) -> bool:
+    """The namespace's default for a spec that leaves spec.builder.warm unset (read only for such a spec)."""
+    builder = (obj.get("spec") or {}).get("builder")
+    if isinstance(builder, Mapping) and builder.get("warm") is not None:
+        return False
+    return await reader.warm_by_default(obj["metadata"]["namespace"])
 
 
 def _failed(pod: dict) -> bool:

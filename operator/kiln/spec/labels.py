@@ -18,6 +18,7 @@ LOGINS_ALLOWED = "kiln.dev/registry-logins"  # annotation on a Secret: the login
 BUILD_SECRET = "kiln.dev/build-secret"  # "true" on a Secret any ImageBuild of its namespace may mount
 BUILDS_ALLOWED = "kiln.dev/image-builds"  # annotation on a Secret: the ImageBuilds that may mount it
 REBUILD = "kiln.dev/rebuild"  # annotation on an ImageBuild: a new value builds the same spec again
+DEFAULT_BUILDER = "kiln.dev/default-builder"  # on a Namespace: "warm" makes warm builders its builds' default
 
 
 def iso(moment: datetime.datetime) -> str:

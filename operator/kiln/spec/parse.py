@@ -195,7 +195,9 @@ def spec_identity(obj: dict) -> str:
     return hashlib.sha256(json.dumps([kept, rebuild], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def parse_image_build(obj: dict) -> BuildSpec:
+def parse_image_build(obj: dict, warm_default: bool = False) -> BuildSpec:
+    """warm_default: the namespace makes warm builders the default (labels.DEFAULT_BUILDER), for a spec that
+    leaves spec.builder.warm unset and that a warm builder can build."""
     meta = obj.get("metadata") or {}
     spec = _mapping(obj.get("spec"), "spec")
     rebuild = (meta.get("annotations") or {}).get(REBUILD_ANNOTATION, "")
@@ -235,7 +237,8 @@ def parse_image_build(obj: dict) -> BuildSpec:
     _schema("ImageBuild", obj)
     source = _parse_source(_mapping(spec.get("source"), "spec.source", required=True))
     cache = _parse_cache(_mapping(spec.get("cache", {}), "spec.cache"), output)
-    builder = _parse_builder(_mapping(spec.get("builder", {}), "spec.builder"))
+    builder = _parse_builder(_mapping(spec.get("builder", {}), "spec.builder"),
+                             warm_default and not isinstance(source.origin, VolumeSource))
     if builder.warm and isinstance(source.origin, VolumeSource):
         raise InvalidSpec("spec.builder.warm", "a warm builder cannot read a workspace volume (only a pod that mounts "
                                                "it can): build from git, a URL or a ConfigMap, or set warm false")
@@ -450,7 +453,7 @@ def _parse_signing(signing, output: Output) -> Signing:
     return Signing(_name(ref.get("name"), "spec.signing.cosign.keySecretRef.name"))
 
 
-def _parse_builder(builder: dict) -> Builder:
+def _parse_builder(builder: dict, warm_default: bool) -> Builder:
     selector = _mapping(builder.get("nodeSelector", {}), "spec.builder.nodeSelector")
     account = builder.get("serviceAccountName")
     return Builder(
@@ -460,7 +463,7 @@ def _parse_builder(builder: dict) -> Builder:
                           for i, t in enumerate(_list(builder.get("tolerations", []), "spec.builder.tolerations"))),
         service_account=_name(account, "spec.builder.serviceAccountName") if account else None,
         user_namespaces=_boolean(builder.get("userNamespaces", False), "spec.builder.userNamespaces"),
-        warm=_boolean(builder.get("warm", False), "spec.builder.warm"),
+        warm=_boolean(builder["warm"], "spec.builder.warm") if builder.get("warm") is not None else warm_default,
     )
 
 
