@@ -250,9 +250,11 @@ def _signing_key(workdir: Path) -> tuple[rsa.RSAPrivateKey, x509.Certificate, Pa
 
 def start_token_registry(workdir: Path, users: dict[str, tuple[str, set[str]]], tls: bool = False,
                          host: str = "127.0.0.1", port: int | None = None, issuer_port: int = 0,
-                         namespace: Namespace | None = None, realm_tls: bool | None = None) -> RunningRegistry:
+                         namespace: Namespace | None = None, realm_tls: bool | None = None,
+                         realm: str | None = None) -> RunningRegistry:
     """users: name -> (password, allowed actions such as {"pull", "push"}); the token issuer listens beside it,
-    over TLS when the registry is (realm_tls=False: plain http, a misconfiguration kiln refuses to send to)."""
+    over TLS when the registry is (realm_tls=False: plain http, a misconfiguration kiln refuses to send to).
+    realm: what the registry's challenge names instead of its issuer."""
     workdir.mkdir(parents=True, exist_ok=True)
     key, certificate, bundle = _signing_key(workdir)
     config: dict = {}
@@ -265,7 +267,7 @@ def start_token_registry(workdir: Path, users: dict[str, tuple[str, set[str]]], 
     issuer = TokenIssuer(key, certificate, users, sock)
     threading.Thread(target=issuer.serve_forever, daemon=True).start()
     scheme = "https" if isinstance(sock, ssl.SSLSocket) else "http"
-    realm = f"{scheme}://{host}:{issuer.server_address[1]}/token"
+    realm = realm or f"{scheme}://{host}:{issuer.server_address[1]}/token"
     config["auth"] = {"token": {"realm": realm, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(bundle)}}
     address, process = _start(config, workdir, host, port, namespace)
     return RunningRegistry(address, {u: p for u, (p, _) in users.items()}, process, issuer, ca_pem)

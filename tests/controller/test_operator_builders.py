@@ -20,7 +20,7 @@ from kiln import builds_cli
 from kiln.clients import buildctl, builder_tls
 
 from kubefake import KubeFake, eventually, operator
-from registries import free_port, push_image, wait_for_port
+from registries import free_port, push_image, start_token_registry, wait_for_port
 
 pytestmark = [pytest.mark.operator, pytest.mark.registry, pytest.mark.kmock(cls=KubeFake)]
 BUILDER = "kiln.dev/builder"
@@ -342,6 +342,23 @@ async def test_a_ready_builder_the_operator_cannot_connect_to_retries_and_waits_
         await phase(cluster, "Succeeded")
     retried = [e["message"] for e in cluster.events() if e["reason"] == "BuildRetried"]
     assert len(retried) == 1 and f"kiln could not connect to its builder {builder} at 127.0.0.1:{port}" in retried[0]
+
+
+async def test_a_token_service_a_from_registry_names_at_a_metadata_address_is_refused_by_the_operators_proxy(
+        cluster, basic_registry, daemons, tmp_path):
+    """The daemon asks the operator's buildctl for a token from the realm a registry's challenge names, any
+    registry's: a FROM image's needs no login. kiln's proxy refuses what its registry client would."""
+    evil = await asyncio.to_thread(start_token_registry, tmp_path / "evil", {}, realm="http://169.254.169.254/token")
+    try:
+        async with operator():
+            await warm_build(cluster, basic_registry, f"FROM {evil.host}/base:v1\nCOPY hello.txt /hello.txt\n")
+            await builder_runs(cluster, daemons)
+            failed = await phase(cluster, "Failed")
+    finally:
+        evil.stop()
+    assert (failed["failure"]["reason"], failed["units"][0]["retries"]) == ("AddressNotAllowed", 0)
+    assert ("kiln refuses to connect to 169.254.169.254 (169.254.169.254), which is a link-local or cloud metadata "
+            "address") in failed["failure"]["logExcerpt"]
 
 
 def _first_look(listener: socket.socket) -> None:

@@ -27,6 +27,9 @@ _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrIm
 _AUTH = r"(401 Unauthorized|403 Forbidden|unauthorized|denied|insufficient_scope|authorization failed|failed to authorize)"
 # (reason, retryable, summary, pattern); the first that matches the log tail wins.
 _FAILURE_PATTERNS = [
+    # The operator's proxy refused a token fetch of buildctl's on a warm build (clients/egress_proxy.py).
+    (reasons.ADDRESS_NOT_ALLOWED, False, "a registry named a token service at an address the operator may not "
+     "connect to", r"kiln refuses to connect to"),
     # kiln's own words when a warm builder's pod is refused (controller/runs.py): no build ran.
     (reasons.POD_SECURITY_REJECTED, False, "the namespace's Pod Security admission refuses the warm builder's pod; "
      "rootless BuildKit needs the privileged level, see the README", r"^kiln: .*violates PodSecurity"),

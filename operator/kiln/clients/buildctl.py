@@ -28,15 +28,18 @@ def write_files(root: Path, files: Mapping[str, bytes]) -> None:
 
 
 async def run(binary: str, args: Callable[[str], list[str]], files: Mapping[str, bytes],
-              feed: Callable[[bytes], None]) -> tuple[int, str]:
+              feed: Callable[[bytes], None], proxy: str | None = None, daemon: str = "") -> tuple[int, str]:
     """(buildctl's exit code, its metadata file's text) of `buildctl args(root)`, with files under root and its
-    output fed to feed as it comes. A missing binary is exit code 127, as a shell would say."""
+    output fed to feed as it comes. A missing binary is exit code 127, as a shell would say. proxy: what
+    buildctl's own HTTP requests (registry tokens) go through, but for the daemon's host."""
     with tempfile.TemporaryDirectory(prefix="kiln-build-") as directory:
         root = Path(directory)
         write_files(root, files)
         (root / "out").mkdir(mode=0o700, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": directory,
                "DOCKER_CONFIG": str(root / "docker")}
+        if proxy:
+            env |= {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "NO_PROXY": daemon}
         try:
             process = await asyncio.create_subprocess_exec(
                 binary, *args(directory), env=env, stdin=asyncio.subprocess.DEVNULL,

@@ -139,6 +139,7 @@ async def close(memo: kopf.Memo, **_) -> None:
     await memo.runtime.recorder.flush(timeout=5)
     memo.recorder.cancel()
     await memo.runtime.registries.close()
+    await memo.runtime.runs.egress.close()
     if memo.metrics:
         memo.metrics.shutdown()
     await memo.runtime.kube.close()

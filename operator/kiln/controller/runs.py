@@ -29,7 +29,9 @@ from kiln.build.outcomes import BUILDER_STARTING, BUILDER_UNREACHABLE, STOPPED_E
 from kiln.build.platforms import BuildUnit
 from kiln.build.render import job_metadata, job_name
 from kiln.clients import buildctl, builder_tls
+from kiln.clients.egress_proxy import EgressProxy
 from kiln.clients.kube import Kube, KubeError, path
+from kiln.clients.registry import AddressGuard
 from kiln.spec import labels
 from kiln.spec.parse import BuildSpec, ConfigMapSource
 from kiln.spec.settings import Settings
@@ -112,6 +114,10 @@ class Runs:
     _busy: Counter = field(default_factory=Counter)  # (namespace, builder) -> runs on it now
     _last_used: dict[tuple[str, str], float] = field(default_factory=dict)  # (namespace, builder) -> monotonic
     _volumes: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, builder) -> its state's claim
+    egress: EgressProxy = field(init=False)  # what buildctl's token fetches go through
+
+    def __post_init__(self) -> None:
+        self.egress = EgressProxy(AddressGuard.of(self.settings))
 
     def of_imagebuild(self, namespace: str, imagebuild: str) -> list[Run]:
         return [run for (ns, _), run in self._runs.items()
@@ -198,7 +204,7 @@ class Runs:
                 wake()
                 code, metadata = await buildctl.run(self.settings.buildctl, lambda root: builders.client_args(
                     spec, unit, logins, self.settings, address=address, kind=run.kind, root=root),
-                    files, run.log.feed)
+                    files, run.log.feed, await self.egress.url(), address.rpartition(":")[0].strip("[]"))
             tail = run.log.bounded().text()[-4000:]
             if code != 0 and _NOT_DIALED in tail:
                 run.stopped = f"kiln could not connect to its builder {run.builder} at {address}"
