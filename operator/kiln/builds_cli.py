@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from kiln import API_VERSION
-from kiln.build.logs import LOG_LABEL, Steps, kept_text
+from kiln.build.logs import LOG_LABEL, Steps, appended, kept_text, live
 from kiln.build.render import short_name
 from kiln.build.status import short_digest
 from kiln.clients.kube import Kube, path
@@ -147,10 +147,7 @@ async def logs(term: Terminal, name: str, build: str | None = None, follow: bool
     if not follow:
         attempts = await _attempts(term, name, build)
         if not attempts and (obj.get("status") or {}).get("phase") not in FINISHED:
-            warm = ((obj.get("spec") or {}).get("builder") or {}).get("warm")
-            where = "runs on a warm builder" if warm else \
-                "has no log yet: its pod has not started, or it runs on a warm builder (its namespace's default)"
-            raise Problem(f"build {build} of {term.namespace}/{name} {where}: a warm build's log is kept when it ends "
+            raise Problem(f"build {build} of {term.namespace}/{name} has no log yet: it has not started "
                           "(kiln logs -f waits for it)")
         if not attempts:
             raise Problem(f"no log of build {build} of {term.namespace}/{name} is kept (it may have left the history)")
@@ -185,6 +182,7 @@ async def _follow(term: Terminal, name: str, build: str, steps: bool) -> int:
     """Every pod of the build, each from its start (or its kept log), as its lines come, until the build ends."""
     shown: dict[str, asyncio.Task] = {}
     several = seen = False
+    finished = asyncio.Event()  # a warm build's log marked running still then (it was cancelled) ends too
     try:
         while True:
             state = (await term.build(name)).get("status") or {}
@@ -198,8 +196,10 @@ async def _follow(term: Terminal, name: str, build: str, steps: bool) -> int:
                     continue
                 if attempt.pod and (attempt.pod.get("status") or {}).get("phase") == "Pending":
                     continue  # not running yet: its log starts once it does
-                shown[attempt.job] = asyncio.create_task(_stream(term, attempt, _prefix(attempt, several), steps))
+                shown[attempt.job] = asyncio.create_task(_stream(term, attempt, _prefix(attempt, several), steps,
+                                                                 finished))
             if state.get("buildID") == build and state.get("phase") in FINISHED:
+                finished.set()
                 await asyncio.gather(*shown.values())
                 return _result(term, name, state)
             await asyncio.sleep(term.poll)
@@ -208,13 +208,40 @@ async def _follow(term: Terminal, name: str, build: str, steps: bool) -> int:
             task.cancel()
 
 
-async def _stream(term: Terminal, attempt: _Pod, prefix: str, steps: bool) -> None:
+async def _stream(term: Terminal, attempt: _Pod, prefix: str, steps: bool, finished: asyncio.Event) -> None:
+    if attempt.kept and live(attempt.kept):
+        await _stream_kept(term, attempt.kept, prefix, steps, finished)
+        return
     if attempt.kept or attempt.ended:
         await _print_log(term, attempt, prefix, steps)
         return
     view = Steps() if steps else None
     async for line in term.kube.follow_log(term.namespace, attempt.pod["metadata"]["name"], "buildkit"):
         _emit(term, prefix, line, view)
+
+
+async def _stream_kept(term: Terminal, kept: dict, prefix: str, steps: bool, finished: asyncio.Event) -> None:
+    """A warm build's log as the operator writes it while the build runs: its whole lines as they come, until
+    the last writing, the build's end or the ConfigMap gone."""
+    view = Steps() if steps else None
+    shown, ending = "", False
+    while True:
+        text = kept_text(kept)
+        done = not live(kept) or ending
+        new = appended(shown, text)
+        whole = new if done else new[:new.rfind("\n") + 1]
+        for line in whole.splitlines():
+            _emit(term, prefix, line, view)
+        shown = text if done else text[:len(text) - len(new) + len(whole)]
+        if done:
+            return
+        await asyncio.sleep(term.poll)
+        ending = finished.is_set()  # before the look: the build ended, so what it finds is all there will be
+        job = kept["metadata"]["labels"][LOG_LABEL]  # listed, as kiln logs needs no more than list on them
+        found = await term.kube.list(path("v1", "configmaps", term.namespace), {LOG_LABEL: job})
+        if not found:
+            return
+        kept = found[0]
 
 
 def _result(term: Terminal, name: str, state: dict) -> int:

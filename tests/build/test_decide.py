@@ -820,6 +820,21 @@ def test_history_keeps_the_limit_and_older_jobs_are_deleted():
     assert list(w.jobs) == [w.job("all")] and len(w.status["history"]) == 1
 
 
+def test_the_kept_logs_of_a_build_that_leaves_the_history_are_deleted_once():
+    """A warm build's logs belong to the ImageBuild, not to a Job that goes: they go when their build leaves."""
+    w = world(historyLimit=1)
+    decisions = [w.decide()]
+    w.finish(w.job("all"), metadata(digest(1)))
+    decisions.append(w.decide())
+    first = w.status["buildID"]
+    w.obj["metadata"]["annotations"] = {"kiln.dev/rebuild": "again"}
+    decisions.append(w.decide())
+    w.finish(w.job("all"), metadata(digest(2)))
+    decisions += [w.decide(), w.decide()]
+    assert [d.delete_logs for d in decisions if d.delete_logs] == [(first,)]
+    assert [item["buildID"] for item in w.status["history"]] == [w.status["buildID"]]
+
+
 def test_a_push_refused_after_the_password_was_rotated_is_retried_with_the_new_one():
     """The registry revoked the old password mid-build; kiln had already checked the login with the new one."""
     w = world(retries=1)

@@ -1,5 +1,5 @@
 """Kept build logs and the steps view: bounded whatever the build printed, readable back as written."""
-from kiln.build.logs import HEAD_BYTES, TAIL_BYTES, BoundedLog, Steps, kept_text, render_log
+from kiln.build.logs import HEAD_BYTES, TAIL_BYTES, BoundedLog, LogBuffer, Steps, appended, kept_text, render_log
 from kiln.build.outcomes import REDACTED, redacted
 
 JOB = {"metadata": {"name": "app-g1-abc123-amd64", "namespace": "team", "uid": "u-1",
@@ -23,6 +23,28 @@ def test_a_value_split_by_the_cut_is_redacted_on_both_sides():
     text = log.text(lambda part: redacted(part, frozenset({secret})))
     assert secret[:8] not in text and secret[8:] not in text and text.count(REDACTED) == 2
     assert "bytes of the log cut here" in text
+
+
+def test_a_log_followed_as_it_grows_past_its_bounds_shows_each_line_once_and_says_where_it_skipped():
+    """A warm build's running log is kept again and again; a follower prints what each keeping adds."""
+    buffer, shown, printed = LogBuffer(), "", []
+    lines = [f"#7 {n} line {n}\n".encode() for n in range(40_000)]  # about 700 KiB: past the head and the tail
+    for start in range(0, len(lines), 5_000):
+        for line in lines[start:start + 5_000]:
+            buffer.feed(line)
+        text = buffer.bounded().text()
+        printed.append(appended(shown, text))
+        shown = text
+    assert printed[0] == b"".join(lines[:5_000]).decode()  # the first keeping whole
+    assert "bytes of the log cut here" in shown  # the keeping lost its middle; the follower, nothing
+    assert "".join(printed).splitlines() == [line.decode().rstrip("\n") for line in lines]
+    assert appended(shown, shown) == ""
+
+
+def test_a_follower_that_missed_more_than_the_tail_gets_the_whole_new_tail():
+    before = "#1 start\n" + "x\n" * 10
+    after = "#1 start\n[kiln: 999 bytes of the log cut here; it had 2000 bytes in all]\n#9 the end\n"
+    assert appended(before, after) == "#9 the end\n"
 
 
 def test_the_steps_view_prints_each_step_once_as_it_completes():

@@ -15,8 +15,9 @@ import tempfile
 import pytest
 
 from controller.test_operator_builds import cond, image_build, phase, ready_login, status
-from controller.test_operator_logs import terminal
+from controller.test_operator_logs import SECRET_VALUE, terminal
 from kiln import builds_cli
+from kiln.build.logs import kept_text
 from kiln.clients import buildctl, builder_tls
 
 from kubefake import KubeFake, eventually, operator
@@ -149,7 +150,8 @@ async def test_a_warm_build_runs_on_the_builder_without_a_job_and_its_rebuild_is
     monkeypatch.setattr(buildctl, "write_files", lambda root, files: (written.append(root), write(root, files))[1])
     await asyncio.to_thread(push_image, basic_registry, "alice", "base/scratch", ["linux/amd64"], "v1")
     async with operator():
-        await warm_build(cluster, basic_registry, "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY hello.txt /again.txt\n")
+        await warm_build(cluster, basic_registry, "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY hello.txt /again.txt\n",
+                         historyLimit=1)
         builder, _ = await builder_runs(cluster, daemons)
         first = await phase(cluster, "Succeeded")
         assert first["digest"].startswith("sha256:") and first["units"][0]["totalSteps"] == 2
@@ -164,6 +166,9 @@ async def test_a_warm_build_runs_on_the_builder_without_a_job_and_its_rebuild_is
     assert [d["metadata"]["name"] for d in cluster.all("apps/v1", "deployments")] == [builder]
     log = cluster.get("v1", "configmaps", f"{unit['job']}-log")
     assert log["metadata"]["ownerReferences"][0]["kind"] == "ImageBuild"
+    # The first build left the history (historyLimit 1): its log went, as a pod build's goes with its Job.
+    assert [c["metadata"]["name"] for c in cluster.all("v1", "configmaps")
+            if "kiln.dev/build-log" in c["metadata"].get("labels", {})] == [log["metadata"]["name"]]
     async with terminal() as term:  # kiln logs prints the kept log of a warm build
         assert await builds_cli.logs(term, "app") == 0
         assert "COPY hello.txt /again.txt" in term.out.getvalue() and "CACHED" in term.out.getvalue()
@@ -196,13 +201,40 @@ async def test_suspending_a_warm_build_cancels_it_on_the_daemon(cluster, basic_r
         await builder_runs(cluster, daemons)
         await eventually(lambda: running(marker), timeout=120,
                          message=f"the RUN step runs on the daemon; status {status(cluster)}")
-        async with terminal() as term:  # no pod to read a running warm build's log from: kiln says so
-            with pytest.raises(builds_cli.Problem, match="runs on a warm builder: a warm build's log is kept when"):
-                await builds_cli.logs(term, "app")
         await cluster.patch("kiln.dev/v1alpha1", "imagebuilds", "app", {"spec": {"suspend": True}})
         await phase(cluster, "Cancelled")
         await eventually(lambda: not running(marker), timeout=30, message="the RUN step stopped on the daemon")
     assert cond(cluster, "Ready")["reason"] == "Suspended"
+
+
+async def test_a_running_warm_builds_log_is_followed_as_it_comes_without_the_secrets_it_uses(
+        cluster, basic_registry, daemons):
+    """No pod to read a running warm build's log from: the operator writes it to its ConfigMap as it grows, and
+    kiln logs reads and follows it there."""
+    base = await busybox(basic_registry)
+    await cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "npm", "labels": {"kiln.dev/build-secret": "true"}},
+        "data": {"token": base64.b64encode(SECRET_VALUE.encode()).decode()}})
+    run = ('RUN --mount=type=secret,id=npm echo "token $(cat /run/secrets/npm)" && echo "$((6*7))-first" '
+           '&& sleep 4 && echo "$((6*8))-second"')
+    async with operator():
+        await warm_build(cluster, basic_registry, f"FROM {base}\n{run}\n",
+                         secrets=[{"id": "npm", "secretRef": {"name": "npm", "key": "token"}}])
+        await builder_runs(cluster, daemons)
+        async with terminal(poll=0.2) as term:
+            following = asyncio.create_task(builds_cli.logs(term, "app", follow=True))
+            await eventually(lambda: "42-first" in term.out.getvalue(), timeout=60,
+                             message=f"the first line followed; status {status(cluster)}")
+            assert "48-second" not in term.out.getvalue() and status(cluster)["phase"] == "Building"
+            async with terminal() as now:  # kiln logs, not following: the log so far
+                assert await builds_cli.logs(now, "app") == 0 and "42-first" in now.out.getvalue()
+            assert await following == 0
+    followed = term.out.getvalue()
+    assert [line.split(" ", 2)[-1] for line in followed.splitlines() if line.endswith(("-first", "-second"))] \
+        == ["42-first", "48-second"]  # each line once, in order
+    assert "token [redacted]" in followed and SECRET_VALUE not in followed
+    (kept,) = [c for c in cluster.all("v1", "configmaps") if "kiln.dev/build-log" in c["metadata"].get("labels", {})]
+    assert "kiln.dev/log-live" not in kept["metadata"]["annotations"] and SECRET_VALUE not in kept_text(kept)
 
 
 async def busybox(registry) -> str:

@@ -7,6 +7,8 @@ import time
 
 from test_builds import platform_images
 
+from kiln.build.logs import kept_text, live
+
 from gitserver import make_repository
 from harness import (
     GIT_TOKEN,
@@ -65,8 +67,8 @@ def test_a_warm_build_and_its_unchanged_rebuild_run_on_the_namespaces_builder_wi
     kubectl("label", "namespace", namespace, "kiln.dev/default-builder=warm")
     started = time.monotonic()
     kubectl.apply(image_build("app", source=source, platforms=["linux/amd64"],
-                              output={"image": f"{lab.b.host}/team/warm", "tags": ["v1"]}, cache={"type": "none"}),
-                  namespace=namespace)
+                              output={"image": f"{lab.b.host}/team/warm", "tags": ["v1"]}, cache={"type": "none"},
+                              historyLimit=1), namespace=namespace)
     first = wait_ready(kubectl, namespace, "app")
     cold = time.monotonic() - started
     started = time.monotonic()
@@ -80,6 +82,10 @@ def test_a_warm_build_and_its_unchanged_rebuild_run_on_the_namespaces_builder_wi
     assert cache["cachedSteps"] == cache["totalSteps"] == 2, cache  # the daemon's own state: no cache import
     assert condition(second, "Ready")["status"] == "True"
     assert kubectl.items("jobs", namespace) == []  # no build pod: the operator was the client
+    # The first build left the history (historyLimit 1), and its log with it; the rebuild's is kept.
+    assert [c["metadata"]["labels"]["kiln.dev/build-id"] for c in kubectl.items("configmaps", namespace,
+                                                                               "kiln.dev/build-log")] \
+        == [second["status"]["buildID"]]
     pod = _builder(kubectl, namespace)["spec"]["template"]["spec"]
     assert pod["hostUsers"] is False and pod["containers"][0]["securityContext"] == {"procMount": "Unmasked"}
     # The build's credentials are not the builder's: its Secret holds certificates and settings only.
@@ -99,6 +105,10 @@ def test_suspending_a_warm_build_stops_its_run_step_on_the_builder(kubectl, lab,
                               output={"image": f"{lab.b.host}/team/slow", "tags": ["v1"]}, cache={"type": "none"},
                               builder={"warm": True}), namespace=namespace)
     builder = _running_on_the_builder(kubectl, namespace, marker)
+    # No pod to read its log from: the operator writes it to its ConfigMap as it runs.
+    eventually(lambda: [log for log in kubectl.items("configmaps", namespace, "kiln.dev/build-log")
+                        if live(log) and f"RUN {marker}" in kept_text(log)], 30, "the running build's log",
+               lambda: diagnosis(kubectl, namespace))
     kubectl("patch", f"{IB}/slow", f"--namespace={namespace}", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     eventually(lambda: kubectl.get(IB, "slow", namespace)["status"].get("phase") == "Cancelled", 60, "Cancelled",
                lambda: diagnosis(kubectl, namespace))

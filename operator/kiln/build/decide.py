@@ -104,6 +104,7 @@ class Decision:
     jobs: tuple[tuple[BuildUnit, int], ...] = ()  # Jobs to create, in this order: (unit, attempt)
     delete_jobs: tuple[str, ...] = ()
     delete_credentials: tuple[str, ...] = ()  # build IDs
+    delete_logs: tuple[str, ...] = ()  # build IDs that left the history: their kept logs go (a warm build's have no Job)
     events: tuple[Event, ...] = ()
     ask: Question | None = None  # decide again with its answer before carrying anything out
     requeue_after: float | None = None  # look again then, even if nothing changes
@@ -112,6 +113,7 @@ class Decision:
         """This decision's deletes and events, followed by everything of `later`."""
         return dataclasses.replace(later, delete_jobs=self.delete_jobs + later.delete_jobs,
                                    delete_credentials=self.delete_credentials + later.delete_credentials,
+                                   delete_logs=self.delete_logs + later.delete_logs,
                                    events=self.events + later.events)
 
     def sooner(self, seconds: float | None) -> Decision:
@@ -846,8 +848,11 @@ def _credentials_rule(facts: Facts, spec: BuildSpec, decision: Decision) -> Deci
 
 
 def _trim_history(facts: Facts, spec: BuildSpec, decision: Decision) -> Decision:
-    """Jobs of builds that fell out of the history (and are not the current one) are deleted."""
+    """Jobs of builds that fell out of the history (and are not the current one) are deleted, and their kept
+    logs: a pod's go with its Job, a warm build's are the ImageBuild's until then."""
     keep = {spec.build_id} | {item.get("buildID") for item in decision.status.get("history") or []}
     gone = tuple(j["metadata"]["name"] for j in facts.jobs
                  if _build_of(j) not in keep and j["metadata"]["name"] not in decision.delete_jobs)
-    return dataclasses.replace(decision, delete_jobs=decision.delete_jobs + gone)
+    old = (facts.obj.get("status") or {}).get("history") or [] if "history" in decision.status else []
+    left = tuple(item["buildID"] for item in old if item.get("buildID") and item["buildID"] not in keep)
+    return dataclasses.replace(decision, delete_jobs=decision.delete_jobs + gone, delete_logs=decision.delete_logs + left)

@@ -3,6 +3,9 @@
 The garbage collector removes it with the Job, when the build falls out of status.history. It holds the log
 gzipped in binaryData: all of it when it is small, else its head and its tail around a marker that says how much
 was cut, so the object stays far below the API server's limit (about 1.5 MiB) whatever the build printed.
+
+A build on a warm builder has no pod to read a running log from: its ConfigMap (owned by the ImageBuild) is
+written while it runs, marked LIVE, and written a last time, unmarked, when it ends.
 """
 from __future__ import annotations
 
@@ -12,10 +15,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+CUT_MARK = "[kiln:"  # how the line where a log was cut starts
 HEAD_BYTES = 128 * 1024  # how a build started: its context, its FROM images, the first steps
 TAIL_BYTES = 384 * 1024  # how it ended: the failing step and BuildKit's error
 LOG_KEY = "log.gz"
 LOG_LABEL = "kiln.dev/build-log"  # on the ConfigMap: the Job whose pod wrote it
+LIVE = "kiln.dev/log-live"  # annotation on the ConfigMap of a warm build's running log: more is to come
+LIVE_SECONDS = 2.0  # how often a running warm build's log is written, when it grew
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class BoundedLog:
         cut = self.size - len(self.head) - len(self.tail)
         if not cut:
             return clean((self.head + self.tail).decode(errors="replace"))
-        marker = f"\n[kiln: {cut} bytes of the log cut here; it had {self.size} bytes in all]\n"
+        marker = f"\n{CUT_MARK} {cut} bytes of the log cut here; it had {self.size} bytes in all]\n"
         return clean(self.head.decode(errors="replace")) + marker + clean(self.tail.decode(errors="replace"))
 
 
@@ -56,10 +62,10 @@ def log_name(job: str) -> str:
     return f"{job}-log"
 
 
-def render_log(job: dict, text: str, owner: dict | None = None) -> dict:
+def render_log(job: dict, text: str, owner: dict | None = None, live: bool = False) -> dict:
     """The ConfigMap keeping a unit's log, owned by its Job (no blockOwnerDeletion: it needs no finalizer right), or
     by `owner` for a build on a warm builder, which has no Job; with the Job's labels and annotations (build, unit,
-    platforms, attempt)."""
+    platforms, attempt); live: the log of a build still running."""
     meta = job["metadata"]
     keep = {k: v for k, v in meta.get("labels", {}).items() if k.startswith(("kiln.dev/", "app.kubernetes.io/"))}
     return {
@@ -67,7 +73,7 @@ def render_log(job: dict, text: str, owner: dict | None = None) -> dict:
         "metadata": {
             "name": log_name(meta["name"]), "namespace": meta["namespace"],
             "labels": {**keep, LOG_LABEL: meta["name"]},
-            "annotations": dict(meta.get("annotations") or {}),
+            "annotations": {**(meta.get("annotations") or {}), **({LIVE: "true"} if live else {})},
             "ownerReferences": [owner or {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}],
         },
         "binaryData": {LOG_KEY: base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()},
@@ -77,6 +83,23 @@ def render_log(job: dict, text: str, owner: dict | None = None) -> dict:
 def kept_text(config_map: dict) -> str:
     """The log a ConfigMap keeps."""
     return gzip.decompress(base64.b64decode(config_map["binaryData"][LOG_KEY])).decode(errors="replace")
+
+
+def live(config_map: dict) -> bool:
+    return ((config_map.get("metadata") or {}).get("annotations") or {}).get(LIVE) == "true"
+
+
+def appended(before: str, after: str) -> str:
+    """What a log kept as `after` holds beyond `before`, an earlier keeping of it. Once the log outgrew its
+    bounds, its middle is cut: what follows the last of `before` still there, else all of the new tail."""
+    if after.startswith(before):
+        return after[len(before):]
+    anchor = before[-512:]
+    found = after.rfind(anchor) if anchor else -1
+    if found >= 0:
+        return after[found + len(anchor):]
+    cut = after.rfind(f"\n{CUT_MARK}")
+    return after[after.index("\n", cut + 1) + 1:] if cut >= 0 else after
 
 
 _STEP = re.compile(r"^#(\d+) (\[.*)$")  # "#7 [linux/amd64 2/3] COPY deploy.sh deploy.sh"

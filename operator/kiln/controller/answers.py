@@ -4,7 +4,7 @@ from __future__ import annotations
 from kiln import API_VERSION
 from kiln.build.credentials import CredentialsProblem, merged_docker_config
 from kiln.build.decide import Facts
-from kiln.build.logs import render_log
+from kiln.build.logs import LIVE, render_log
 from kiln.build.opt_in import BUILDS, refusal
 from kiln.build.outcomes import cache_stats, redacted
 from kiln.build.questions import (
@@ -76,7 +76,10 @@ async def _keep_log(runtime: Runtime, facts: Facts, question: BuildLog) -> KeptL
     meta = facts.obj["metadata"]  # a run has no Job: its log goes with the ImageBuild
     owner = {"apiVersion": API_VERSION, "kind": "ImageBuild", "name": meta["name"], "uid": meta["uid"]} if run else None
     kept = render_log(job, text, owner)
-    await runtime.kube.create(path("v1", "configmaps", namespace), kept)
+    if not await runtime.kube.create(path("v1", "configmaps", namespace), kept) and run:
+        # Its running log was written as it ran: this is the last of it.
+        await runtime.kube.patch(path("v1", "configmaps", namespace, kept["metadata"]["name"]),
+                                 {"metadata": {"annotations": {LIVE: None}}, "binaryData": kept["binaryData"]})
     return KeptLog(*cache_stats(text), kept["metadata"]["name"])
 
 

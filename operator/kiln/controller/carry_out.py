@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from kiln.build.decide import Decision
-from kiln.build.render import build_secret_name
+from kiln.build.logs import LOG_LABEL
+from kiln.build.render import build_secret_name, short_name
 from kiln.clients.kube import KubeError, path
 from kiln.controller.runtime import Runtime
+from kiln.spec import labels
 
 _PLURALS = {"Secret": "secrets", "Job": "jobs"}
 
@@ -23,6 +25,12 @@ async def carry_out(runtime: Runtime, namespace: str, build: str, decision: Deci
         name = build_secret_name(build, build_id)
         await kube.delete(path("v1", "secrets", namespace, name))
         runtime.cache.deleted_secret(namespace, name)
+    for build_id in decision.delete_logs:
+        found = await kube.list(path("v1", "configmaps", namespace),
+                                {labels.IMAGEBUILD: short_name(build), labels.BUILD_ID: build_id})
+        for log in found:
+            if LOG_LABEL in (log["metadata"].get("labels") or {}):
+                await kube.delete(path("v1", "configmaps", namespace, log["metadata"]["name"]))
     for child in children:
         try:
             collection = path(child["apiVersion"], _PLURALS[child["kind"]], namespace)

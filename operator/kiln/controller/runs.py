@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import logging
 import time
@@ -21,11 +22,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kiln import API_VERSION
 from kiln.build import builders
-from kiln.build.credentials import ResolvedLogin
-from kiln.build.logs import LogBuffer
+from kiln.build.credentials import ResolvedLogin, secret_values
+from kiln.build.logs import LIVE_SECONDS, LogBuffer, render_log
 from kiln.build.opt_in import used_secrets
-from kiln.build.outcomes import BUILDER_STARTING, BUILDER_UNREACHABLE, STOPPED_EXIT_CODE, excerpt
+from kiln.build.outcomes import BUILDER_STARTING, BUILDER_UNREACHABLE, STOPPED_EXIT_CODE, excerpt, redacted
 from kiln.build.platforms import BuildUnit
 from kiln.build.render import job_metadata, job_name
 from kiln.clients import buildctl, builder_tls
@@ -199,12 +201,19 @@ class Runs:
         try:
             async with asyncio.timeout(spec.timeout_seconds):
                 tls, address = await self._ready(run, spec, unit, logins, wake)
-                files = builders.client_files(spec, logins, tls, await self._secrets(spec), await self._context(spec))
+                secrets = await self._secrets(spec)
+                files = builders.client_files(spec, logins, tls, secrets, await self._context(spec))
                 run.started = _now()
                 wake()
-                code, metadata = await buildctl.run(self.settings.buildctl, lambda root: builders.client_args(
-                    spec, unit, logins, self.settings, address=address, kind=run.kind, root=root),
-                    files, run.log.feed, await self.egress.url(), address.rpartition(":")[0].strip("[]"))
+                publishing = asyncio.create_task(self._publish(run, spec, _values(logins, secrets)))
+                try:
+                    code, metadata = await buildctl.run(self.settings.buildctl, lambda root: builders.client_args(
+                        spec, unit, logins, self.settings, address=address, kind=run.kind, root=root),
+                        files, run.log.feed, await self.egress.url(), address.rpartition(":")[0].strip("[]"))
+                finally:
+                    publishing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await publishing
             tail = run.log.bounded().text()[-4000:]
             if code != 0 and _NOT_DIALED in tail:
                 run.stopped = f"kiln could not connect to its builder {run.builder} at {address}"
@@ -276,6 +285,26 @@ class Runs:
                                   f"({waiting[1][:300]})")
             await asyncio.sleep(POLL)
 
+    async def _publish(self, run: Run, spec: BuildSpec, values: frozenset[str]) -> None:
+        """The running build's log, in its ConfigMap every LIVE_SECONDS that it grew (kiln logs reads it there; the
+        last of it is written when its end is recorded, as for any unit)."""
+        owner = {"apiVersion": API_VERSION, "kind": "ImageBuild", "name": spec.name, "uid": spec.uid}
+        written = -1
+        while True:
+            await asyncio.sleep(LIVE_SECONDS)
+            log = run.log.bounded()
+            if log.size == written:
+                continue
+            kept = render_log(run.as_job(), log.text(lambda part: redacted(part, values)), owner, live=True)
+            try:
+                if written >= 0 or not await self.kube.create(path("v1", "configmaps", run.namespace), kept):
+                    await self.kube.patch(path("v1", "configmaps", run.namespace, kept["metadata"]["name"]),
+                                          {"binaryData": kept["binaryData"]})
+            except KubeError as exc:  # tried again in a moment; the build goes on
+                LOG.warning("build %s/%s: writing its running log failed: %s", run.namespace, run.name, exc)
+                continue
+            written = log.size
+
     async def _secret(self, namespace: str, name: str, logins: list[ResolvedLogin]) -> dict[str, str]:
         """The builder's certificates: made with its Secret the first time, read back after."""
         url = path("v1", "secrets", namespace, name)
@@ -340,6 +369,12 @@ class Runs:
 
 class BuilderLost(Exception):
     """The builder went away, or never came: the build may run again (retryable)."""
+
+
+def _values(logins: list[ResolvedLogin], secrets: dict[str, dict | None]) -> frozenset[str]:
+    """What the build's log must not show: its logins' passwords and the values of the Secrets it uses."""
+    return frozenset({login.credentials.password for login in logins}.union(
+        *(secret_values(secret) for secret in secrets.values() if secret)))
 
 
 def _state_claim(deployment: dict) -> str | None:
