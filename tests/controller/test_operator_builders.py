@@ -209,14 +209,15 @@ async def test_suspending_a_warm_build_cancels_it_on_the_daemon(cluster, basic_r
 
 async def test_a_running_warm_builds_log_is_followed_as_it_comes_without_the_secrets_it_uses(
         cluster, basic_registry, daemons):
-    """No pod to read a running warm build's log from: the operator writes it to its ConfigMap as it grows, and
-    kiln logs reads and follows it there."""
+    """No pod to read a running warm build's log from: the operator writes it to its ConfigMap as it grows (a
+    failed writing is tried again), and kiln logs reads and follows it there."""
     base = await busybox(basic_registry)
     await cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {
         "name": "npm", "labels": {"kiln.dev/build-secret": "true"}},
         "data": {"token": base64.b64encode(SECRET_VALUE.encode()).decode()}})
     run = ('RUN --mount=type=secret,id=npm echo "token $(cat /run/secrets/npm)" && echo "$((6*7))-first" '
-           '&& sleep 4 && echo "$((6*8))-second"')
+           '&& sleep 6 && echo "$((6*8))-second"')
+    cluster.fake.fail("post", "/configmaps", after=1)  # past the context's: the first writing fails, the next goes
     async with operator():
         await warm_build(cluster, basic_registry, f"FROM {base}\n{run}\n",
                          secrets=[{"id": "npm", "secretRef": {"name": "npm", "key": "token"}}])
@@ -229,6 +230,7 @@ async def test_a_running_warm_builds_log_is_followed_as_it_comes_without_the_sec
             async with terminal() as now:  # kiln logs, not following: the log so far
                 assert await builds_cli.logs(now, "app") == 0 and "42-first" in now.out.getvalue()
             assert await following == 0
+    assert cluster.fake.faults[-1][3] == 0  # the failed writing happened
     followed = term.out.getvalue()
     assert [line.split(" ", 2)[-1] for line in followed.splitlines() if line.endswith(("-first", "-second"))] \
         == ["42-first", "48-second"]  # each line once, in order

@@ -215,11 +215,11 @@ class Runs:
                     with contextlib.suppress(asyncio.CancelledError):
                         await publishing
             tail = run.log.bounded().text()[-4000:]
-            if code != 0 and _NOT_DIALED in tail:
-                run.stopped = f"kiln could not connect to its builder {run.builder} at {address}"
-                code = STOPPED_EXIT_CODE
-            elif code != 0 and any(words in tail for words in _DAEMON_LOST):
+            if code != 0 and any(words in tail for words in _DAEMON_LOST):
                 run.stopped = f"its builder {run.builder} went away mid-build"
+                code = STOPPED_EXIT_CODE
+            elif code != 0 and _NOT_DIALED in tail:
+                run.stopped = f"kiln could not connect to its builder {run.builder} at {address}"
                 code = STOPPED_EXIT_CODE
             self._end(run, code, metadata if code == 0 else run.log.bounded().text())
         except TimeoutError:
@@ -300,8 +300,9 @@ class Runs:
                 if written >= 0 or not await self.kube.create(path("v1", "configmaps", run.namespace), kept):
                     await self.kube.patch(path("v1", "configmaps", run.namespace, kept["metadata"]["name"]),
                                           {"binaryData": kept["binaryData"]})
-            except KubeError as exc:  # tried again in a moment; the build goes on
-                LOG.warning("build %s/%s: writing its running log failed: %s", run.namespace, run.name, exc)
+            except Exception as exc:  # tried again in a moment; the build goes on
+                LOG.warning("build %s/%s: writing its running log failed: %s: %s", run.namespace, run.name,
+                            type(exc).__name__, exc)
                 continue
             written = log.size
 
