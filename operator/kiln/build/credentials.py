@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kiln.build.opt_in import BUILDS, LOGINS, refusal, used_secrets
@@ -165,6 +166,13 @@ def mounted_secrets_problem(spec: BuildSpec, found: dict[str, dict | None]) -> C
         if refused := refusal(found[name], BUILDS, spec.name):
             return CredentialsProblem(reasons.SECRET_NOT_OPTED_IN, refused)
     return None
+
+
+def unshown_values(logins: list[ResolvedLogin], secrets: Iterable[dict | None]) -> frozenset[str]:
+    """What a build's output shown anywhere must not hold: its logins' passwords and the values of the Secrets it
+    uses (secrets: those Secrets, None for one that is gone)."""
+    return frozenset({login.credentials.password for login in logins}.union(
+        *(secret_values(secret) for secret in secrets if secret)))
 
 
 def secret_values(secret: dict) -> set[str]:

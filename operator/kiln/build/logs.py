@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kiln import API_VERSION
+
 CUT_MARK = "[kiln:"  # how the line where a log was cut starts
 HEAD_BYTES = 128 * 1024  # how a build started: its context, its FROM images, the first steps
 TAIL_BYTES = 384 * 1024  # how it ended: the failing step and BuildKit's error
@@ -62,10 +64,13 @@ def log_name(job: str) -> str:
     return f"{job}-log"
 
 
-def render_log(job: dict, text: str, owner: dict | None = None, live: bool = False) -> dict:
+def render_log(job: dict, text: str, imagebuild: tuple[str, str] | None = None, live: bool = False) -> dict:
     """The ConfigMap keeping a unit's log, owned by its Job (no blockOwnerDeletion: it needs no finalizer right), or
-    by `owner` for a build on a warm builder, which has no Job; with the Job's labels and annotations (build, unit,
-    platforms, attempt); live: the log of a build still running."""
+    by its ImageBuild (name, uid) for a build on a warm builder, which has no Job; with the Job's labels and
+    annotations (build, unit, platforms, attempt); live: the log of a build still running."""
+    owner = {"apiVersion": API_VERSION, "kind": "ImageBuild", "name": imagebuild[0], "uid": imagebuild[1]} \
+        if imagebuild else {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+                            "uid": job["metadata"]["uid"]}
     meta = job["metadata"]
     keep = {k: v for k, v in meta.get("labels", {}).items() if k.startswith(("kiln.dev/", "app.kubernetes.io/"))}
     return {
@@ -74,7 +79,7 @@ def render_log(job: dict, text: str, owner: dict | None = None, live: bool = Fal
             "name": log_name(meta["name"]), "namespace": meta["namespace"],
             "labels": {**keep, LOG_LABEL: meta["name"]},
             "annotations": {**(meta.get("annotations") or {}), **({LIVE: "true"} if live else {})},
-            "ownerReferences": [owner or {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}],
+            "ownerReferences": [owner],
         },
         "binaryData": {LOG_KEY: base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()},
     }

@@ -1,7 +1,6 @@
 """answers: the registry's (or the build log's) answer to a question decide asked."""
 from __future__ import annotations
 
-from kiln import API_VERSION
 from kiln.build.credentials import CredentialsProblem, merged_docker_config
 from kiln.build.decide import Facts
 from kiln.build.logs import LIVE, render_log
@@ -73,9 +72,7 @@ async def _keep_log(runtime: Runtime, facts: Facts, question: BuildLog) -> KeptL
         return KeptLog(0, 0, None)
     values = facts.secret_values or await redaction_values(runtime.reader(), facts.spec, facts.logins)
     text = log.text(lambda part: redacted(part, values))
-    meta = facts.obj["metadata"]  # a run has no Job: its log goes with the ImageBuild
-    owner = {"apiVersion": API_VERSION, "kind": "ImageBuild", "name": meta["name"], "uid": meta["uid"]} if run else None
-    kept = render_log(job, text, owner)
+    kept = render_log(job, text, (facts.spec.name, facts.spec.uid) if run else None)
     if not await runtime.kube.create(path("v1", "configmaps", namespace), kept) and run:
         # Its running log was written as it ran: this is the last of it.
         await runtime.kube.patch(path("v1", "configmaps", namespace, kept["metadata"]["name"]),

@@ -14,8 +14,8 @@ from kiln.build.credentials import (
     merged_docker_config,
     mounted_secrets_problem,
     resolved_login,
-    secret_values,
     selected_logins,
+    unshown_values,
 )
 from kiln.build.decide import (
     Facts,
@@ -114,11 +114,8 @@ async def _secret_values(reader: Reader, spec: BuildSpec, logins, pods: dict[str
 
 async def redaction_values(reader: Reader, spec: BuildSpec, logins) -> frozenset[str]:
     """The values of the Secrets a build uses and its logins' passwords: what its output shown anywhere must not hold."""
-    values = {login.credentials.password for login in logins} if isinstance(logins, list) else set()
-    for name in used_secrets(spec):
-        secret = await reader.secret(spec.namespace, name)
-        values |= secret_values(secret) if secret else set()
-    return frozenset(values)
+    secrets = [await reader.secret(spec.namespace, name) for name in used_secrets(spec)]
+    return unshown_values(logins if isinstance(logins, list) else [], secrets)
 
 
 def _plans_by_node(spec: BuildSpec, settings: Settings, started) -> bool:

@@ -22,9 +22,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kiln import API_VERSION
 from kiln.build import builders
-from kiln.build.credentials import ResolvedLogin, secret_values
+from kiln.build.credentials import ResolvedLogin, unshown_values
 from kiln.build.logs import LIVE_SECONDS, LogBuffer, render_log
 from kiln.build.opt_in import used_secrets
 from kiln.build.outcomes import BUILDER_STARTING, BUILDER_UNREACHABLE, STOPPED_EXIT_CODE, excerpt, redacted
@@ -205,7 +204,7 @@ class Runs:
                 files = builders.client_files(spec, logins, tls, secrets, await self._context(spec))
                 run.started = _now()
                 wake()
-                publishing = asyncio.create_task(self._publish(run, spec, _values(logins, secrets)))
+                publishing = asyncio.create_task(self._publish(run, spec, unshown_values(logins, secrets.values())))
                 try:
                     code, metadata = await buildctl.run(self.settings.buildctl, lambda root: builders.client_args(
                         spec, unit, logins, self.settings, address=address, kind=run.kind, root=root),
@@ -214,14 +213,15 @@ class Runs:
                     publishing.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await publishing
-            tail = run.log.bounded().text()[-4000:]
+            output = run.log.bounded().text()
+            tail = output[-4000:]
             if code != 0 and any(words in tail for words in _DAEMON_LOST):
                 run.stopped = f"its builder {run.builder} went away mid-build"
                 code = STOPPED_EXIT_CODE
             elif code != 0 and _NOT_DIALED in tail:
                 run.stopped = f"kiln could not connect to its builder {run.builder} at {address}"
                 code = STOPPED_EXIT_CODE
-            self._end(run, code, metadata if code == 0 else run.log.bounded().text())
+            self._end(run, code, metadata if code == 0 else output)
         except TimeoutError:
             run.timed_out = True
             self._end(run, 1, run.log.bounded().text())
@@ -288,14 +288,14 @@ class Runs:
     async def _publish(self, run: Run, spec: BuildSpec, values: frozenset[str]) -> None:
         """The running build's log, in its ConfigMap every LIVE_SECONDS that it grew (kiln logs reads it there; the
         last of it is written when its end is recorded, as for any unit)."""
-        owner = {"apiVersion": API_VERSION, "kind": "ImageBuild", "name": spec.name, "uid": spec.uid}
         written = -1
         while True:
             await asyncio.sleep(LIVE_SECONDS)
             log = run.log.bounded()
             if log.size == written:
                 continue
-            kept = render_log(run.as_job(), log.text(lambda part: redacted(part, values)), owner, live=True)
+            kept = render_log(run.as_job(), log.text(lambda part: redacted(part, values)), (spec.name, spec.uid),
+                              live=True)
             try:
                 if written >= 0 or not await self.kube.create(path("v1", "configmaps", run.namespace), kept):
                     await self.kube.patch(path("v1", "configmaps", run.namespace, kept["metadata"]["name"]),
@@ -370,12 +370,6 @@ class Runs:
 
 class BuilderLost(Exception):
     """The builder went away, or never came: the build may run again (retryable)."""
-
-
-def _values(logins: list[ResolvedLogin], secrets: dict[str, dict | None]) -> frozenset[str]:
-    """What the build's log must not show: its logins' passwords and the values of the Secrets it uses."""
-    return frozenset({login.credentials.password for login in logins}.union(
-        *(secret_values(secret) for secret in secrets.values() if secret)))
 
 
 def _state_claim(deployment: dict) -> str | None:
